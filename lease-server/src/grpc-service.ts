@@ -1,0 +1,137 @@
+// The gRPC edge: weft.v1 messages <-> the lease manager and the watch hub.
+// Handlers throw WeftError; toServiceError() is the one place codes become
+// gRPC statuses. Unknown errors are logged and become INTERNAL without detail.
+import * as grpc from "@grpc/grpc-js";
+import {
+  LeaseServiceService, NetworkConfig as PbNetworkConfig, WatchLeasesResponse, WatchLeasesResponse_Kind,
+  type LeaseServiceServer, type AcquireLeaseRequest,
+} from "../../gen/weft/v1/lease.js";
+import { ErrorCodes, WeftError, invalid, isWeftError } from "../../lib/src/errors.js";
+import { attrsFromPb, eventToPb, leaseToPb } from "../../lib/src/proto-convert.js";
+import { formatCidr, formatIpv4 } from "../../lib/src/cidr.js";
+import { networkConfigJson, type NetworkConfig } from "../../lib/src/net-config.js";
+import type { Lease, LeaseEvent } from "../../lib/src/lease.js";
+import type { Logger } from "../../lib/src/logger.js";
+import type { LeaseManager } from "./lease-manager.js";
+import type { FrameEncoder, WatchHub } from "./watch-hub.js";
+
+export function toServiceError(err: unknown, log: Logger): Partial<grpc.ServiceError> {
+  if (isWeftError(err)) return { code: ErrorCodes[err.code].grpc, details: err.message, message: err.message };
+  log.error({ err }, "unexpected error in gRPC handler");
+  return { code: grpc.status.INTERNAL, details: "internal error; see the lease server log" };
+}
+
+export const frameEncoder: FrameEncoder = {
+  snapshot: (leases: readonly Lease[], resync: boolean) => Buffer.from(WatchLeasesResponse.encode({
+    kind: WatchLeasesResponse_Kind.KIND_SNAPSHOT, leases: leases.map(leaseToPb), events: [], revision: 0, resync,
+  }).finish()),
+  snapshotComplete: (revision: number) => Buffer.from(WatchLeasesResponse.encode({
+    kind: WatchLeasesResponse_Kind.KIND_SNAPSHOT_COMPLETE, leases: [], events: [], revision, resync: false,
+  }).finish()),
+  events: (events: readonly LeaseEvent[]) => Buffer.from(WatchLeasesResponse.encode({
+    kind: WatchLeasesResponse_Kind.KIND_EVENTS, leases: [], events: events.map(eventToPb), revision: events[events.length - 1]!.revision, resync: false,
+  }).finish()),
+  progress: (revision: number) => Buffer.from(WatchLeasesResponse.encode({
+    kind: WatchLeasesResponse_Kind.KIND_PROGRESS, leases: [], events: [], revision, resync: false,
+  }).finish()),
+};
+
+/** The service definition, with watch responses passed through when already encoded. */
+export const leaseServiceDefinition = {
+  ...LeaseServiceService,
+  watchLeases: {
+    ...LeaseServiceService.watchLeases,
+    responseSerialize: (v: WatchLeasesResponse | Buffer): Buffer => (Buffer.isBuffer(v) ? v : Buffer.from(WatchLeasesResponse.encode(v).finish())),
+  },
+} as unknown as typeof LeaseServiceService;
+
+export function networkConfigToPb(cfg: NetworkConfig): PbNetworkConfig {
+  const b = cfg.backend;
+  return {
+    network: formatCidr(cfg.network), subnetLen: cfg.subnetLen, subnetMin: formatIpv4(cfg.subnetMin), subnetMax: formatIpv4(cfg.subnetMax),
+    backend: {
+      type: b.type, mtu: b.mtu,
+      vxlan: b.type === "vxlan" ? { vni: b.vni, port: b.port, learning: b.learning, gbp: b.gbp, directRouting: b.directRouting } : undefined,
+      wireguard: b.type === "wireguard" ? { listenPort: b.listenPort, persistentKeepaliveInterval: b.persistentKeepaliveInterval } : undefined,
+    },
+    json: networkConfigJson(cfg),
+  };
+}
+
+/** Node names a client certificate speaks for: its CN and DNS SANs. */
+function certNodeNames(call: grpc.ServerUnaryCall<unknown, unknown>): string[] | undefined {
+  const cert = call.getAuthContext?.()?.sslPeerCertificate;
+  if (!cert) return undefined;
+  const names = new Set<string>();
+  const cn = cert.subject?.CN;
+  if (typeof cn === "string") names.add(cn);
+  for (const part of (cert.subjectaltname ?? "").split(",")) {
+    const m = /^\s*DNS:(.+)$/.exec(part);
+    if (m) names.add(m[1]!.trim());
+  }
+  return [...names];
+}
+
+export interface ServiceDeps {
+  readonly manager: LeaseManager;
+  readonly hub: WatchHub;
+  readonly log: Logger;
+  /** With mTLS, clients may act only for the node names in their certificate. */
+  readonly requireClientIdentity: boolean;
+}
+
+export function createLeaseService(deps: ServiceDeps): LeaseServiceServer {
+  const { manager, hub, log } = deps;
+  const authorize = (call: grpc.ServerUnaryCall<unknown, unknown>, nodeName: string) => {
+    if (!deps.requireClientIdentity) return;
+    const names = certNodeNames(call) ?? [];
+    if (!names.includes(nodeName)) {
+      throw new WeftError("PERMISSION_DENIED", `this client certificate is for ${names.length ? names.join(", ") : "no node name"}, not node ${JSON.stringify(nodeName)}; use the node's own certificate (CN or DNS SAN = node name)`);
+    }
+  };
+  const unary = <Req, Res>(fn: (call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
+    (call, callback) => {
+      fn(call).then((res) => callback(null, res), (err) => callback(toServiceError(err, log) as grpc.ServiceError));
+    };
+
+  return {
+    getNetworkConfig: unary(async () => networkConfigToPb(manager.network)),
+    acquireLease: unary(async (call: grpc.ServerUnaryCall<AcquireLeaseRequest, unknown>) => {
+      const r = call.request;
+      authorize(call, r.nodeName);
+      const lease = await manager.acquire({ nodeName: r.nodeName, publicIP: r.publicIp, attrs: attrsFromPb(r), previousSubnet: r.previousSubnet || undefined });
+      return leaseToPb(lease);
+    }),
+    renewLease: unary(async (call) => {
+      authorize(call, call.request.nodeName);
+      return leaseToPb(await manager.renew(call.request.nodeName, call.request.subnet));
+    }),
+    releaseLease: unary(async (call) => {
+      authorize(call, call.request.nodeName);
+      await manager.release(call.request.nodeName, call.request.subnet);
+      return {};
+    }),
+    watchLeases: (call) => {
+      const from = Number(call.request.fromRevision);
+      if (!Number.isSafeInteger(from) || from < 0) {
+        call.emit("error", toServiceError(invalid("from_revision", `${call.request.fromRevision} is out of range`, "send 0 or the last revision you applied"), log));
+        return;
+      }
+      let sub: { close(): void } | undefined;
+      const close = () => sub?.close();
+      call.on("cancelled", close);
+      call.on("close", close);
+      call.on("error", close);
+      sub = hub.subscribe(from, {
+        write: (frame, done) => {
+          if (call.cancelled || call.destroyed) return done();
+          // Pre-encoded bytes: leaseServiceDefinition passes Buffers through unchanged.
+          call.write(frame as unknown as WatchLeasesResponse, () => done());
+        },
+        fail: (err) => {
+          if (!call.cancelled && !call.destroyed) call.emit("error", toServiceError(err, log));
+        },
+      });
+    },
+  };
+}

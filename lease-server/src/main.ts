@@ -1,0 +1,44 @@
+// weft-lease-server entry point: the only place with signals and exit codes.
+import { formatHelp } from "../../lib/src/flags.js";
+import { isWeftError } from "../../lib/src/errors.js";
+import { createLogger } from "../../lib/src/logger.js";
+import { BIN, FLAGS, loadServerConfig } from "./config.js";
+import { startLeaseServer } from "./server.js";
+
+export async function main(argv: string[]): Promise<void> {
+  let cfg;
+  try {
+    cfg = loadServerConfig(argv);
+  } catch (err) {
+    if (isWeftError(err)) {
+      process.stderr.write(`${BIN}: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  if (!cfg) {
+    process.stdout.write(formatHelp(BIN, "Hands out node subnets of the cluster network and streams lease changes to weft agents.", FLAGS));
+    return;
+  }
+  const log = createLogger("lease-server", cfg.logLevel);
+  if (!cfg.tls) log.warn("gRPC is plaintext (--insecure): anyone who can reach the port can take or release leases");
+  let server;
+  try {
+    server = await startLeaseServer(cfg, { log });
+  } catch (err) {
+    process.stderr.write(`${BIN}: ${isWeftError(err) ? err.message : String(err)}\n`);
+    process.exit(1);
+  }
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, "shutting down");
+    server.close().then(() => process.exit(0), (err) => {
+      log.error({ err }, "shutdown failed");
+      process.exit(1);
+    });
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+}

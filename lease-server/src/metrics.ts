@@ -1,0 +1,42 @@
+// Prometheus metrics of the lease server, on their own registry.
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { registerProcessMetrics } from "../../lib/src/metrics.js";
+import type { WatchHubMetrics } from "./watch-hub.js";
+
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
+
+export function createServerMetrics() {
+  const registry = new Registry();
+  registerProcessMetrics(registry, "weft_lease_server_");
+  const registers = [registry];
+  const m = {
+    registry,
+    leases: new Gauge({ name: "weft_lease_server_leases", help: "Live subnet leases.", registers }),
+    subnetsTotal: new Gauge({ name: "weft_lease_server_subnets", help: "Node subnets the network can hand out (SubnetMin..SubnetMax).", registers }),
+    reservations: new Gauge({ name: "weft_lease_server_reservations", help: "Subnets reserved for a node name.", registers }),
+    revision: new Gauge({ name: "weft_lease_server_revision", help: "Revision of the newest lease change sent to watchers.", registers }),
+    acquires: new Counter({ name: "weft_lease_server_acquire_total", help: "AcquireLease calls by outcome.", labelNames: ["outcome"] as const, registers }),
+    acquireSeconds: new Histogram({ name: "weft_lease_server_acquire_duration_seconds", help: "AcquireLease latency.", buckets: LATENCY_BUCKETS, registers }),
+    renews: new Counter({ name: "weft_lease_server_renew_total", help: "RenewLease calls by outcome.", labelNames: ["outcome"] as const, registers }),
+    renewSeconds: new Histogram({ name: "weft_lease_server_renew_duration_seconds", help: "RenewLease latency.", buckets: LATENCY_BUCKETS, registers }),
+    expired: new Counter({ name: "weft_lease_server_leases_expired_total", help: "Leases removed because their TTL ran out.", registers }),
+    watchStreams: new Gauge({ name: "weft_lease_server_watch_streams", help: "Open WatchLeases streams.", registers }),
+    watchEventsSent: new Counter({ name: "weft_lease_server_watch_events_sent_total", help: "Lease events and snapshot entries written to watch streams (one per stream).", registers }),
+    watchMessagesSent: new Counter({ name: "weft_lease_server_watch_messages_sent_total", help: "Messages written to watch streams.", registers }),
+    watchDropped: new Counter({ name: "weft_lease_server_watch_streams_dropped_total", help: "Watch streams dropped for falling too far behind.", registers }),
+    watchBatch: new Histogram({ name: "weft_lease_server_watch_batch_events", help: "Lease events per fan-out batch.", buckets: [1, 2, 5, 10, 50, 100, 500, 1000, 5000], registers }),
+  };
+  return m;
+}
+
+export type ServerMetrics = ReturnType<typeof createServerMetrics>;
+
+export function hubMetrics(m: ServerMetrics): WatchHubMetrics {
+  return {
+    streams: (n) => m.watchStreams.set(n),
+    eventsSent: (n) => m.watchEventsSent.inc(n),
+    framesSent: (n) => m.watchMessagesSent.inc(n),
+    dropped: () => m.watchDropped.inc(),
+    batch: (n) => m.watchBatch.observe(n),
+  };
+}

@@ -1,0 +1,132 @@
+// Wires store, manager, watch hub, gRPC and REST into one running server.
+// Used by main.ts and by in-process tests; owns no signals and never exits.
+import * as grpc from "@grpc/grpc-js";
+import { HealthImplementation } from "grpc-health-check";
+import type { FastifyInstance } from "fastify";
+import { WeftError } from "../../lib/src/errors.js";
+import { createLogger, type Logger } from "../../lib/src/logger.js";
+import { subnetCount } from "../../lib/src/net-config.js";
+import type { ServerConfig } from "./config.js";
+import { LeaseManager, type Clock } from "./lease-manager.js";
+import { WatchHub, type WatchHubOptions } from "./watch-hub.js";
+import { createLeaseService, frameEncoder, leaseServiceDefinition } from "./grpc-service.js";
+import { buildHttpApi } from "./http-api.js";
+import { createServerMetrics, hubMetrics, type ServerMetrics } from "./metrics.js";
+import { SqliteLeaseStore } from "./store/sqlite-lease-store.js";
+import type { LeaseStore } from "./store/lease-store.js";
+
+export interface RunningServer {
+  readonly grpcPort: number;
+  readonly httpPort: number;
+  readonly manager: LeaseManager;
+  readonly hub: WatchHub;
+  readonly store: LeaseStore;
+  readonly metrics: ServerMetrics;
+  readonly http: FastifyInstance;
+  close(): Promise<void>;
+}
+
+export interface StartOptions {
+  readonly log?: Logger;
+  readonly clock?: Clock;
+  readonly store?: LeaseStore;
+  readonly hub?: Partial<Pick<WatchHubOptions, "batchWindowMs" | "maxQueueBytes" | "highWaterBytes" | "historyEvents" | "progressIntervalMs">>;
+  /** How often expired leases are swept. */
+  readonly sweepIntervalMs?: number;
+}
+
+function bindGrpc(server: grpc.Server, addr: string, creds: grpc.ServerCredentials): Promise<number> {
+  return new Promise((resolve, reject) => server.bindAsync(addr, creds, (err, port) => (err ? reject(err) : resolve(port))));
+}
+
+export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {}): Promise<RunningServer> {
+  const log = opts.log ?? createLogger("lease-server", cfg.logLevel);
+  const metrics = createServerMetrics();
+  const historyEvents = opts.hub?.historyEvents ?? 10_000;
+  const store = opts.store ?? new SqliteLeaseStore(cfg.storePath, { historyLimit: historyEvents });
+  const manager = new LeaseManager({
+    store, network: cfg.network, ttlMs: cfg.leaseTtlMs, log, clock: opts.clock,
+    onAcquire: (outcome, s) => { metrics.acquires.inc({ outcome }); metrics.acquireSeconds.observe(s); },
+    onRenew: (outcome, s) => { metrics.renews.inc({ outcome }); metrics.renewSeconds.observe(s); },
+  });
+  // Leases that ran out while the server was down go before anyone sees them.
+  await manager.expire();
+  const hub = new WatchHub({ store, encoder: frameEncoder, log, metrics: hubMetrics(metrics), ...opts.hub, historyEvents });
+  await hub.start();
+
+  const refreshGauges = async () => {
+    const [{ leases }, reservations] = await Promise.all([store.listLeases(), store.listReservations()]);
+    metrics.leases.set(leases.length);
+    metrics.reservations.set(reservations.length);
+    metrics.revision.set(hub.revision);
+  };
+  metrics.subnetsTotal.set(subnetCount(cfg.network));
+  await refreshGauges();
+  const unsubscribe = store.subscribe(() => void refreshGauges().catch(() => undefined));
+
+  // Expired leases are swept here; a failed sweep is retried on the next tick.
+  let sweeping = false;
+  const sweep = setInterval(() => {
+    if (sweeping) return;
+    sweeping = true;
+    manager.expire()
+      .then((gone) => metrics.expired.inc(gone.length))
+      .catch((err) => log.warn({ err }, "expiry sweep failed; will retry"))
+      .finally(() => (sweeping = false));
+  }, opts.sweepIntervalMs ?? Math.min(1000, Math.max(100, cfg.leaseTtlMs / 10)));
+  sweep.unref();
+
+  const grpcServer = new grpc.Server({
+    "grpc.keepalive_time_ms": 30_000,
+    "grpc.keepalive_timeout_ms": 10_000,
+    "grpc.keepalive_permit_without_calls": 1,
+    "grpc.http2.min_ping_interval_without_data_ms": 10_000,
+  });
+  grpcServer.addService(leaseServiceDefinition, createLeaseService({ manager, hub, log, requireClientIdentity: !!cfg.tls?.clientCa }));
+  const health = new HealthImplementation({ "": "SERVING", "weft.v1.LeaseService": "SERVING" });
+  health.addToServer(grpcServer);
+  const creds = cfg.tls
+    ? grpc.ServerCredentials.createSsl(cfg.tls.clientCa ?? null, [{ cert_chain: cfg.tls.cert, private_key: cfg.tls.key }], !!cfg.tls.clientCa)
+    : grpc.ServerCredentials.createInsecure();
+  const grpcHost = cfg.listen.host.includes(":") ? `[${cfg.listen.host}]` : cfg.listen.host;
+  let grpcPort: number;
+  try {
+    grpcPort = await bindGrpc(grpcServer, `${grpcHost}:${cfg.listen.port}`, creds);
+  } catch (err) {
+    clearInterval(sweep);
+    hub.stop();
+    await store.close();
+    throw new WeftError("CONFIG_INVALID", `--listen ${cfg.listen.host}:${cfg.listen.port}: cannot listen (${(err as Error).message}); pick a free port or address`, { cause: err });
+  }
+
+  let ready = true;
+  const http = await buildHttpApi({ manager, store, metrics, log, ready: () => ready });
+  try {
+    await http.listen({ host: cfg.httpListen.host, port: cfg.httpListen.port });
+  } catch (err) {
+    grpcServer.forceShutdown();
+    clearInterval(sweep);
+    hub.stop();
+    await store.close();
+    throw new WeftError("CONFIG_INVALID", `--http-listen ${cfg.httpListen.host}:${cfg.httpListen.port}: cannot listen (${(err as Error).message}); pick a free port or address`, { cause: err });
+  }
+  const httpPort = (http.server.address() as { port: number }).port;
+  log.info({ grpc: `${cfg.listen.host}:${grpcPort}`, http: `${cfg.httpListen.host}:${httpPort}`, tls: !!cfg.tls, mtls: !!cfg.tls?.clientCa, revision: hub.revision }, "lease server listening");
+
+  return {
+    grpcPort, httpPort, manager, hub, store, metrics, http,
+    async close() {
+      ready = false;
+      health.setStatus("", "NOT_SERVING");
+      clearInterval(sweep);
+      unsubscribe();
+      hub.stop();
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(() => { grpcServer.forceShutdown(); resolve(); }, 2000);
+        grpcServer.tryShutdown(() => { clearTimeout(t); resolve(); });
+      });
+      await http.close();
+      await store.close();
+    },
+  };
+}

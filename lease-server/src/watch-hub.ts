@@ -1,0 +1,285 @@
+// Fan-out of lease changes to thousands of WatchLeases streams.
+//
+// One in-memory view (live leases + a ring of recent events) feeds every
+// stream. Each change batch is encoded once and the same bytes are queued on
+// every stream; the full snapshot is encoded once per revision and shared the
+// same way. A stream only copies what it is actively writing (highWater
+// bytes); the rest of its queue is references to shared buffers. A stream whose
+// queue grows past maxQueueBytes is too far behind: it is dropped and the
+// client resumes from its last revision, which costs it only what it missed.
+import { WeftError } from "../../lib/src/errors.js";
+import type { Lease, LeaseEvent } from "../../lib/src/lease.js";
+import type { Logger } from "../../lib/src/logger.js";
+import type { LeaseStore } from "./store/lease-store.js";
+
+export interface WatchSink {
+  /** Writes one encoded message; calls done once it is handed to the transport. */
+  write(frame: Buffer, done: () => void): void;
+  /** Ends the stream with an error status. */
+  fail(err: WeftError): void;
+}
+
+/** Encodes watch messages; the gRPC adapter supplies protobuf encoding. */
+export interface FrameEncoder {
+  snapshot(leases: readonly Lease[], resync: boolean): Buffer;
+  snapshotComplete(revision: number): Buffer;
+  events(events: readonly LeaseEvent[]): Buffer;
+  progress(revision: number): Buffer;
+}
+
+export interface WatchHubMetrics {
+  streams(n: number): void;
+  eventsSent(n: number): void;
+  framesSent(n: number): void;
+  dropped(): void;
+  batch(events: number): void;
+}
+
+export interface WatchHubOptions {
+  readonly store: LeaseStore;
+  readonly encoder: FrameEncoder;
+  readonly log: Logger;
+  /** Events kept in memory for resuming streams. */
+  readonly historyEvents?: number;
+  /** Changes arriving within this window go out as one message. */
+  readonly batchWindowMs?: number;
+  /** Bytes (shared or not) a stream may have queued before it is dropped. */
+  readonly maxQueueBytes?: number;
+  /** Bytes a stream may have in the transport at once. */
+  readonly highWaterBytes?: number;
+  readonly snapshotChunk?: number;
+  readonly maxEventsPerMessage?: number;
+  readonly progressIntervalMs?: number;
+  readonly metrics?: WatchHubMetrics;
+}
+
+interface Frame {
+  readonly buf: Buffer;
+  readonly events: number;
+}
+
+class Subscription {
+  readonly #queue: Frame[] = [];
+  #head = 0;
+  #queuedBytes = 0;
+  #inFlight = 0;
+  closed = false;
+
+  constructor(readonly hub: WatchHub, readonly sink: WatchSink) {}
+
+  enqueue(f: Frame): void {
+    if (this.closed) return;
+    this.#queue.push(f);
+    this.#queuedBytes += f.buf.length;
+    if (this.#queuedBytes > this.hub.maxQueueBytes) {
+      this.hub.drop(this, this.#queuedBytes);
+      return;
+    }
+    this.pump();
+  }
+
+  pump(): void {
+    while (!this.closed && this.#head < this.#queue.length && this.#inFlight < this.hub.highWaterBytes) {
+      const f = this.#queue[this.#head++]!;
+      const size = f.buf.length;
+      this.#inFlight += size;
+      this.hub.sent(f);
+      this.sink.write(f.buf, () => {
+        this.#inFlight -= size;
+        this.#queuedBytes -= size;
+        this.pump();
+      });
+    }
+    if (this.#head > 64 && this.#head * 2 > this.#queue.length) {
+      this.#queue.splice(0, this.#head);
+      this.#head = 0;
+    }
+  }
+}
+
+export class WatchHub {
+  readonly #o: WatchHubOptions;
+  readonly maxQueueBytes: number;
+  readonly highWaterBytes: number;
+  readonly #historyEvents: number;
+  readonly #leases = new Map<string, Lease>();
+  /** Every event with revision > #floor, oldest first. */
+  #ring: LeaseEvent[] = [];
+  #floor = 0;
+  #revision = 0;
+  #pending: LeaseEvent[] = [];
+  #flushTimer: NodeJS.Timeout | undefined;
+  #progressTimer: NodeJS.Timeout | undefined;
+  #unsubscribe: (() => void) | undefined;
+  readonly #subs = new Set<Subscription>();
+  #snapshotCache: { revision: number; resync: boolean; frames: Frame[] }[] = [];
+
+  constructor(opts: WatchHubOptions) {
+    this.#o = opts;
+    this.maxQueueBytes = opts.maxQueueBytes ?? 16 << 20;
+    this.highWaterBytes = opts.highWaterBytes ?? 256 << 10;
+    this.#historyEvents = opts.historyEvents ?? 10_000;
+  }
+
+  get revision(): number {
+    return this.#revision;
+  }
+
+  get streams(): number {
+    return this.#subs.size;
+  }
+
+  /** Loads the current leases and recent history, then follows the store. */
+  async start(): Promise<void> {
+    // Subscribe before listing so nothing committed in between is lost.
+    let loading = true;
+    const early: LeaseEvent[] = [];
+    this.#unsubscribe = this.#o.store.subscribe((evs) => (loading ? early.push(...evs) : this.#onEvents(evs)));
+    const { leases, revision } = await this.#o.store.listLeases();
+    for (const l of leases) this.#leases.set(l.subnet, l);
+    this.#revision = revision;
+    this.#floor = revision;
+    try {
+      const from = Math.max(0, revision - this.#historyEvents);
+      this.#ring = (await this.#o.store.eventsSince(from)).filter((e) => e.revision <= revision);
+      this.#floor = from;
+    } catch (err) {
+      if ((err as WeftError).code !== "REVISION_COMPACTED") throw err;
+    }
+    loading = false;
+    const missed = early.filter((e) => e.revision > this.#revision);
+    if (missed.length > 0) this.#onEvents(missed);
+    const every = this.#o.progressIntervalMs ?? 30_000;
+    if (every > 0) {
+      this.#progressTimer = setInterval(() => this.#broadcast({ buf: this.#o.encoder.progress(this.#revision), events: 0 }), every);
+      this.#progressTimer.unref();
+    }
+  }
+
+  #onEvents(evs: readonly LeaseEvent[]): void {
+    this.#pending.push(...evs);
+    if (this.#flushTimer !== undefined) return;
+    const window = this.#o.batchWindowMs ?? 5;
+    this.#flushTimer = window > 0 ? setTimeout(() => this.flush(), window) : (setImmediate(() => this.flush()) as unknown as NodeJS.Timeout);
+  }
+
+  /** Applies pending changes and sends them to every stream. */
+  flush(): void {
+    if (this.#flushTimer !== undefined) {
+      clearTimeout(this.#flushTimer);
+      clearImmediate(this.#flushTimer as unknown as NodeJS.Immediate);
+      this.#flushTimer = undefined;
+    }
+    const batch = this.#pending.filter((e) => e.revision > this.#revision);
+    this.#pending = [];
+    if (batch.length === 0) return;
+    for (const e of batch) {
+      if (e.type === "removed") this.#leases.delete(e.lease.subnet);
+      else this.#leases.set(e.lease.subnet, e.lease);
+    }
+    this.#revision = batch[batch.length - 1]!.revision;
+    this.#ring.push(...batch);
+    if (this.#ring.length > this.#historyEvents * 1.25) {
+      const cut = this.#ring.length - this.#historyEvents;
+      this.#floor = this.#ring[cut - 1]!.revision;
+      this.#ring = this.#ring.slice(cut);
+    }
+    this.#snapshotCache = [];
+    this.#o.metrics?.batch(batch.length);
+    for (const frame of this.#eventFrames(batch)) this.#broadcast(frame);
+  }
+
+  #eventFrames(events: readonly LeaseEvent[]): Frame[] {
+    const max = this.#o.maxEventsPerMessage ?? 1000;
+    const frames: Frame[] = [];
+    for (let i = 0; i < events.length; i += max) {
+      const part = events.slice(i, i + max);
+      frames.push({ buf: this.#o.encoder.events(part), events: part.length });
+    }
+    return frames;
+  }
+
+  #broadcast(frame: Frame): void {
+    for (const s of this.#subs) s.enqueue(frame);
+  }
+
+  #snapshotFrames(resync: boolean): Frame[] {
+    const hit = this.#snapshotCache.find((c) => c.revision === this.#revision && c.resync === resync);
+    if (hit) return hit.frames;
+    const chunk = this.#o.snapshotChunk ?? 500;
+    const all = [...this.#leases.values()];
+    const frames: Frame[] = [];
+    for (let i = 0; i < all.length || i === 0; i += chunk) {
+      const part = all.slice(i, i + chunk);
+      frames.push({ buf: this.#o.encoder.snapshot(part, resync), events: part.length });
+      if (all.length === 0) break;
+    }
+    frames.push({ buf: this.#o.encoder.snapshotComplete(this.#revision), events: 0 });
+    this.#snapshotCache.push({ revision: this.#revision, resync, frames });
+    return frames;
+  }
+
+  /**
+   * Starts a stream. from = 0: snapshot then changes. from > 0: the changes
+   * after it, or a snapshot marked resync when that history is gone.
+   */
+  subscribe(from: number, sink: WatchSink): { close(): void } {
+    // Changes still waiting for their batch window go out first, so the
+    // starting point below is the newest revision.
+    this.flush();
+    const sub = new Subscription(this, sink);
+    this.#subs.add(sub);
+    this.#o.metrics?.streams(this.#subs.size);
+    if (from === 0 || from < this.#floor || from > this.#revision) {
+      for (const f of this.#snapshotFrames(from !== 0)) sub.enqueue(f);
+    } else {
+      const missed = this.#ring.slice(this.#indexAfter(from));
+      for (const f of this.#eventFrames(missed)) sub.enqueue(f);
+      // Tells the client it is caught up even when nothing was missed.
+      sub.enqueue({ buf: this.#o.encoder.progress(this.#revision), events: 0 });
+    }
+    return { close: () => this.#remove(sub) };
+  }
+
+  /** Index of the first ring event with revision > rev. */
+  #indexAfter(rev: number): number {
+    let lo = 0;
+    let hi = this.#ring.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (this.#ring[mid]!.revision <= rev) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  sent(f: Frame): void {
+    this.#o.metrics?.framesSent(1);
+    if (f.events > 0) this.#o.metrics?.eventsSent(f.events);
+  }
+
+  drop(sub: Subscription, queued: number): void {
+    this.#remove(sub);
+    this.#o.metrics?.dropped();
+    this.#o.log.warn({ queuedBytes: queued, revision: this.#revision }, "watch stream too far behind; dropped (the client resumes from its last revision)");
+    sub.sink.fail(new WeftError("STORE_UNAVAILABLE", `watch stream fell more than ${this.maxQueueBytes} bytes behind; reconnect with from_revision set to the last revision you applied`));
+  }
+
+  #remove(sub: Subscription): void {
+    if (sub.closed) return;
+    sub.closed = true;
+    this.#subs.delete(sub);
+    this.#o.metrics?.streams(this.#subs.size);
+  }
+
+  /** Ends every stream (server shutdown) and stops following the store. */
+  stop(): void {
+    this.flush();
+    clearInterval(this.#progressTimer);
+    this.#unsubscribe?.();
+    for (const s of [...this.#subs]) {
+      this.#remove(s);
+      s.sink.fail(new WeftError("STORE_UNAVAILABLE", "lease server is shutting down; reconnect with from_revision to resume"));
+    }
+  }
+}

@@ -1,0 +1,157 @@
+// gRPC adapter to the lease server. The only agent file that sees weft.v1
+// messages: it converts them to domain types and gRPC failures to WeftError.
+// With several --server addresses it moves to the next one whenever the
+// current one is unreachable.
+import { credentials as grpcCredentials, Metadata, status, type ChannelCredentials, type ServiceError } from "@grpc/grpc-js";
+import { readFileSync } from "node:fs";
+import { LeaseServiceClient, WatchLeasesResponse_Kind, type Lease as PbLease, type NetworkConfig as PbNetworkConfig } from "../../gen/weft/v1/lease.js";
+import { WeftError, type ErrorCode } from "../../lib/src/errors.js";
+import type { BackendAttrs, Lease, LeaseEvent } from "../../lib/src/lease.js";
+import { parseNetworkConfig, type NetworkConfig } from "../../lib/src/net-config.js";
+import { attrsToPb, eventFromPb, leaseFromPb } from "../../lib/src/proto-convert.js";
+
+export type WatchMessage =
+  | { readonly kind: "snapshot"; readonly leases: readonly Lease[]; readonly resync: boolean }
+  | { readonly kind: "complete"; readonly revision: number }
+  | { readonly kind: "events"; readonly events: readonly LeaseEvent[]; readonly revision: number }
+  | { readonly kind: "progress"; readonly revision: number };
+
+export interface TlsFiles {
+  readonly ca?: string;
+  readonly cert?: string;
+  readonly key?: string;
+}
+
+export interface LeaseClientOptions {
+  readonly servers: readonly string[];
+  /** undefined = insecure (plaintext). */
+  readonly tls?: TlsFiles;
+  readonly callTimeoutMs?: number;
+  /** Called with true when a call or stream message got through, false when the server was unreachable. */
+  readonly onConnectivity?: (connected: boolean) => void;
+}
+
+export interface AcquireRequest {
+  readonly nodeName: string;
+  readonly publicIP: string;
+  readonly attrs: BackendAttrs;
+  readonly previousSubnet?: string;
+}
+
+const CODE_MAP: Partial<Record<number, ErrorCode>> = {
+  [status.NOT_FOUND]: "LEASE_NOT_FOUND",
+  [status.INVALID_ARGUMENT]: "INVALID_ARGUMENT",
+  [status.RESOURCE_EXHAUSTED]: "LEASE_EXHAUSTED",
+  [status.PERMISSION_DENIED]: "PERMISSION_DENIED",
+  [status.UNAUTHENTICATED]: "PERMISSION_DENIED",
+  [status.OUT_OF_RANGE]: "REVISION_COMPACTED",
+  [status.ABORTED]: "LEASE_CONFLICT",
+  [status.UNAVAILABLE]: "STORE_UNAVAILABLE",
+  [status.DEADLINE_EXCEEDED]: "STORE_UNAVAILABLE",
+  [status.CANCELLED]: "STORE_UNAVAILABLE",
+};
+
+export function isUnreachable(err: unknown): boolean {
+  return err instanceof WeftError && err.code === "STORE_UNAVAILABLE";
+}
+
+export function buildCredentials(tls: TlsFiles | undefined): ChannelCredentials {
+  if (!tls) return grpcCredentials.createInsecure();
+  const read = (p: string | undefined) => (p ? readFileSync(p) : null);
+  return grpcCredentials.createSsl(read(tls.ca), read(tls.key), read(tls.cert));
+}
+
+export class LeaseClient {
+  private readonly clients: LeaseServiceClient[];
+  private current = 0;
+  private readonly timeoutMs: number;
+
+  constructor(private readonly opts: LeaseClientOptions) {
+    const creds = buildCredentials(opts.tls);
+    // grpc-js waits up to 120 s between reconnects by default; we want to notice a returning server quickly.
+    const channelOptions = { "grpc.initial_reconnect_backoff_ms": 500, "grpc.max_reconnect_backoff_ms": 5000, "grpc.max_receive_message_length": 64 << 20 };
+    this.clients = opts.servers.map((s) => new LeaseServiceClient(s, creds, channelOptions));
+    this.timeoutMs = opts.callTimeoutMs ?? 5000;
+  }
+
+  get server(): string {
+    return this.opts.servers[this.current]!;
+  }
+
+  private fail(err: unknown, what: string): WeftError {
+    const e = err as ServiceError;
+    const code = (typeof e?.code === "number" && CODE_MAP[e.code]) || "INTERNAL";
+    if (code === "STORE_UNAVAILABLE") {
+      this.opts.onConnectivity?.(false);
+      this.current = (this.current + 1) % this.clients.length;
+    }
+    const detail = e?.details || (err instanceof Error ? err.message : String(err));
+    return new WeftError(code, `${what} (lease server ${this.opts.servers[this.current]}): ${detail}`, { cause: err });
+  }
+
+  private unary<Req, Res>(what: string, call: (c: LeaseServiceClient, req: Req, md: Metadata, o: { deadline: number }, cb: (e: ServiceError | null, r: Res) => void) => unknown, req: Req): Promise<Res> {
+    const client = this.clients[this.current]!;
+    return new Promise((resolve, reject) => {
+      call(client, req, new Metadata(), { deadline: Date.now() + this.timeoutMs }, (err, res) => {
+        if (err) return reject(this.fail(err, what));
+        this.opts.onConnectivity?.(true);
+        resolve(res);
+      });
+    });
+  }
+
+  async getNetworkConfig(): Promise<NetworkConfig> {
+    const pb = await this.unary<object, PbNetworkConfig>("get network config", (c, r, m, o, cb) => c.getNetworkConfig(r, m, o, cb), {});
+    return parseNetworkConfig(pb.json);
+  }
+
+  async acquire(r: AcquireRequest): Promise<Lease> {
+    const req = { nodeName: r.nodeName, publicIp: r.publicIP, previousSubnet: r.previousSubnet ?? "", ...attrsToPb(r.attrs) };
+    return leaseFromPb(await this.unary<typeof req, PbLease>("acquire lease", (c, q, m, o, cb) => c.acquireLease(q, m, o, cb), req));
+  }
+
+  async renew(nodeName: string, subnet: string): Promise<Lease> {
+    return leaseFromPb(await this.unary<{ nodeName: string; subnet: string }, PbLease>("renew lease", (c, q, m, o, cb) => c.renewLease(q, m, o, cb), { nodeName, subnet }));
+  }
+
+  async release(nodeName: string, subnet: string): Promise<void> {
+    await this.unary<{ nodeName: string; subnet: string }, unknown>("release lease", (c, q, m, o, cb) => c.releaseLease(q, m, o, cb), { nodeName, subnet });
+  }
+
+  /** One WatchLeases stream; ends (throws) when the stream breaks. Abort the signal to cancel. */
+  async *watch(fromRevision: number, signal: AbortSignal): AsyncGenerator<WatchMessage> {
+    const call = this.clients[this.current]!.watchLeases({ fromRevision });
+    const onAbort = () => call.cancel();
+    signal.addEventListener("abort", onAbort, { once: true });
+    try {
+      for await (const m of call as AsyncIterable<import("../../gen/weft/v1/lease.js").WatchLeasesResponse>) {
+        this.opts.onConnectivity?.(true);
+        switch (m.kind) {
+          case WatchLeasesResponse_Kind.KIND_SNAPSHOT:
+            yield { kind: "snapshot", leases: m.leases.map(leaseFromPb), resync: m.resync };
+            break;
+          case WatchLeasesResponse_Kind.KIND_SNAPSHOT_COMPLETE:
+            yield { kind: "complete", revision: Number(m.revision) };
+            break;
+          case WatchLeasesResponse_Kind.KIND_EVENTS:
+            yield { kind: "events", events: m.events.map(eventFromPb).filter((e): e is LeaseEvent => !!e), revision: Number(m.revision) };
+            break;
+          case WatchLeasesResponse_Kind.KIND_PROGRESS:
+            yield { kind: "progress", revision: Number(m.revision) };
+            break;
+        }
+      }
+      if (!signal.aborted) throw new WeftError("STORE_UNAVAILABLE", `watch stream from ${this.server} ended`);
+    } catch (err) {
+      if (signal.aborted) return;
+      throw err instanceof WeftError ? err : this.fail(err, "watch leases");
+    } finally {
+      signal.removeEventListener("abort", onAbort);
+      call.cancel();
+    }
+  }
+
+  close(): void {
+    for (const c of this.clients) c.close();
+  }
+}

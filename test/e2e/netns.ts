@@ -1,0 +1,126 @@
+// Network-namespace plumbing for kernel tests. Everything a test creates is
+// named `wft-<runid>-...`, so cleanup can remove exactly our own leftovers
+// (also from earlier crashed runs) and nothing else. Node never switches
+// namespaces itself: commands and processes run under `ip netns exec`.
+import { execFile, spawn, type ChildProcess } from "node:child_process";
+import { existsSync, readFileSync, readdirSync } from "node:fs";
+import { promisify } from "node:util";
+
+const execFileP = promisify(execFile);
+
+export const NS_PREFIX = "wft-";
+
+export function newRunId(): string {
+  return `${process.pid.toString(36)}${Math.floor(Math.random() * 36 ** 3).toString(36)}`.slice(-6);
+}
+
+export async function sh(cmd: string, args: readonly string[], opts: { input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number; allowFail?: boolean } = {}): Promise<{ stdout: string; stderr: string; code: number }> {
+  return new Promise((resolve, reject) => {
+    const p = spawn(cmd, args, { env: opts.env ?? process.env, stdio: [opts.input === undefined ? "ignore" : "pipe", "pipe", "pipe"] });
+    let stdout = "";
+    let stderr = "";
+    p.stdout.on("data", (d) => (stdout += d));
+    p.stderr.on("data", (d) => (stderr += d));
+    const t = setTimeout(() => p.kill("SIGKILL"), opts.timeoutMs ?? 30_000);
+    p.on("error", (e) => { clearTimeout(t); reject(e); });
+    p.on("close", (code) => {
+      clearTimeout(t);
+      const c = code ?? -1;
+      if (c !== 0 && !opts.allowFail) reject(new Error(`${cmd} ${args.join(" ")} exited ${c}: ${stderr.trim() || stdout.trim()}`));
+      else resolve({ stdout, stderr, code: c });
+    });
+    if (opts.input !== undefined) {
+      p.stdin!.on("error", () => { /* the command may exit without reading */ });
+      p.stdin!.end(opts.input);
+    }
+  });
+}
+
+export const ip = (...args: string[]) => sh("ip", args);
+export const nsExec = (ns: string, cmd: string, ...args: string[]) => sh("ip", ["netns", "exec", ns, cmd, ...args]);
+
+export async function ipJson<T = unknown[]>(ns: string, ...args: string[]): Promise<T> {
+  const { stdout } = await sh("ip", ["-n", ns, "-j", ...args]);
+  return (stdout.trim() ? JSON.parse(stdout) : []) as T;
+}
+
+export async function bridgeFdbJson(ns: string, dev: string): Promise<Array<{ mac: string; dst?: string; state?: string; flags?: string[] }>> {
+  const { stdout } = await sh("ip", ["netns", "exec", ns, "bridge", "-j", "fdb", "show", "dev", dev]);
+  return stdout.trim() ? JSON.parse(stdout) : [];
+}
+
+export async function listNetns(): Promise<string[]> {
+  const { stdout } = await sh("ip", ["netns", "list"], { allowFail: true });
+  return stdout.split("\n").map((l) => l.split(" ")[0]!).filter(Boolean);
+}
+
+export async function addNetns(name: string): Promise<void> {
+  if (!name.startsWith(NS_PREFIX)) throw new Error(`refusing to create namespace ${name} without prefix ${NS_PREFIX}`);
+  await ip("netns", "add", name);
+  await ip("-n", name, "link", "set", "lo", "up");
+}
+
+/** Kills every process inside our namespaces, then deletes them. Only names with our prefix (and optional run id). */
+export async function cleanupNetns(runPrefix = NS_PREFIX): Promise<void> {
+  if (!runPrefix.startsWith(NS_PREFIX)) throw new Error(`refusing to clean up ${runPrefix}`);
+  for (const ns of await listNetns()) {
+    if (!ns.startsWith(runPrefix)) continue;
+    const { stdout } = await sh("ip", ["netns", "pids", ns], { allowFail: true });
+    for (const pid of stdout.split(/\s+/).filter(Boolean).map(Number)) {
+      try { process.kill(pid, "SIGKILL"); } catch { /* gone */ }
+    }
+    await sh("ip", ["netns", "del", ns], { allowFail: true });
+  }
+}
+
+export interface EnvCheck { readonly ok: boolean; readonly reason: string }
+
+/** Missing root or tools: CI fails (throws), local runs skip with a visible reason. */
+export function kernelTestEnv(needs: { cni?: boolean; iperf3?: boolean } = {}): EnvCheck {
+  const missing: string[] = [];
+  if (process.getuid?.() !== 0) missing.push("root");
+  if (!findBin("ip")) missing.push("ip (apt-get install iproute2)");
+  if (!findBin("bridge")) missing.push("bridge (apt-get install iproute2)");
+  if (needs.cni && !existsSync("/usr/lib/cni/bridge")) missing.push("/usr/lib/cni/bridge (apt-get install containernetworking-plugins)");
+  if (needs.cni && !existsSync("/usr/lib/cni/host-local")) missing.push("/usr/lib/cni/host-local (apt-get install containernetworking-plugins)");
+  if (needs.cni && !findBin("ping")) missing.push("ping (apt-get install iputils-ping)");
+  if (needs.iperf3 && !findBin("iperf3")) missing.push("iperf3 (apt-get install iperf3)");
+  if (missing.length === 0) return { ok: true, reason: "" };
+  const reason = `kernel test needs: ${missing.join(", ")}`;
+  if (process.env.CI === "true") throw new Error(`${reason} (CI=true: failing instead of skipping)`);
+  console.warn(`SKIPPING: ${reason}`);
+  return { ok: false, reason };
+}
+
+function findBin(name: string): string | undefined {
+  for (const dir of (process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin").split(":")) {
+    if (existsSync(`${dir}/${name}`)) return `${dir}/${name}`;
+  }
+  return undefined;
+}
+
+/** Kills stale processes this harness started earlier (their argv carries the marker). */
+export function killStaleByMarker(marker: string): void {
+  for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+    if (Number(pid) === process.pid) continue;
+    try {
+      const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8");
+      if (cmd.includes(marker)) process.kill(Number(pid), "SIGKILL");
+    } catch { /* raced with exit */ }
+  }
+}
+
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 15_000, stepMs = 100): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  let last: unknown;
+  while (Date.now() < end) {
+    try {
+      const v = await fn();
+      if (v !== undefined && v !== false) return v as T;
+    } catch (err) { last = err; }
+    await new Promise((r) => setTimeout(r, stepMs));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ""}`);
+}
+
+export { execFileP, type ChildProcess };

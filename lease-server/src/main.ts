@@ -10,11 +10,8 @@ export async function main(argv: string[]): Promise<void> {
   try {
     cfg = loadServerConfig(argv);
   } catch (err) {
-    if (isWeftError(err)) {
-      process.stderr.write(`${BIN}: ${err.message}\n`);
-      process.exit(2);
-    }
-    throw err;
+    process.stderr.write(`${BIN}: ${isWeftError(err) ? err.message : `unexpected error reading the configuration: ${String(err)}`}\n`);
+    process.exit(2);
   }
   if (!cfg) {
     process.stdout.write(formatHelp(BIN, "Hands out node subnets of the cluster network and streams lease changes to weft agents.", FLAGS));

@@ -81,6 +81,9 @@ export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {
     "grpc.keepalive_timeout_ms": 10_000,
     "grpc.keepalive_permit_without_calls": 1,
     "grpc.http2.min_ping_interval_without_data_ms": 10_000,
+    // Channelz bookkeeping runs on every call and message of every watch
+    // stream; nothing here reads it (bench:fanout, docs/benchmarks.md).
+    "grpc.enable_channelz": 0,
   });
   grpcServer.addService(leaseServiceDefinition, createLeaseService({ manager, hub, log, requireClientIdentity: !!cfg.tls?.clientCa }));
   const health = new HealthImplementation({ "": "SERVING", "weft.v1.LeaseService": "SERVING" });

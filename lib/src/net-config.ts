@@ -136,7 +136,7 @@ export function parseNetworkConfig(text: string): NetworkConfig {
     if (network.prefix > 28) fail("Network", `/${network.prefix} is too small to split into node subnets`, "use a Network of /28 or larger (e.g. /16)");
     subnetLen = network.prefix <= 22 ? 24 : network.prefix + 2;
   } else {
-    subnetLen = uint(c.SubnetLen, "SubnetLen", 1, 32, 24);
+    subnetLen = uint(c.SubnetLen, "SubnetLen", 1, 128, 24);
     if (subnetLen > 30) fail("SubnetLen", `${subnetLen} is larger than 30`, "use a SubnetLen of 30 or less (24 is usual)");
     if (subnetLen < network.prefix + 2) {
       fail("SubnetLen", `${subnetLen} leaves fewer than four subnets in ${formatCidr(network)}`, `use a SubnetLen of at least ${network.prefix + 2}`);
@@ -185,7 +185,8 @@ export function subnetCount(cfg: NetworkConfig): number {
 }
 
 export function deepFreeze<T>(o: T): T {
-  if (o && typeof o === "object" && !Object.isFrozen(o)) {
+  // Buffers (TLS keys) cannot be frozen; they are never shared mutably anyway.
+  if (o && typeof o === "object" && !ArrayBuffer.isView(o) && !Object.isFrozen(o)) {
     Object.freeze(o);
     for (const v of Object.values(o)) deepFreeze(v);
   }

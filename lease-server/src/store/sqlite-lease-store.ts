@@ -47,8 +47,8 @@ export class SqliteLeaseStore implements LeaseStore {
 
   constructor(path: string, opts: SqliteStoreOptions = {}) {
     this.#historyLimit = opts.historyLimit ?? 10_000;
-    if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
     try {
+      if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
       this.#db = new Database(path);
       this.#db.pragma("journal_mode = WAL");
       this.#db.pragma("synchronous = FULL");

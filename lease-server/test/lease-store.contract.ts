@@ -1,0 +1,113 @@
+// The behaviour every LeaseStore must have. Each store's test file calls
+// describeLeaseStoreContract with a factory for a fresh, empty store.
+import { afterEach, describe, expect, it } from "vitest";
+import type { BackendAttrs, LeaseEvent } from "../../lib/src/lease.js";
+import type { LeaseStore, NewLease } from "../src/store/lease-store.js";
+
+const attrs = (n: number): BackendAttrs => ({ type: "vxlan", vni: 1, vtepMac: `0e:00:00:00:00:${n.toString(16).padStart(2, "0")}` });
+export const newLease = (n: number, over: Partial<NewLease> = {}): NewLease => ({
+  subnet: `10.244.${n}.0/24`, nodeName: `node-${n}`, publicIP: `198.18.0.${n}`, attrs: attrs(n), expiresAt: Date.now() + 60_000, ...over,
+});
+
+export function describeLeaseStoreContract(name: string, make: () => Promise<LeaseStore>): void {
+  describe(`LeaseStore contract: ${name}`, () => {
+    const open: LeaseStore[] = [];
+    const fresh = async () => {
+      const s = await make();
+      open.push(s);
+      return s;
+    };
+    afterEach(async () => {
+      await Promise.all(open.splice(0).map((s) => s.close()));
+    });
+
+    it("creates a lease and numbers it with a new revision", async () => {
+      const s = await fresh();
+      const a = await s.create(newLease(1));
+      const b = await s.create(newLease(2));
+      expect(a?.revision).toBeGreaterThan(0);
+      expect(b!.revision).toBeGreaterThan(a!.revision);
+      const { leases, revision } = await s.listLeases();
+      expect(leases.map((l) => l.subnet)).toEqual(["10.244.1.0/24", "10.244.2.0/24"]);
+      expect(revision).toBe(b!.revision);
+      expect(leases[0]).toMatchObject({ nodeName: "node-1", publicIP: "198.18.0.1", attrs: attrs(1) });
+    });
+
+    it("refuses a second lease on a subnet or for a node", async () => {
+      const s = await fresh();
+      expect(await s.create(newLease(1))).toBeDefined();
+      expect(await s.create(newLease(2, { subnet: "10.244.1.0/24" }))).toBeUndefined();
+      expect(await s.create(newLease(3, { nodeName: "node-1" }))).toBeUndefined();
+      expect((await s.listLeases()).leases).toHaveLength(1);
+    });
+
+    it("updates only a lease the node still holds", async () => {
+      const s = await fresh();
+      await s.create(newLease(1));
+      const upd = await s.update("10.244.1.0/24", "node-1", { publicIP: "198.18.0.99" });
+      expect(upd).toMatchObject({ publicIP: "198.18.0.99", nodeName: "node-1" });
+      expect(await s.update("10.244.1.0/24", "node-2", { publicIP: "198.18.0.5" })).toBeUndefined();
+      expect(await s.update("10.244.9.0/24", "node-1", { publicIP: "198.18.0.5" })).toBeUndefined();
+      expect((await s.getLeaseByNode("node-1"))?.publicIP).toBe("198.18.0.99");
+    });
+
+    it("removes idempotently and remembers who held a freed subnet", async () => {
+      const s = await fresh();
+      await s.create(newLease(1));
+      expect(await s.remove("10.244.1.0/24", "node-2", "released")).toBeUndefined();
+      expect((await s.remove("10.244.1.0/24", "node-1", "released"))?.nodeName).toBe("node-1");
+      expect(await s.remove("10.244.1.0/24", "node-1", "released")).toBeUndefined();
+      const freed = await s.listFreed();
+      expect(freed).toEqual([expect.objectContaining({ subnet: "10.244.1.0/24", nodeName: "node-1" })]);
+      expect(await s.getLeaseByNode("node-1")).toBeUndefined();
+    });
+
+    it("expires only leases whose time has come, never reservations-style leases with expiresAt 0", async () => {
+      const s = await fresh();
+      const now = Date.now();
+      await s.create(newLease(1, { expiresAt: now - 1 }));
+      await s.create(newLease(2, { expiresAt: now + 60_000 }));
+      await s.create(newLease(3, { expiresAt: 0 }));
+      const gone = await s.expire(now);
+      expect(gone.map((l) => l.subnet)).toEqual(["10.244.1.0/24"]);
+      expect((await s.listLeases()).leases.map((l) => l.nodeName)).toEqual(["node-2", "node-3"]);
+      expect(await s.expire(now)).toEqual([]);
+    });
+
+    it("keeps an ordered event log; a removal carries the lease's last attributes", async () => {
+      const s = await fresh();
+      const seen: LeaseEvent[] = [];
+      s.subscribe((evs) => seen.push(...evs));
+      await s.create(newLease(1));
+      await s.update("10.244.1.0/24", "node-1", { publicIP: "198.18.0.50" });
+      await s.remove("10.244.1.0/24", "node-1", "revoked");
+      const log = await s.eventsSince(0);
+      expect(log.map((e) => e.type)).toEqual(["added", "changed", "removed"]);
+      expect(log.map((e) => e.revision)).toEqual([1, 2, 3].map((i) => log[0]!.revision + i - 1));
+      expect(log[2]!.lease).toMatchObject({ subnet: "10.244.1.0/24", publicIP: "198.18.0.50", attrs: attrs(1) });
+      expect(seen).toEqual(log);
+      expect(await s.eventsSince(log[1]!.revision)).toEqual([log[2]]);
+      expect(await s.eventsSince(log[2]!.revision)).toEqual([]);
+    });
+
+    it("reports REVISION_COMPACTED once history is gone", async () => {
+      const s = await fresh();
+      for (let i = 1; i <= 30; i++) await s.create(newLease(i));
+      await expect(s.eventsSince(0)).rejects.toMatchObject({ code: "REVISION_COMPACTED" });
+      expect((await s.eventsSince(25)).map((e) => e.lease.nodeName)).toEqual(["node-26", "node-27", "node-28", "node-29", "node-30"]);
+    });
+
+    it("keeps reservations unique per subnet and per node, and refuses one over another node's lease", async () => {
+      const s = await fresh();
+      await s.putReservation({ subnet: "10.244.7.0/24", nodeName: "node-7" });
+      await s.putReservation({ subnet: "10.244.7.0/24", nodeName: "node-7" });
+      await expect(s.putReservation({ subnet: "10.244.7.0/24", nodeName: "node-8" })).rejects.toMatchObject({ code: "ALREADY_EXISTS" });
+      await expect(s.putReservation({ subnet: "10.244.8.0/24", nodeName: "node-7" })).rejects.toMatchObject({ code: "ALREADY_EXISTS" });
+      await s.create(newLease(9));
+      await expect(s.putReservation({ subnet: "10.244.9.0/24", nodeName: "node-1" })).rejects.toMatchObject({ code: "ALREADY_EXISTS" });
+      expect(await s.listReservations()).toEqual([{ subnet: "10.244.7.0/24", nodeName: "node-7" }]);
+      expect(await s.deleteReservation("10.244.7.0/24")).toBe(true);
+      expect(await s.deleteReservation("10.244.7.0/24")).toBe(false);
+    });
+  });
+}

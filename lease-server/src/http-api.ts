@@ -1,4 +1,5 @@
-// REST + metrics edge of the lease server (fastify). buildHttpApi() does not
+// REST + metrics edge of the lease server (fastify). Per-request logs are off
+// (warn level) so scrapes do not flood the log. buildHttpApi() does not
 // listen, so tests use inject() and the OpenAPI writer needs no port.
 import Fastify, { type FastifyBaseLogger, type FastifyInstance } from "fastify";
 import swagger from "@fastify/swagger";
@@ -54,7 +55,7 @@ export interface HttpApiDeps {
 }
 
 export async function buildHttpApi(deps: HttpApiDeps): Promise<FastifyInstance> {
-  const app = Fastify({ loggerInstance: deps.log.child({ component: "http" }) as FastifyBaseLogger, disableRequestLogging: true }).withTypeProvider<TypeBoxTypeProvider>();
+  const app = Fastify({ loggerInstance: deps.log.child({ component: "http" }, { level: "warn" }) as FastifyBaseLogger }).withTypeProvider<TypeBoxTypeProvider>();
   await app.register(swagger, {
     openapi: {
       info: { title: "weft lease server", version: "1.0.0", description: "Leases of node subnets, reservations, health and metrics. The gRPC API (weft.v1.LeaseService) is what agents use." },

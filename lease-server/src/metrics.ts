@@ -9,12 +9,14 @@ export function createServerMetrics() {
   const registry = new Registry();
   registerProcessMetrics(registry, "weft_lease_server_");
   const registers = [registry];
+  // Scrape-time sources for the gauges below; server.ts binds them with observe().
+  const src = { leases: () => 0, revision: () => 0, reservations: async () => 0 };
   const m = {
     registry,
-    leases: new Gauge({ name: "weft_lease_server_leases", help: "Live subnet leases.", registers }),
+    leases: new Gauge({ name: "weft_lease_server_leases", help: "Live subnet leases.", registers, collect() { this.set(src.leases()); } }),
     subnetsTotal: new Gauge({ name: "weft_lease_server_subnets", help: "Node subnets the network can hand out (SubnetMin..SubnetMax).", registers }),
-    reservations: new Gauge({ name: "weft_lease_server_reservations", help: "Subnets reserved for a node name.", registers }),
-    revision: new Gauge({ name: "weft_lease_server_revision", help: "Revision of the newest lease change sent to watchers.", registers }),
+    reservations: new Gauge({ name: "weft_lease_server_reservations", help: "Subnets reserved for a node name.", registers, async collect() { this.set(await src.reservations()); } }),
+    revision: new Gauge({ name: "weft_lease_server_revision", help: "Revision of the newest lease change sent to watchers.", registers, collect() { this.set(src.revision()); } }),
     acquires: new Counter({ name: "weft_lease_server_acquire_total", help: "AcquireLease calls by outcome.", labelNames: ["outcome"] as const, registers }),
     acquireSeconds: new Histogram({ name: "weft_lease_server_acquire_duration_seconds", help: "AcquireLease latency.", buckets: LATENCY_BUCKETS, registers }),
     renews: new Counter({ name: "weft_lease_server_renew_total", help: "RenewLease calls by outcome.", labelNames: ["outcome"] as const, registers }),
@@ -26,7 +28,13 @@ export function createServerMetrics() {
     watchDropped: new Counter({ name: "weft_lease_server_watch_streams_dropped_total", help: "Watch streams dropped for falling too far behind.", registers }),
     watchBatch: new Histogram({ name: "weft_lease_server_watch_batch_events", help: "Lease events per fan-out batch.", buckets: [1, 2, 5, 10, 50, 100, 500, 1000, 5000], registers }),
   };
-  return m;
+  return {
+    ...m,
+    /** Binds the scrape-time gauges to their sources. */
+    observe(sources: typeof src) {
+      Object.assign(src, sources);
+    },
+  };
 }
 
 export type ServerMetrics = ReturnType<typeof createServerMetrics>;

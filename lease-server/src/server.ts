@@ -54,15 +54,13 @@ export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {
   const hub = new WatchHub({ store, encoder: frameEncoder, log, metrics: hubMetrics(metrics), ...opts.hub, historyEvents });
   await hub.start();
 
-  const refreshGauges = async () => {
-    const [{ leases }, reservations] = await Promise.all([store.listLeases(), store.listReservations()]);
-    metrics.leases.set(leases.length);
-    metrics.reservations.set(reservations.length);
-    metrics.revision.set(hub.revision);
-  };
+  // Gauges are read at scrape time, so lease changes cost the hot path nothing.
   metrics.subnetsTotal.set(subnetCount(cfg.network));
-  await refreshGauges();
-  const unsubscribe = store.subscribe(() => void refreshGauges().catch(() => undefined));
+  metrics.observe({
+    leases: () => hub.leaseCount,
+    revision: () => hub.revision,
+    reservations: async () => (await store.listReservations()).length,
+  });
 
   // Expired leases are swept here; a failed sweep is retried on the next tick.
   let sweeping = false;
@@ -122,7 +120,6 @@ export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {
       ready = false;
       health.setStatus("", "NOT_SERVING");
       clearInterval(sweep);
-      unsubscribe();
       hub.stop();
       await new Promise<void>((resolve) => {
         const t = setTimeout(() => { grpcServer.forceShutdown(); resolve(); }, 2000);

@@ -125,6 +125,10 @@ export class WatchHub {
     return this.#revision;
   }
 
+  get leaseCount(): number {
+    return this.#leases.size;
+  }
+
   get streams(): number {
     return this.#subs.size;
   }

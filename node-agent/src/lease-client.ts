@@ -61,7 +61,17 @@ export function buildCredentials(tls: TlsFiles | undefined): ChannelCredentials 
   return grpcCredentials.createSsl(read(tls.ca), read(tls.key), read(tls.cert));
 }
 
-export class LeaseClient {
+/** What the agent needs from the lease server (the seam for agent tests). */
+export interface LeaseApi {
+  getNetworkConfig(): Promise<NetworkConfig>;
+  acquire(r: AcquireRequest): Promise<Lease>;
+  renew(nodeName: string, subnet: string): Promise<Lease>;
+  release(nodeName: string, subnet: string): Promise<void>;
+  watch(fromRevision: number, signal: AbortSignal): AsyncIterable<WatchMessage>;
+  close(): void;
+}
+
+export class LeaseClient implements LeaseApi {
   private readonly clients: LeaseServiceClient[];
   private current = 0;
   private readonly timeoutMs: number;

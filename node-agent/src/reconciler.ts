@@ -27,6 +27,17 @@ export interface ReconcilerHooks {
   onPass?(r: ReconcileResult): void;
 }
 
+/** Operations in flight per pass: matches the dataplane's bound, so no unbounded queue of closures builds up. */
+const WINDOW = 64;
+
+async function forEachBounded<T>(items: readonly T[], fn: (item: T) => Promise<unknown>): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) await fn(items[next++]!);
+  };
+  await Promise.all(Array.from({ length: Math.min(WINDOW, items.length) }, worker));
+}
+
 const routeKey = (r: Route) => `${r.dst}|${r.gateway}|${r.oif}|${r.onlink}`;
 const neighKey = (n: Neighbour) => `${n.index}|${n.ip}|${n.mac}`;
 const fdbKey = (f: FdbEntry) => `${f.index}|${f.mac}|${f.dst}`;
@@ -72,29 +83,31 @@ export class Reconciler {
 
     // 1. Routes that are ours but not wanted (a replaced route keeps its dst, so it is not stale).
     const wantRouteDsts = new Set(want.routes.map((e) => e.value.dst));
-    await Promise.all(routes.filter((r) => !wantRouteDsts.has(r.dst)).map((r) =>
-      attempt("route_delete", undefined, async () => { await dp.deleteRoute(r); deleted++; })));
+    await forEachBounded(routes.filter((r) => !wantRouteDsts.has(r.dst)), (r) =>
+      attempt("route_delete", undefined, async () => { await dp.deleteRoute(r); deleted++; }));
 
     // 2. ARP and FDB: add missing or changed, then drop unwanted ones on our devices.
     const missing = <T>(list: readonly DesiredEntry<T>[], have: Set<string>, key: (v: T) => string) => list.filter((e) => !have.has(key(e.value)));
-    await Promise.all([
-      ...missing(want.neighbours, haveNeigh, neighKey).map((e) =>
+    const l2Adds: Array<() => Promise<boolean>> = [
+      ...missing(want.neighbours, haveNeigh, neighKey).map((e) => () =>
         attempt("neigh_replace", e.peer, async () => { await dp.replaceNeighbour(e.value); added++; })),
-      ...missing(want.fdb, haveFdb, fdbKey).map((e) =>
+      ...missing(want.fdb, haveFdb, fdbKey).map((e) => () =>
         attempt("fdb_replace", e.peer, async () => { await dp.replaceFdb(e.value); added++; })),
-    ]);
+    ];
+    await forEachBounded(l2Adds, (f) => f());
     const wantNeighIps = new Set(want.neighbours.map((e) => `${e.value.index}|${e.value.ip}`));
     const wantFdb = new Set(want.fdb.map((e) => fdbKey(e.value)));
-    await Promise.all([
-      ...neighLists.flat().filter((n) => !wantNeighIps.has(`${n.index}|${n.ip}`)).map((n) =>
+    const l2Deletes: Array<() => Promise<boolean>> = [
+      ...neighLists.flat().filter((n) => !wantNeighIps.has(`${n.index}|${n.ip}`)).map((n) => () =>
         attempt("neigh_delete", undefined, async () => { await dp.deleteNeighbour(n); deleted++; })),
-      ...fdbLists.flat().filter((f) => !wantFdb.has(fdbKey(f))).map((f) =>
+      ...fdbLists.flat().filter((f) => !wantFdb.has(fdbKey(f))).map((f) => () =>
         attempt("fdb_delete", undefined, async () => { await dp.deleteFdb(f); deleted++; })),
-    ]);
+    ];
+    await forEachBounded(l2Deletes, (f) => f());
 
     // 3. Routes last, only for peers whose ARP and FDB entries are in place.
-    await Promise.all(missing(want.routes, haveRoutes, routeKey).filter((e) => !failed.has(e.peer)).map((e) =>
-      attempt("route_replace", e.peer, async () => { await dp.replaceRoute(e.value); added++; })));
+    await forEachBounded(missing(want.routes, haveRoutes, routeKey).filter((e) => !failed.has(e.peer)), (e) =>
+      attempt("route_replace", e.peer, async () => { await dp.replaceRoute(e.value); added++; }));
 
     const programmed = new Set<string>();
     for (const e of want.routes) if (!failed.has(e.peer)) programmed.add(e.peer);

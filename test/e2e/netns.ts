@@ -10,8 +10,22 @@ const execFileP = promisify(execFile);
 
 export const NS_PREFIX = "wft-";
 
+/** "<pid>r<random>": the owner's pid lets a later run tell stale leftovers from a run still going. */
 export function newRunId(): string {
-  return `${process.pid.toString(36)}${Math.floor(Math.random() * 36 ** 3).toString(36)}`.slice(-6);
+  return `${process.pid}r${Math.floor(Math.random() * 36 ** 3).toString(36)}`;
+}
+
+/** Run ids (from namespace names) whose owner process is gone. Fixed ids (demo, bench) are left to their owners. */
+export async function staleRunIds(): Promise<string[]> {
+  const out = new Set<string>();
+  for (const ns of await listNetns()) {
+    const m = /^wft-((\d+)r[a-z0-9]+)-/.exec(ns);
+    if (!m) continue;
+    const pid = Number(m[2]);
+    if (pid !== process.pid && existsSync(`/proc/${pid}`)) continue;
+    out.add(m[1]!);
+  }
+  return [...out];
 }
 
 export async function sh(cmd: string, args: readonly string[], opts: { input?: string; env?: NodeJS.ProcessEnv; timeoutMs?: number; allowFail?: boolean } = {}): Promise<{ stdout: string; stderr: string; code: number }> {
@@ -19,8 +33,8 @@ export async function sh(cmd: string, args: readonly string[], opts: { input?: s
     const p = spawn(cmd, args, { env: opts.env ?? process.env, stdio: [opts.input === undefined ? "ignore" : "pipe", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
-    p.stdout.on("data", (d) => (stdout += d));
-    p.stderr.on("data", (d) => (stderr += d));
+    p.stdout!.on("data", (d) => (stdout += d));
+    p.stderr!.on("data", (d) => (stderr += d));
     const t = setTimeout(() => p.kill("SIGKILL"), opts.timeoutMs ?? 30_000);
     p.on("error", (e) => { clearTimeout(t); reject(e); });
     p.on("close", (code) => {
@@ -76,7 +90,7 @@ export async function cleanupNetns(runPrefix = NS_PREFIX): Promise<void> {
 export interface EnvCheck { readonly ok: boolean; readonly reason: string }
 
 /** Missing root or tools: CI fails (throws), local runs skip with a visible reason. */
-export function kernelTestEnv(needs: { cni?: boolean; iperf3?: boolean } = {}): EnvCheck {
+export function kernelTestEnv(needs: { cni?: boolean; iperf3?: boolean; openssl?: boolean } = {}): EnvCheck {
   const missing: string[] = [];
   if (process.getuid?.() !== 0) missing.push("root");
   if (!findBin("ip")) missing.push("ip (apt-get install iproute2)");
@@ -84,7 +98,9 @@ export function kernelTestEnv(needs: { cni?: boolean; iperf3?: boolean } = {}): 
   if (needs.cni && !existsSync("/usr/lib/cni/bridge")) missing.push("/usr/lib/cni/bridge (apt-get install containernetworking-plugins)");
   if (needs.cni && !existsSync("/usr/lib/cni/host-local")) missing.push("/usr/lib/cni/host-local (apt-get install containernetworking-plugins)");
   if (needs.cni && !findBin("ping")) missing.push("ping (apt-get install iputils-ping)");
+  if (needs.cni && !findBin("curl")) missing.push("curl (apt-get install curl)");
   if (needs.iperf3 && !findBin("iperf3")) missing.push("iperf3 (apt-get install iperf3)");
+  if (needs.openssl && !findBin("openssl")) missing.push("openssl (apt-get install openssl)");
   if (missing.length === 0) return { ok: true, reason: "" };
   const reason = `kernel test needs: ${missing.join(", ")}`;
   if (process.env.CI === "true") throw new Error(`${reason} (CI=true: failing instead of skipping)`);

@@ -4,10 +4,15 @@
 // The binding aborts the whole process, uncatchably, when the socket's receive
 // buffer overflows (ENOBUFS). So the socket gets an 8 MB receive buffer, at
 // most MAX_IN_FLIGHT requests are outstanding at any time, and every request
-// carries a timeout (a socket that dies otherwise leaves its promises pending).
+// carries a deadline (a socket that dies otherwise leaves its promises pending).
 // If the socket reports an error it is dropped and the next call opens a new
 // one; the reconciler's next pass re-reads everything, which is the standard
 // ENOBUFS recovery.
+//
+// Deadlines: the library's own `timeout` option arms one setTimeout per
+// request and doubled the cost of each operation in our measurements, so every
+// request instead gets a deadline checked by one sweep timer. A request past
+// its deadline fails, and its socket is considered broken and replaced.
 import { createRtNetlink, ifla, rt, AttrStream, FlagsNew, putString, putU16be, getU16be, parseAttributes, type RtNetlinkSocket } from "netlink";
 import { WeftError } from "../../../lib/src/errors.js";
 import { WEFT_RT_PROTO, type Address, type Dataplane, type EnsureLinkResult, type FdbEntry, type Link, type Neighbour, type Route, type VxlanInfo, type VxlanLinkSpec } from "./dataplane.js";
@@ -45,10 +50,20 @@ function isAbsent(err: unknown): boolean {
   return e === "ENOENT" || e === "ESRCH" || e === "ENODEV" || e === "EADDRNOTAVAIL";
 }
 
+interface InFlight {
+  readonly sock: RtNetlinkSocket;
+  readonly deadline: number;
+  readonly reject: (err: Error) => void;
+}
+
 export class NetlinkDataplane implements Dataplane {
   private sock: RtNetlinkSocket | undefined;
+  private localPort = 0;
+  private readonly pending = new Set<InFlight>();
+  private sweeper: NodeJS.Timeout | undefined;
   private inFlight = 0;
   private readonly waiters: Array<() => void> = [];
+  private dumpChain: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly opts: NetlinkDataplaneOptions = {}) {}
 
@@ -56,20 +71,42 @@ export class NetlinkDataplane implements Dataplane {
     if (this.sock) return this.sock;
     const s = createRtNetlink({ ref: false, recvBufferSize: RECV_BUFFER, sendBufferSize: 1 << 20 });
     s.socket.on("error", (err: Error) => {
-      if (this.sock === s) this.sock = undefined;
-      try { s.socket.close(); } catch { /* already closed */ }
+      this.dropSocket(s, err);
       this.opts.onSocketError?.(err);
     });
     this.sock = s;
+    this.localPort = s.socket.address().port;
+    this.sweeper ??= setInterval(() => this.sweep(), 500).unref();
     return s;
   }
 
+  /** Closes a broken socket and fails whatever still waits on it. */
+  private dropSocket(s: RtNetlinkSocket, err: Error): void {
+    if (this.sock === s) this.sock = undefined;
+    try { s.socket.close(); } catch { /* already closed */ }
+    for (const p of this.pending) if (p.sock === s) { this.pending.delete(p); p.reject(err); }
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    for (const p of this.pending) {
+      if (p.deadline <= now) this.dropSocket(p.sock, new Error(`netlink request timed out after ${REQUEST_TIMEOUT_MS} ms`));
+    }
+  }
+
   /** Runs one request with a bounded number in flight. */
-  private async run<T>(what: string, fn: (s: RtNetlinkSocket, o: { timeout: number }) => Promise<T>): Promise<T> {
+  private async run<T>(what: string, fn: (s: RtNetlinkSocket, o: { localPort: number }) => Promise<T>): Promise<T> {
     if (this.inFlight >= MAX_IN_FLIGHT) await new Promise<void>((r) => this.waiters.push(r));
     this.inFlight++;
     try {
-      return await fn(this.socket(), { timeout: REQUEST_TIMEOUT_MS });
+      const sock = this.socket();
+      return await new Promise<T>((resolve, reject) => {
+        const entry: InFlight = { sock, deadline: Date.now() + REQUEST_TIMEOUT_MS, reject };
+        this.pending.add(entry);
+        fn(sock, { localPort: this.localPort }).then(
+          (v) => { this.pending.delete(entry); resolve(v); },
+          (e) => { this.pending.delete(entry); reject(e); });
+      });
     } catch (err) {
       if (err instanceof WeftError) throw err;
       const wrapped = new WeftError("DATAPLANE_OP_FAILED", `${what}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
@@ -81,7 +118,14 @@ export class NetlinkDataplane implements Dataplane {
     }
   }
 
-  private async tolerateAbsent(what: string, fn: (s: RtNetlinkSocket, o: { timeout: number }) => Promise<unknown>): Promise<void> {
+  /** The kernel runs one dump per socket at a time; interleaved dumps corrupt each other's multipart replies. */
+  private dump<T>(what: string, fn: (s: RtNetlinkSocket, o: { localPort: number }) => Promise<T>): Promise<T> {
+    const p = this.dumpChain.then(() => this.run(what, fn));
+    this.dumpChain = p.catch(() => undefined);
+    return p;
+  }
+
+  private async tolerateAbsent(what: string, fn: (s: RtNetlinkSocket, o: { localPort: number }) => Promise<unknown>): Promise<void> {
     try {
       await this.run(what, fn);
     } catch (err) {
@@ -126,7 +170,7 @@ export class NetlinkDataplane implements Dataplane {
   }
 
   async listLinks(): Promise<Link[]> {
-    const msgs = await this.run("list links", (s, o) => s.getLinks(undefined, undefined, o));
+    const msgs = await this.dump("list links", (s, o) => s.getLinks(undefined, undefined, o));
     return msgs.map((m) => this.toLink(m));
   }
 
@@ -196,7 +240,7 @@ export class NetlinkDataplane implements Dataplane {
   // ---- addresses ----
 
   async listAddresses(index?: number): Promise<Address[]> {
-    const msgs = await this.run("list addresses", (s, o) => s.getAddresses({ family: AF_INET }, undefined, o));
+    const msgs = await this.dump("list addresses", (s, o) => s.getAddresses({ family: AF_INET }, undefined, o));
     return msgs
       .filter((m) => m.data.family === AF_INET && (index === undefined || m.data.index === index))
       .map((m) => ({ index: m.data.index!, ip: fmtIp(m.attrs.local ?? m.attrs.address), prefix: m.data.prefixlen ?? 32 }));
@@ -232,7 +276,7 @@ export class NetlinkDataplane implements Dataplane {
   }
 
   async listRoutes(): Promise<Route[]> {
-    const msgs = await this.run("list routes", (s, o) => s.getRoutes({ family: AF_INET }, undefined, o));
+    const msgs = await this.dump("list routes", (s, o) => s.getRoutes({ family: AF_INET }, undefined, o));
     const out: Route[] = [];
     for (const m of msgs) {
       const table = m.attrs.table ?? m.data.table;
@@ -255,7 +299,7 @@ export class NetlinkDataplane implements Dataplane {
   }
 
   async defaultRouteIndex(): Promise<number | undefined> {
-    const msgs = await this.run("list routes", (s, o) => s.getRoutes({ family: AF_INET }, undefined, o));
+    const msgs = await this.dump("list routes", (s, o) => s.getRoutes({ family: AF_INET }, undefined, o));
     const d = msgs.find((m) => (m.attrs.table ?? m.data.table) === RT_TABLE_MAIN && (m.data.dstLen ?? 0) === 0 && m.attrs.oif);
     return d?.attrs.oif;
   }
@@ -263,7 +307,7 @@ export class NetlinkDataplane implements Dataplane {
   // ---- neighbours (ARP) ----
 
   async listNeighbours(index: number): Promise<Neighbour[]> {
-    const msgs = await this.run("list neighbours", (s, o) => s.getNeighbors({ family: AF_INET }, undefined, o));
+    const msgs = await this.dump("list neighbours", (s, o) => s.getNeighbors({ family: AF_INET }, undefined, o));
     return msgs
       .filter((m) => m.data.family === AF_INET && m.data.ifindex === index && m.data.state?.permanent && m.attrs.dst && m.attrs.lladdr)
       .map((m) => ({ index, ip: fmtIp(m.attrs.dst), mac: fmtMac(m.attrs.lladdr) }));
@@ -281,7 +325,7 @@ export class NetlinkDataplane implements Dataplane {
   // ---- FDB ----
 
   async listFdb(index: number): Promise<FdbEntry[]> {
-    const msgs = await this.run("list fdb", (s, o) => s.getNeighbors({ family: AF_BRIDGE }, undefined, o));
+    const msgs = await this.dump("list fdb", (s, o) => s.getNeighbors({ family: AF_BRIDGE }, undefined, o));
     return msgs
       .filter((m) => m.data.family === AF_BRIDGE && m.data.ifindex === index && m.data.state?.permanent && m.attrs.dst && m.attrs.lladdr)
       .map((m) => ({ index, mac: fmtMac(m.attrs.lladdr), dst: fmtIp(m.attrs.dst) }));
@@ -298,8 +342,8 @@ export class NetlinkDataplane implements Dataplane {
   }
 
   close(): void {
-    const s = this.sock;
-    this.sock = undefined;
-    try { s?.socket.close(); } catch { /* already closed */ }
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = undefined;
+    if (this.sock) this.dropSocket(this.sock, new Error("dataplane closed"));
   }
 }

@@ -1,0 +1,312 @@
+// The agent's lifecycle, in Flannel's start-up order: network config from the
+// server, external interface, backend device, lease (with the device's
+// attributes), device address, subnet.env; then three loops run until stop():
+//   - renew: at half the remaining TTL, retried with backoff and jitter;
+//     re-acquires when the server no longer knows the lease;
+//   - watch: WatchLeases into the PeerTable, resuming from the last revision;
+//   - reconcile: on every peer change and on a timer.
+// Losing the lease server changes nothing in the kernel: the last known peers
+// stay programmed. stop() (SIGTERM) leaves the device, routes and lease alone,
+// so a restarted agent adopts everything without a dropped packet.
+import { WeftError, isWeftError } from "../../lib/src/errors.js";
+import type { Lease } from "../../lib/src/lease.js";
+import type { Logger } from "../../lib/src/logger.js";
+import type { NetworkConfig } from "../../lib/src/net-config.js";
+import { parseCidr } from "../../lib/src/cidr.js";
+import type { AgentView, LeaseView, PeerView } from "./api.js";
+import type { Backend, LocalNode } from "./backends/backend.js";
+import { VxlanBackend } from "./backends/vxlan.js";
+import { backoffDelay, sleep } from "./backoff.js";
+import type { AgentConfig } from "./config.js";
+import type { Dataplane } from "./dataplane/dataplane.js";
+import { selectInterface } from "./iface.js";
+import type { LeaseApi } from "./lease-client.js";
+import type { AgentMetrics } from "./metrics.js";
+import { PeerTable } from "./peer-table.js";
+import { Reconciler } from "./reconciler.js";
+import { AgentState } from "./state.js";
+import { readPreviousSubnet, writeSubnetEnv } from "./subnet-env.js";
+
+export interface AgentDeps {
+  readonly config: AgentConfig;
+  readonly dataplane: Dataplane;
+  readonly client: LeaseApi;
+  readonly log: Logger;
+  readonly metrics: AgentMetrics;
+}
+
+/** Errors that retrying cannot fix. */
+const PERMANENT = new Set(["CONFIG_INVALID", "INVALID_ARGUMENT", "PERMISSION_DENIED"]);
+
+export class Agent {
+  private readonly ac = new AbortController();
+  private readonly peers: PeerTable;
+  private backend: Backend | undefined;
+  private reconciler: Reconciler | undefined;
+  private network: NetworkConfig | undefined;
+  private local: LocalNode | undefined;
+  private lease: Lease | undefined;
+  private programmed: ReadonlySet<string> = new Set();
+  private subnetEnvWritten = false;
+  private isReady = false;
+  private reconciling: Promise<void> | undefined;
+  private dirty = false;
+  private repairPending = false;
+  private timer: NodeJS.Timeout | undefined;
+  private renewKick: (() => void) | undefined;
+  private fatalReject!: (e: Error) => void;
+  /** Rejects when the agent cannot continue (e.g. its subnet changed); main exits. */
+  readonly fatal: Promise<never>;
+
+  constructor(private readonly deps: AgentDeps) {
+    this.peers = new PeerTable(deps.config.nodeName);
+    this.fatal = new Promise<never>((_, reject) => (this.fatalReject = reject));
+    this.fatal.catch(() => { /* observed by main */ });
+  }
+
+  private get signal(): AbortSignal {
+    return this.ac.signal;
+  }
+
+  /** Runs start-up; resolves once subnet.env is written and the loops run. */
+  async start(): Promise<void> {
+    const { config, dataplane, client, log, metrics } = this.deps;
+    this.network = await this.retry("get network config", () => client.getNetworkConfig());
+    const iface = await selectInterface(dataplane, { iface: config.iface, publicIP: config.publicIP });
+    log.info({ iface: iface.name, ip: iface.ip, publicIP: iface.publicIP, mtu: iface.mtu }, "external interface selected");
+    this.local = { nodeName: config.nodeName, network: this.network, iface };
+
+    this.backend = this.makeBackend(this.network);
+    const attrs = await this.backend.init(this.local);
+    this.reconciler = new Reconciler(dataplane, this.backend, log.child({ component: "reconciler" }), {
+      onError: (op) => metrics.reconcileErrors.inc({ op }),
+      onPass: (r) => metrics.reconcileDuration.observe(r.durationMs / 1000),
+    });
+
+    const previousSubnet = await readPreviousSubnet(config.subnetFile);
+    this.lease = await this.retry("acquire lease", () => client.acquire({ nodeName: config.nodeName, publicIP: iface.publicIP, attrs, previousSubnet }));
+    this.onLease(this.lease);
+    log.info({ subnet: this.lease.subnet, previousSubnet, expiresAt: new Date(this.lease.expiresAt).toISOString() }, "lease acquired");
+
+    await this.backend.configureSubnet(this.lease);
+    await writeSubnetEnv(config.subnetFile, { network: this.network.network, subnet: parseCidr(this.lease.subnet)!, mtu: this.backend.mtu(), ipMasq: config.ipMasq });
+    this.subnetEnvWritten = true;
+    log.info({ path: config.subnetFile, mtu: this.backend.mtu() }, "subnet.env written");
+
+    void this.renewLoop().catch((err) => this.die(err));
+    void this.watchLoop().catch((err) => this.die(err));
+    this.timer = setInterval(() => this.scheduleReconcile(true), config.resyncIntervalMs);
+  }
+
+  private makeBackend(net: NetworkConfig): Backend {
+    const { config, dataplane, log } = this.deps;
+    switch (net.backend.type) {
+      case "vxlan":
+        return new VxlanBackend({ dataplane, state: new AgentState(config.stateDir), log: log.child({ component: "vxlan" }), config: net.backend, deviceName: config.vxlanDevice });
+      default:
+        throw new WeftError("CONFIG_INVALID", `backend ${net.backend.type} is not supported by this agent yet; use "Backend": {"Type": "vxlan"}`);
+    }
+  }
+
+  private die(err: unknown): void {
+    if (this.signal.aborted) return;
+    this.fatalReject(err instanceof Error ? err : new Error(String(err)));
+  }
+
+  /** Retries transient failures with backoff until success or stop(). */
+  private async retry<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await fn();
+      } catch (err) {
+        if (isWeftError(err) && PERMANENT.has(err.code)) throw err;
+        if (this.signal.aborted) throw new WeftError("INTERNAL", `${what}: agent stopping`);
+        const delay = backoffDelay(attempt, 500, 10_000);
+        this.deps.log.warn({ err: (err as Error).message, attempt, retryInMs: delay }, `${what} failed; retrying`);
+        await sleep(delay, this.signal);
+      }
+    }
+  }
+
+  private onLease(l: Lease): void {
+    this.lease = l;
+    this.deps.metrics.leaseExpiry.set(l.expiresAt / 1000);
+  }
+
+  private async renewLoop(): Promise<void> {
+    const { client, config, log, metrics } = this.deps;
+    let attempt = 0;
+    while (!this.signal.aborted) {
+      const lease = this.lease!;
+      const remaining = lease.expiresAt ? lease.expiresAt - Date.now() : 3_600_000;
+      // Renew at half the remaining time; after a failure retry soon, well before expiry.
+      const wait = attempt === 0 ? Math.max(250, remaining / 2) : Math.min(backoffDelay(attempt - 1, 250, 5000), Math.max(250, remaining / 4));
+      await new Promise<void>((resolve) => {
+        this.renewKick = resolve;
+        void sleep(wait, this.signal).then(resolve);
+      });
+      this.renewKick = undefined;
+      if (this.signal.aborted) return;
+      if (!lease.expiresAt) continue;
+      try {
+        this.onLease(await client.renew(config.nodeName, lease.subnet));
+        metrics.leaseRenewals.inc({ result: "ok" });
+        attempt = 0;
+      } catch (err) {
+        if (isWeftError(err, "LEASE_NOT_FOUND")) {
+          metrics.leaseRenewals.inc({ result: "not_found" });
+          log.warn({ subnet: lease.subnet }, "lease unknown to the server; acquiring it again");
+          await this.reacquire();
+          attempt = 0;
+          continue;
+        }
+        metrics.leaseRenewals.inc({ result: "error" });
+        attempt++;
+        log.warn({ err: (err as Error).message, attempt, expiresInMs: lease.expiresAt - Date.now() }, "lease renew failed; will retry");
+      }
+    }
+  }
+
+  private async reacquire(): Promise<void> {
+    const { client, config, log } = this.deps;
+    const old = this.lease!;
+    const attrs = await this.backend!.init(this.local!);
+    const l = await this.retry("re-acquire lease", () => client.acquire({ nodeName: config.nodeName, publicIP: this.local!.iface.publicIP, attrs, previousSubnet: old.subnet }));
+    if (l.subnet !== old.subnet) {
+      // Pods already hold addresses from the old subnet; only a restart (and re-created pods) can fix that.
+      throw new WeftError("LEASE_CONFLICT", `lease changed from ${old.subnet} to ${l.subnet} after expiry; restarting so pods and subnet.env follow`);
+    }
+    this.onLease(l);
+    log.info({ subnet: l.subnet }, "lease re-acquired");
+  }
+
+  private async watchLoop(): Promise<void> {
+    const { client, log, metrics } = this.deps;
+    let revision = 0;
+    let attempt = 0;
+    while (!this.signal.aborted) {
+      const from = this.peers.synced ? revision : 0;
+      try {
+        for await (const m of client.watch(from, this.signal)) {
+          attempt = 0;
+          switch (m.kind) {
+            case "snapshot":
+              if (!this.peers.collecting) {
+                this.peers.beginSnapshot();
+                if (m.resync) log.warn({ from }, "watch history gone; resyncing from a fresh snapshot");
+              }
+              this.peers.addSnapshotLeases(m.leases);
+              break;
+            case "complete":
+              this.peers.completeSnapshot();
+              revision = m.revision;
+              log.info({ revision, peers: this.peers.size }, "lease snapshot complete");
+              this.scheduleReconcile();
+              break;
+            case "events": {
+              let changed = false;
+              for (const e of m.events) {
+                if (e.revision && e.revision <= revision) continue;
+                if (e.lease.nodeName === this.deps.config.nodeName) {
+                  if (e.type === "removed") this.renewKick?.();
+                  continue;
+                }
+                log.info({ type: e.type, subnet: e.lease.subnet, peer: e.lease.nodeName, revision: e.revision }, "lease event");
+                changed = this.peers.applyEvent(e) || changed;
+              }
+              revision = Math.max(revision, m.revision);
+              if (changed) this.scheduleReconcile();
+              break;
+            }
+            case "progress":
+              if (this.peers.synced && !this.peers.collecting) revision = Math.max(revision, m.revision);
+              break;
+          }
+          metrics.watchRevision.set(revision);
+          metrics.knownPeers.set(this.peers.size);
+        }
+      } catch (err) {
+        if (this.signal.aborted) return;
+        const delay = backoffDelay(attempt++, 500, 10_000);
+        log.warn({ err: (err as Error).message, revision, retryInMs: delay }, "lease watch broke; resuming");
+        this.peers.abandonSnapshot();
+        await sleep(delay, this.signal);
+      }
+    }
+  }
+
+  /** Coalesces requests: at most one pass runs, and one more follows if anything changed meanwhile. */
+  private scheduleReconcile(fromTimer = false): void {
+    // Nothing is pruned until we have seen one complete snapshot.
+    if (!this.peers.synced || this.signal.aborted) return;
+    // Timer passes also check the device itself; event passes only diff peers.
+    if (fromTimer) this.repairPending = true;
+    if (this.reconciling) {
+      this.dirty = true;
+      return;
+    }
+    this.reconciling = this.runReconcile().finally(() => (this.reconciling = undefined));
+  }
+
+  private async runReconcile(): Promise<void> {
+    const { log, metrics } = this.deps;
+    let failures = 0;
+    do {
+      this.dirty = false;
+      try {
+        if (this.repairPending) {
+          this.repairPending = false;
+          await this.repairDevice();
+        }
+        const peers = this.peers.list();
+        const r = await this.reconciler!.reconcile(peers);
+        this.programmed = r.programmed;
+        metrics.peers.set(r.programmed.size);
+        if (!this.isReady && this.subnetEnvWritten && r.errors === 0 && r.programmed.size === peers.length) {
+          this.isReady = true;
+          metrics.ready.set(1);
+          log.info({ peers: peers.length, ms: Math.round(r.durationMs) }, "ready");
+        }
+        failures = 0;
+      } catch (err) {
+        metrics.reconcileErrors.inc({ op: "pass" });
+        const delay = backoffDelay(failures++, 250, this.deps.config.resyncIntervalMs);
+        log.warn({ err, retryInMs: delay }, "reconcile pass failed; will retry");
+        this.repairPending = true;
+        await sleep(delay, this.signal);
+        this.dirty = true;
+      }
+    } while (this.dirty && !this.signal.aborted);
+  }
+
+  /** Recreates the device (and its address) if someone deleted or broke it; peers are re-added by the pass. */
+  private async repairDevice(): Promise<void> {
+    if (!(this.backend instanceof VxlanBackend)) return;
+    const link = await this.deps.dataplane.getLink(this.backend.deviceName);
+    if (link && link.index === this.backend.deviceIndex && link.up) return;
+    this.deps.log.warn({ device: this.backend.deviceName }, "vxlan device missing or down; recreating");
+    await this.backend.init(this.local!);
+    await this.backend.configureSubnet(this.lease!);
+  }
+
+  view(): AgentView {
+    return {
+      ready: () => this.isReady,
+      lease: (): LeaseView | undefined => this.lease && {
+        subnet: this.lease.subnet, publicIP: this.lease.publicIP, backendType: this.lease.attrs.type,
+        expiresAt: new Date(this.lease.expiresAt || 0).toISOString(),
+      },
+      peers: (): PeerView[] => this.peers.list().map((p) => ({ nodeName: p.nodeName, subnet: p.subnet, publicIP: p.publicIP, programmed: this.programmed.has(p.subnet) })),
+    };
+  }
+
+  /** Stops the loops. Leaves the device, routes and lease in place on purpose. */
+  async stop(): Promise<void> {
+    this.ac.abort();
+    if (this.timer) clearInterval(this.timer);
+    this.renewKick?.();
+    await Promise.race([this.reconciling, sleep(3000)]);
+    this.deps.client.close();
+    this.deps.dataplane.close();
+  }
+}

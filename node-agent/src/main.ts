@@ -1,0 +1,60 @@
+// weft-agent entry point: the only place with signals and exit codes.
+import { formatHelp } from "../../lib/src/flags.js";
+import { isWeftError } from "../../lib/src/errors.js";
+import { createLogger } from "../../lib/src/logger.js";
+import { Agent } from "./agent.js";
+import { buildApi } from "./api.js";
+import { BIN, FLAGS, loadAgentConfig } from "./config.js";
+import { NetlinkDataplane } from "./dataplane/netlink-dataplane.js";
+import { LeaseClient } from "./lease-client.js";
+import { createAgentMetrics } from "./metrics.js";
+
+export async function main(argv: string[]): Promise<void> {
+  let cfg;
+  try {
+    cfg = loadAgentConfig(argv);
+  } catch (err) {
+    if (isWeftError(err)) {
+      process.stderr.write(`${BIN}: ${err.message}\n`);
+      process.exit(2);
+    }
+    throw err;
+  }
+  if (!cfg) {
+    process.stdout.write(formatHelp(BIN, "Leases this node's subnet from the weft lease server and programs the VXLAN overlay to every other node.", FLAGS));
+    return;
+  }
+  const log = createLogger("agent", cfg.logLevel).child({ nodeId: cfg.nodeName });
+  if (!cfg.tls) log.warn("lease server connection is plaintext (--insecure)");
+  const metrics = createAgentMetrics();
+  const dataplane = new NetlinkDataplane({ onSocketError: (err) => log.error({ err }, "netlink socket failed; reopening, next pass resyncs") });
+  const client = new LeaseClient({ servers: cfg.servers, tls: cfg.tls, onConnectivity: (up) => metrics.serverConnected.set(up ? 1 : 0) });
+  const agent = new Agent({ config: cfg, dataplane, client, log, metrics });
+  const api = buildApi({ view: agent.view(), registry: metrics.registry, log });
+
+  let stopping = false;
+  const stop = (signal: string, code = 0) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, "shutting down; leaving the device, routes and lease in place");
+    Promise.allSettled([agent.stop(), api.close()]).then(() => process.exit(code));
+  };
+  process.on("SIGTERM", () => stop("SIGTERM"));
+  process.on("SIGINT", () => stop("SIGINT"));
+
+  try {
+    // Health answers during start-up; /readyz stays 503 until the peers are programmed.
+    await api.listen({ host: cfg.httpListen.host, port: cfg.httpListen.port });
+    log.info({ address: `http://${cfg.httpListen.host}:${cfg.httpListen.port}` }, "api listening");
+    await agent.start();
+  } catch (err) {
+    if (stopping) return;
+    log.fatal({ err }, "start-up failed");
+    process.stderr.write(`${BIN}: ${isWeftError(err) ? err.message : String(err)}\n`);
+    process.exit(1);
+  }
+  agent.fatal.catch((err) => {
+    log.fatal({ err }, "agent cannot continue");
+    stop("fatal", 1);
+  });
+}

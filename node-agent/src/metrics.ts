@@ -1,0 +1,25 @@
+// The agent's Prometheus metrics, on a registry of its own (never the global one).
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+
+export function createAgentMetrics() {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: "weft_agent_" });
+  const registers = [registry];
+  return {
+    registry,
+    peers: new Gauge({ name: "weft_agent_peers", help: "Remote peers whose routes, ARP and FDB entries are programmed", registers }),
+    knownPeers: new Gauge({ name: "weft_agent_known_peers", help: "Remote leases known from the lease server", registers }),
+    reconcileDuration: new Histogram({
+      name: "weft_agent_reconcile_duration_seconds", help: "Duration of reconcile passes", registers,
+      buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+    }),
+    reconcileErrors: new Counter({ name: "weft_agent_reconcile_errors_total", help: "Failed dataplane operations and failed reconcile passes", labelNames: ["op"] as const, registers }),
+    leaseExpiry: new Gauge({ name: "weft_agent_lease_expiry_timestamp_seconds", help: "Unix time at which our lease expires unless renewed", registers }),
+    serverConnected: new Gauge({ name: "weft_agent_server_connected", help: "1 when the last exchange with the lease server succeeded, else 0", registers }),
+    watchRevision: new Gauge({ name: "weft_agent_watch_revision", help: "Last lease-feed revision applied", registers }),
+    leaseRenewals: new Counter({ name: "weft_agent_lease_renewals_total", help: "Lease renew attempts by result", labelNames: ["result"] as const, registers }),
+    ready: new Gauge({ name: "weft_agent_ready", help: "1 once subnet.env is written and all peers are programmed", registers }),
+  };
+}
+
+export type AgentMetrics = ReturnType<typeof createAgentMetrics>;

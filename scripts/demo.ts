@@ -1,0 +1,105 @@
+// npm run demo: a lease server on SQLite and 3 nodes with 2 pods each, all in
+// network namespaces (wft-demo-*), pings across the VXLAN overlay, the subnet
+// map and each agent's API. Ctrl-C or SIGTERM cleans everything up.
+//   npm run demo -- --duration 30      (or WEFT_DEMO_DURATION=30) for non-interactive runs
+import { existsSync } from "node:fs";
+import { join } from "node:path";
+import { AGENT_API_PORT, Cluster, ROOT, SERVER_IP, GRPC_PORT, type Pod } from "../test/e2e/cluster.js";
+import { ipJson, sh } from "../test/e2e/netns.js";
+
+const NODES = 3;
+const PODS = 2;
+
+function parseArgs(argv: string[]): { duration?: number } {
+  const i = argv.indexOf("--duration");
+  const raw = i >= 0 ? argv[i + 1] : process.env.WEFT_DEMO_DURATION;
+  if (raw === undefined) return {};
+  const d = Number(raw);
+  if (!Number.isFinite(d) || d <= 0) {
+    process.stderr.write(`demo: --duration needs a number of seconds, got ${JSON.stringify(raw)}\n`);
+    process.exit(2);
+  }
+  return { duration: d };
+}
+
+function preflight(): void {
+  const missing: string[] = [];
+  if (process.getuid?.() !== 0) missing.push("root (run with sudo)");
+  for (const f of ["/usr/lib/cni/bridge", "/usr/lib/cni/host-local"]) if (!existsSync(f)) missing.push(`${f} (apt-get install containernetworking-plugins)`);
+  if (missing.length) {
+    process.stderr.write(`demo: needs ${missing.join(", ")}\n`);
+    process.exit(2);
+  }
+}
+
+async function pingLine(c: Cluster, a: Pod, b: Pod): Promise<string> {
+  const r = await sh("ip", ["netns", "exec", a.ns, "ping", "-c", "3", "-i", "0.2", "-W", "1", b.ip], { allowFail: true });
+  const loss = /(\d+)% packet loss/.exec(r.stdout)?.[1] ?? "?";
+  const rtt = /= [\d.]+\/([\d.]+)\//.exec(r.stdout)?.[1];
+  return `  ${a.ns.replace(c.prefix, "").padEnd(7)} ${a.ip.padEnd(12)} -> ${b.ns.replace(c.prefix, "").padEnd(7)} ${b.ip.padEnd(12)} ${loss === "0" ? "ok  " : "FAIL"} loss ${loss}%${rtt ? `  avg ${rtt} ms` : ""}`;
+}
+
+async function main(): Promise<void> {
+  const { duration } = parseArgs(process.argv.slice(2));
+  preflight();
+  const runner = existsSync(join(ROOT, "dist/node-agent/src/main.js")) && existsSync(join(ROOT, "dist/lease-server/src/main.js")) ? "dist" : "tsx";
+  const c = new Cluster({ runId: "demo", nodes: NODES, leaseTtl: "30s", runner });
+
+  let cleaning: Promise<void> | undefined;
+  const cleanup = () => (cleaning ??= (async () => {
+    process.stdout.write("\ncleaning up: stopping agents and the lease server, deleting namespaces wft-demo-* ...\n");
+    await c.destroy();
+    process.stdout.write("done.\n");
+  })());
+  for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+    process.on(sig, () => { void cleanup().then(() => process.exit(0)); });
+  }
+  // `npm run` does not always pass SIGTERM on; when our parent dies we are re-parented, so clean up then too.
+  const parent = process.ppid;
+  setInterval(() => { if (process.ppid !== parent) void cleanup().then(() => process.exit(0)); }, 500).unref();
+
+  try {
+    // A previous demo killed with SIGKILL leaves its namespaces behind: remove exactly those.
+    await new Cluster({ runId: "demo", nodes: 0 }).cleanupPrevious();
+    process.stdout.write(`weft demo (${runner === "dist" ? "compiled dist/" : "TypeScript sources via tsx"}): underlay 198.18.0.0/24, cluster network 10.244.0.0/16\n`);
+    await c.setup();
+    await c.startServer();
+    process.stdout.write(`lease server: ${SERVER_IP}:${GRPC_PORT} in ${c.srv} (SQLite ${join(c.workDir, "leases.db")})\n`);
+    for (let i = 0; i < NODES; i++) c.startAgent(i);
+    for (let i = 0; i < NODES; i++) await c.waitReady(i, 60_000);
+    for (let i = 0; i < NODES; i++) await c.waitPeers(i, NODES - 1, 60_000);
+    const pods: Pod[] = [];
+    for (let i = 0; i < NODES; i++) for (let j = 0; j < PODS; j++) pods.push(await c.addPod(i, j));
+
+    process.stdout.write("\nsubnet map\n");
+    process.stdout.write(`  ${"node".padEnd(7)} ${"underlay".padEnd(12)} ${"subnet".padEnd(15)} ${"VTEP MAC".padEnd(18)} agent API (run inside the node's namespace)\n`);
+    for (const n of c.nodes) {
+      const lease = (await c.agentApi<{ subnet: string }>(n.index, "/v1/lease")).json;
+      const [link] = await ipJson<Array<{ address: string }>>(n.ns, "link", "show", "weft.1");
+      process.stdout.write(`  ${n.name.padEnd(7)} ${n.underlayIP.padEnd(12)} ${lease.subnet.padEnd(15)} ${link!.address.padEnd(18)} ip netns exec ${n.ns} curl -s http://127.0.0.1:${AGENT_API_PORT}/v1/peers\n`);
+    }
+    process.stdout.write("\npods\n");
+    for (const p of pods) process.stdout.write(`  ${p.ns.padEnd(16)} ${p.ip.padEnd(12)} on node-${p.node}\n`);
+
+    const round = async () => {
+      const lines = await Promise.all(pods.flatMap((a) => pods.filter((b) => b.node !== a.node && b.ns.endsWith("-p0")).map((b) => pingLine(c, a, b))));
+      process.stdout.write(`\npings across the overlay (${new Date().toISOString()})\n${lines.join("\n")}\n`);
+    };
+    await round();
+    process.stdout.write(`\nlogs: ${join(c.workDir, "logs")}   kernel state: ip -n ${c.nodes[0]!.ns} route show proto 87; ip netns exec ${c.nodes[0]!.ns} bridge fdb show dev weft.1\n`);
+    process.stdout.write(duration ? `running for ${duration} s, then cleaning up\n` : "press Ctrl-C to stop and clean up\n");
+
+    const end = duration ? Date.now() + duration * 1000 : Infinity;
+    while (Date.now() < end && !cleaning) {
+      await new Promise((r) => setTimeout(r, Math.min(15_000, end - Date.now())));
+      if (!cleaning && Date.now() < end) await round();
+    }
+  } catch (err) {
+    process.stderr.write(`demo failed: ${(err as Error).message}\n(logs are in ${join(c.workDir, "logs")} until cleanup)\n`);
+    process.exitCode = 1;
+  }
+  await cleanup();
+  process.exit(process.exitCode ?? 0);
+}
+
+void main();

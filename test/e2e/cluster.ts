@@ -1,0 +1,254 @@
+// A weft cluster made of network namespaces, for e2e tests, the demo and the
+// benchmarks. Layout (all names `wft-<run>-...`):
+//   <p>sw   switch: bridge br0, one veth port per host
+//   <p>srv  lease server, 198.18.0.254 on the underlay
+//   <p>nI   node I, 198.18.0.(I+1), runs one weft-agent process
+//   <p>nI-pJ pod J of node I, attached by the real CNI bridge + host-local plugins
+// Processes run under `ip netns exec`; their logs go to <workDir>/logs.
+import { spawn, type ChildProcess } from "node:child_process";
+import { createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { addNetns, cleanupNetns, ip, killStaleByMarker, NS_PREFIX, nsExec, sh, staleRunIds, waitFor } from "./netns.js";
+
+export const ROOT = resolve(import.meta.dirname, "../..");
+export const SERVER_IP = "198.18.0.254";
+export const GRPC_PORT = 7600;
+export const AGENT_API_PORT = 9464;
+const WORK_MARKER = "/tmp/wft-";
+
+export interface ClusterOptions {
+  readonly runId: string;
+  readonly nodes: number;
+  readonly leaseTtl?: string;
+  readonly resyncInterval?: string;
+  /** "tsx" runs the TypeScript sources (tests); "dist" runs bin/ (demo, benchmarks). */
+  readonly runner?: "tsx" | "dist";
+  readonly network?: string;
+  /** Serve gRPC with TLS and require client certificates (certs from makeCerts()). */
+  readonly mtls?: boolean;
+}
+
+export interface NodeInfo {
+  readonly index: number;
+  readonly name: string;
+  readonly ns: string;
+  readonly underlayIP: string;
+  readonly subnetFile: string;
+  readonly stateDir: string;
+  agent?: ChildProcess;
+}
+
+export interface Pod {
+  readonly ns: string;
+  readonly node: number;
+  readonly ip: string;
+}
+
+export class Cluster {
+  readonly prefix: string;
+  readonly workDir: string;
+  readonly sw: string;
+  readonly srv: string;
+  readonly nodes: NodeInfo[] = [];
+  readonly pods: Pod[] = [];
+  server?: ChildProcess;
+
+  constructor(readonly opts: ClusterOptions) {
+    this.prefix = `${NS_PREFIX}${opts.runId}-`;
+    this.workDir = `${WORK_MARKER}${opts.runId}`;
+    this.sw = `${this.prefix}sw`;
+    this.srv = `${this.prefix}srv`;
+    for (let i = 0; i < opts.nodes; i++) {
+      this.nodes.push({
+        index: i, name: `node-${i}`, ns: `${this.prefix}n${i}`, underlayIP: `198.18.0.${i + 1}`,
+        subnetFile: join(this.workDir, `node-${i}`, "run", "subnet.env"), stateDir: join(this.workDir, `node-${i}`, "state"),
+      });
+    }
+  }
+
+  /** Removes leftovers of earlier, dead test runs: their namespaces, processes and work dirs only. */
+  static async cleanupStale(): Promise<void> {
+    for (const run of await staleRunIds()) {
+      killStaleByMarker(`${WORK_MARKER}${run}/`);
+      await cleanupNetns(`${NS_PREFIX}${run}-`);
+      rmSync(`${WORK_MARKER}${run}`, { recursive: true, force: true });
+    }
+  }
+
+  /** Removes what an earlier run with this fixed id (demo, bench) left behind. */
+  async cleanupPrevious(): Promise<void> {
+    killStaleByMarker(`${this.workDir}/`);
+    await cleanupNetns(this.prefix);
+    rmSync(this.workDir, { recursive: true, force: true });
+  }
+
+  async setup(): Promise<void> {
+    mkdirSync(join(this.workDir, "logs"), { recursive: true });
+    await addNetns(this.sw);
+    await ip("-n", this.sw, "link", "add", "br0", "type", "bridge");
+    await ip("-n", this.sw, "link", "set", "br0", "up");
+    await this.attach(this.srv, "srv", `${SERVER_IP}/24`);
+    for (const n of this.nodes) {
+      await this.attach(n.ns, `n${n.index}`, `${n.underlayIP}/24`);
+      await nsExec(n.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1");
+    }
+  }
+
+  /** A host namespace with eth0 plugged into the switch. */
+  private async attach(ns: string, port: string, cidr: string): Promise<void> {
+    await addNetns(ns);
+    await ip("-n", this.sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns);
+    await ip("-n", this.sw, "link", "set", port, "master", "br0", "up");
+    await ip("-n", ns, "addr", "add", cidr, "dev", "eth0");
+    await ip("-n", ns, "link", "set", "eth0", "up");
+  }
+
+  private nodeCmd(entry: "agent" | "server"): string[] {
+    if (this.opts.runner === "dist") return [process.execPath, join(ROOT, "bin", entry === "agent" ? "weft-agent" : "weft-lease-server")];
+    const src = join(ROOT, entry === "agent" ? "node-agent/src/main.ts" : "lease-server/src/main.ts");
+    return [process.execPath, "--import", "tsx", join(ROOT, "test/e2e/run-main.ts"), src];
+  }
+
+  private spawnIn(ns: string, logName: string, argv: string[], env?: NodeJS.ProcessEnv): ChildProcess {
+    const [cmd, ...rest] = argv;
+    const log = createWriteStream(join(this.workDir, "logs", `${logName}.log`), { flags: "a" });
+    const p = spawn("ip", ["netns", "exec", ns, cmd!, ...rest], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } });
+    p.stdout!.pipe(log, { end: false });
+    p.stderr!.pipe(log, { end: false });
+    return p;
+  }
+
+  async startServer(): Promise<void> {
+    const conf = join(this.workDir, "net-conf.json");
+    writeFileSync(conf, JSON.stringify({ Network: this.opts.network ?? "10.244.0.0/16", Backend: { Type: "vxlan" } }));
+    this.server = this.spawnIn(this.srv, "lease-server", [...this.nodeCmd("server"),
+      "--store", `sqlite:${join(this.workDir, "leases.db")}`, "--network-config", conf, "--listen", `${SERVER_IP}:${GRPC_PORT}`,
+      "--http-listen", "127.0.0.1:7601", "--lease-ttl", this.opts.leaseTtl ?? "30s",
+      ...(this.opts.mtls ? ["--tls-cert", this.cert("server.crt"), "--tls-key", this.cert("server.key"), "--tls-client-ca", this.cert("ca.crt")] : ["--insecure"])]);
+    await waitFor("lease server", async () => (await this.curl(this.srv, "http://127.0.0.1:7601/healthz")).code === 200, 20_000, 200);
+  }
+
+  async stopServer(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
+    await stopProcess(this.server, signal);
+    this.server = undefined;
+  }
+
+  /** certName: whose client certificate to present (default the node's own). */
+  startAgent(i: number, extra: string[] = [], env?: NodeJS.ProcessEnv, certName?: string): ChildProcess {
+    const n = this.nodes[i]!;
+    n.agent = this.spawnIn(n.ns, n.name, [...this.nodeCmd("agent"),
+      "--server", `${SERVER_IP}:${GRPC_PORT}`, "--node-name", n.name, "--iface", "eth0", "--subnet-file", n.subnetFile,
+      "--state-dir", n.stateDir, "--http-listen", `127.0.0.1:${AGENT_API_PORT}`,
+      ...(this.opts.mtls ? ["--tls-ca", this.cert("ca.crt"), "--tls-cert", this.cert(`${certName ?? n.name}.crt`), "--tls-key", this.cert(`${certName ?? n.name}.key`)] : ["--insecure"]),
+      "--resync-interval", this.opts.resyncInterval ?? "2s", ...extra], env);
+    return n.agent;
+  }
+
+  async stopAgent(i: number, signal: NodeJS.Signals = "SIGTERM"): Promise<number | null> {
+    const n = this.nodes[i]!;
+    const code = await stopProcess(n.agent, signal);
+    n.agent = undefined;
+    return code;
+  }
+
+  cert(file: string): string {
+    return join(this.workDir, "certs", file);
+  }
+
+  /** A throwaway CA, a server certificate for SERVER_IP and one client certificate per node (CN = node name). */
+  async makeCerts(): Promise<void> {
+    const dir = join(this.workDir, "certs");
+    mkdirSync(dir, { recursive: true });
+    const ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    await sh("openssl", ["req", "-x509", ...ec, "-keyout", join(dir, "ca.key"), "-out", join(dir, "ca.crt"), "-subj", "/CN=weft-test-ca", "-days", "1"]);
+    const leaf = async (name: string, cn: string, san: string) => {
+      await sh("openssl", ["req", "-new", ...ec, "-keyout", join(dir, `${name}.key`), "-out", join(dir, `${name}.csr`), "-subj", `/CN=${cn}`, "-addext", `subjectAltName=${san}`]);
+      await sh("openssl", ["x509", "-req", "-in", join(dir, `${name}.csr`), "-CA", join(dir, "ca.crt"), "-CAkey", join(dir, "ca.key"), "-CAcreateserial",
+        "-out", join(dir, `${name}.crt`), "-days", "1", "-copy_extensions", "copy"]);
+    };
+    await leaf("server", "weft-lease-server", `IP:${SERVER_IP}`);
+    for (const n of this.nodes) await leaf(n.name, n.name, `DNS:${n.name}`);
+  }
+
+  async curl(ns: string, url: string): Promise<{ code: number; body: string }> {
+    const r = await sh("ip", ["netns", "exec", ns, "curl", "-s", "-m", "2", "-w", "\n%{http_code}", url], { allowFail: true });
+    const i = r.stdout.lastIndexOf("\n");
+    return { code: Number(r.stdout.slice(i + 1)) || 0, body: r.stdout.slice(0, Math.max(0, i)) };
+  }
+
+  async agentApi<T = unknown>(i: number, path: string): Promise<{ code: number; json: T; body: string }> {
+    const r = await this.curl(this.nodes[i]!.ns, `http://127.0.0.1:${AGENT_API_PORT}${path}`);
+    let json: unknown;
+    try { json = JSON.parse(r.body); } catch { json = undefined; }
+    return { code: r.code, json: json as T, body: r.body };
+  }
+
+  async waitReady(i: number, timeoutMs = 30_000): Promise<void> {
+    await waitFor(`agent ${i} ready`, async () => (await this.agentApi(i, "/readyz")).code === 200, timeoutMs, 200);
+  }
+
+  /** Waits until agent i programs exactly `count` peers. */
+  async waitPeers(i: number, count: number, timeoutMs = 30_000): Promise<void> {
+    await waitFor(`agent ${i} with ${count} programmed peers`, async () => {
+      const r = await this.agentApi<Array<{ programmed: boolean }>>(i, "/v1/peers");
+      return r.code === 200 && r.json.length === count && r.json.every((p) => p.programmed);
+    }, timeoutMs, 200);
+  }
+
+  subnetEnv(i: number): Record<string, string> {
+    const out: Record<string, string> = {};
+    for (const line of readFileSync(this.nodes[i]!.subnetFile, "utf8").split("\n")) {
+      const m = /^([A-Z_]+)=(.*)$/.exec(line);
+      if (m) out[m[1]!] = m[2]!;
+    }
+    return out;
+  }
+
+  /** Creates a pod namespace and wires it with the CNI bridge plugin as Flannel's CNI plugin would. */
+  async addPod(node: number, podIndex: number): Promise<Pod> {
+    const n = this.nodes[node]!;
+    const env = this.subnetEnv(node);
+    const ns = `${n.ns}-p${podIndex}`;
+    await addNetns(ns);
+    const [sip, len] = env.FLANNEL_SUBNET!.split("/");
+    const o = sip!.split(".").map(Number);
+    const subnet = `${o[0]}.${o[1]}.${o[2]}.${(o[3]! - 1)}/${len}`; // Flannel's CNI passes the network form
+    const conf = {
+      cniVersion: "1.0.0", name: "weft", type: "bridge", bridge: "cni0", isGateway: true, ipMasq: false, mtu: Number(env.FLANNEL_MTU),
+      ipam: { type: "host-local", ranges: [[{ subnet }]], routes: [{ dst: env.FLANNEL_NETWORK }], dataDir: join(this.workDir, n.name, "cni") },
+    };
+    const r = await sh("ip", ["netns", "exec", n.ns, "/usr/lib/cni/bridge"], {
+      input: JSON.stringify(conf),
+      env: { ...process.env, CNI_COMMAND: "ADD", CNI_CONTAINERID: ns, CNI_NETNS: `/var/run/netns/${ns}`, CNI_IFNAME: "eth0", CNI_PATH: "/usr/lib/cni" },
+    });
+    const res = JSON.parse(r.stdout) as { ips: Array<{ address: string }> };
+    const pod = { ns, node, ip: res.ips[0]!.address.split("/")[0]! };
+    this.pods.push(pod);
+    return pod;
+  }
+
+  async ping(from: Pod, to: string, count = 1): Promise<boolean> {
+    const r = await sh("ip", ["netns", "exec", from.ns, "ping", "-c", String(count), "-W", "1", "-i", "0.2", to], { allowFail: true });
+    return r.code === 0;
+  }
+
+  async destroy(): Promise<void> {
+    for (const n of this.nodes) await stopProcess(n.agent, "SIGKILL");
+    await stopProcess(this.server, "SIGKILL");
+    await cleanupNetns(this.prefix);
+    if (!process.env.WEFT_KEEP_LOGS) rmSync(this.workDir, { recursive: true, force: true });
+  }
+
+  logPath(name: string): string {
+    return join(this.workDir, "logs", `${name}.log`);
+  }
+}
+
+export function stopProcess(p: ChildProcess | undefined, signal: NodeJS.Signals): Promise<number | null> {
+  if (!p || p.exitCode !== null || p.signalCode !== null) return Promise.resolve(p?.exitCode ?? null);
+  return new Promise((resolve) => {
+    const t = setTimeout(() => p.kill("SIGKILL"), 10_000);
+    p.once("exit", (code) => { clearTimeout(t); resolve(code); });
+    p.kill(signal);
+  });
+}

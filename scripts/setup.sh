@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
-  iproute2 iputils-ping procps openssl ca-certificates   # namespaces, veth, ping, test certificates
+  iproute2 iputils-ping procps curl openssl ca-certificates   # namespaces, veth, ping, agent API checks, test certificates
   containernetworking-plugins                             # /usr/lib/cni/bridge and host-local for pods
   iperf3                                                  # throughput benchmark
   prometheus                                              # promtool, to lint /metrics

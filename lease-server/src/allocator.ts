@@ -6,10 +6,10 @@ import { formatCidr, parseCidr, sizeOf } from "../../lib/src/cidr.js";
 import type { NetworkConfig } from "../../lib/src/net-config.js";
 
 export interface AllocationInput {
-  /** Subnet network addresses that may not be handed out (leased or reserved for others). */
-  readonly taken: ReadonlySet<number>;
-  /** Network address -> free order (higher = freed more recently). */
-  readonly freed: ReadonlyMap<number, number>;
+  /** Whether a subnet (network address) may not be handed out: leased, or reserved for another node. */
+  readonly isTaken: (ip: number) => boolean;
+  /** When a subnet was freed (higher = more recently); undefined if never used. */
+  readonly freedOrder: (ip: number) => number | undefined;
 }
 
 export function pickSubnet(cfg: NetworkConfig, input: AllocationInput): string | undefined {
@@ -17,8 +17,8 @@ export function pickSubnet(cfg: NetworkConfig, input: AllocationInput): string |
   let best: number | undefined;
   let bestOrder = Infinity;
   for (let ip = cfg.subnetMin; ip <= cfg.subnetMax; ip += step) {
-    if (input.taken.has(ip)) continue;
-    const order = input.freed.get(ip);
+    if (input.isTaken(ip)) continue;
+    const order = input.freedOrder(ip);
     if (order === undefined) return formatCidr({ ip, prefix: cfg.subnetLen });
     if (order < bestOrder) {
       best = ip;

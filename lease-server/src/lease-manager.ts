@@ -9,6 +9,7 @@ import type { Logger } from "../../lib/src/logger.js";
 import type { LeaseStore, Reservation } from "./store/lease-store.js";
 import { formatCidr } from "../../lib/src/cidr.js";
 import { isAllocatable, pickSubnet, subnetIp } from "./allocator.js";
+import { SubnetIndex } from "./subnet-index.js";
 
 const RACE_RETRIES = 10;
 
@@ -38,6 +39,7 @@ export class LeaseManager {
   readonly #o: LeaseManagerOptions;
   readonly #clock: Clock;
   #queue: Promise<unknown> = Promise.resolve();
+  #index: Promise<SubnetIndex> | undefined;
 
   constructor(opts: LeaseManagerOptions) {
     this.#o = opts;
@@ -105,6 +107,7 @@ export class LeaseManager {
       }
       const lease = await this.#o.store.create({ subnet, nodeName: req.nodeName, publicIP: req.publicIP, attrs: req.attrs!, expiresAt });
       if (lease) return { lease, created: true };
+      this.#lostRace(subnet);
     }
     throw new WeftError("LEASE_CONFLICT", `could not acquire a subnet for ${req.nodeName} after ${RACE_RETRIES} attempts (other servers kept taking them); retry`);
   }
@@ -117,22 +120,25 @@ export class LeaseManager {
   async #choose(req: AcquireRequest, reservations: readonly Reservation[], reserved: Reservation | undefined): Promise<string | undefined> {
     const cfg = this.#o.network;
     if (reserved && isAllocatable(cfg, reserved.subnet)) return reserved.subnet;
-    const [{ leases }, freedList] = await Promise.all([this.#o.store.listLeases(), this.#o.store.listFreed()]);
-    const taken = new Set<number>();
-    for (const l of leases) taken.add(subnetIp(l.subnet));
-    for (const r of reservations) taken.add(subnetIp(r.subnet));
-    const free = (s: string | undefined): s is string => !!s && isAllocatable(cfg, s) && !taken.has(subnetIp(s));
+    const index = await (this.#index ??= SubnetIndex.load(this.#o.store));
+    const reservedIps = new Set(reservations.map((r) => subnetIp(r.subnet)));
+    const isTaken = (ip: number) => index.leased.has(ip) || reservedIps.has(ip);
+    const format = (ip: number) => formatCidr({ ip, prefix: cfg.subnetLen });
 
-    const mine = freedList.filter((f) => f.nodeName === req.nodeName).sort((a, b) => b.revision - a.revision)[0];
-    if (free(mine?.subnet)) return mine.subnet;
-    if (free(req.previousSubnet)) {
+    const mine = index.lastFreedBy(req.nodeName);
+    if (mine !== undefined && !isTaken(mine) && isAllocatable(cfg, format(mine))) return format(mine);
+    const hint = req.previousSubnet;
+    if (hint && isAllocatable(cfg, hint) && !isTaken(subnetIp(hint))) {
       // Only a subnet nobody else held since: a stale subnet.env must never take another node's subnet.
-      const last = freedList.find((f) => f.subnet === req.previousSubnet);
-      if (!last || last.nodeName === req.nodeName) return req.previousSubnet;
+      const last = index.freed.get(subnetIp(hint));
+      if (!last || last.nodeName === req.nodeName) return hint;
     }
-    const freed = new Map<number, number>();
-    for (const f of freedList) freed.set(subnetIp(f.subnet), f.revision);
-    return pickSubnet(cfg, { taken, freed });
+    return pickSubnet(cfg, { isTaken, freedOrder: (ip) => index.freed.get(ip)?.revision });
+  }
+
+  /** Marks a subnet another server took before our index heard of it, so the retry picks another. */
+  #lostRace(subnet: string): void {
+    void this.#index?.then((index) => index.leased.add(subnetIp(subnet)));
   }
 
   async renew(nodeName: string, subnet: string): Promise<Lease> {

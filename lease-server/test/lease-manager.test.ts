@@ -131,3 +131,30 @@ describe("LeaseManager", () => {
     expect((await store.listLeases()).leases).toEqual([]);
   });
 });
+
+describe("LeaseManager with a shared store (several servers)", () => {
+  it("never hands out one subnet twice when the other server's changes arrive late", async () => {
+    const dir = tempDir("weft-shared-");
+    const store = new SqliteLeaseStore(join(dir.path, "l.db"));
+    // Deliver events late, as a watch on a shared store (etcd) does.
+    const lagging = new Proxy(store, {
+      get(target, prop, receiver) {
+        if (prop === "subscribe") {
+          return (fn: (e: readonly unknown[]) => void) => target.subscribe((evs) => void setTimeout(() => fn(evs), 30));
+        }
+        const v = Reflect.get(target, prop, receiver);
+        return typeof v === "function" ? v.bind(target) : v;
+      },
+    });
+    const network = parseNetworkConfig('{"Network":"10.244.0.0/16"}');
+    const mk = () => new LeaseManager({ store: lagging, network, ttlMs: 60_000, log: memoryLogger().log });
+    const [a, b] = [mk(), mk()];
+    await a.acquire(req(200));
+    await b.acquire(req(201));
+    const leases = await Promise.all(Array.from({ length: 60 }, (_, i) => (i % 2 ? a : b).acquire(req(i + 1))));
+    expect(new Set(leases.map((l) => l.subnet)).size).toBe(60);
+    expect((await store.listLeases()).leases).toHaveLength(62);
+    await store.close();
+    dir.cleanup();
+  });
+});

@@ -12,6 +12,8 @@ export const ErrorCodes = {
   PERMISSION_DENIED: { grpc: 7, http: 403 },
   REVISION_COMPACTED: { grpc: 11, http: 410 },
   STORE_UNAVAILABLE: { grpc: 14, http: 503 },
+  /** The agent cannot reach any lease server. */
+  SERVER_UNAVAILABLE: { grpc: 14, http: 503 },
   DATAPLANE_OP_FAILED: { grpc: 13, http: 500 },
   INTERNAL: { grpc: 13, http: 500 },
 } as const;

@@ -46,13 +46,13 @@ const CODE_MAP: Partial<Record<number, ErrorCode>> = {
   [status.UNAUTHENTICATED]: "PERMISSION_DENIED",
   [status.OUT_OF_RANGE]: "REVISION_COMPACTED",
   [status.ABORTED]: "LEASE_CONFLICT",
-  [status.UNAVAILABLE]: "STORE_UNAVAILABLE",
-  [status.DEADLINE_EXCEEDED]: "STORE_UNAVAILABLE",
-  [status.CANCELLED]: "STORE_UNAVAILABLE",
+  [status.UNAVAILABLE]: "SERVER_UNAVAILABLE",
+  [status.DEADLINE_EXCEEDED]: "SERVER_UNAVAILABLE",
+  [status.CANCELLED]: "SERVER_UNAVAILABLE",
 };
 
 export function isUnreachable(err: unknown): boolean {
-  return err instanceof WeftError && err.code === "STORE_UNAVAILABLE";
+  return err instanceof WeftError && err.code === "SERVER_UNAVAILABLE";
 }
 
 export function buildCredentials(tls: TlsFiles | undefined): ChannelCredentials {
@@ -91,7 +91,7 @@ export class LeaseClient implements LeaseApi {
   private fail(err: unknown, what: string): WeftError {
     const e = err as ServiceError;
     const code = (typeof e?.code === "number" && CODE_MAP[e.code]) || "INTERNAL";
-    if (code === "STORE_UNAVAILABLE") {
+    if (code === "SERVER_UNAVAILABLE") {
       this.opts.onConnectivity?.(false);
       this.current = (this.current + 1) % this.clients.length;
     }
@@ -151,7 +151,7 @@ export class LeaseClient implements LeaseApi {
             break;
         }
       }
-      if (!signal.aborted) throw new WeftError("STORE_UNAVAILABLE", `watch stream from ${this.server} ended`);
+      if (!signal.aborted) throw new WeftError("SERVER_UNAVAILABLE", `watch stream from ${this.server} ended`);
     } catch (err) {
       if (signal.aborted) return;
       throw err instanceof WeftError ? err : this.fail(err, "watch leases");

@@ -28,7 +28,7 @@ class ScriptedApi implements LeaseApi {
   async renew() {
     this.renews.push(Date.now());
     const step = this.renewScript.shift() ?? "ok";
-    if (step === "unavailable") throw new WeftError("STORE_UNAVAILABLE", "lease server down");
+    if (step === "unavailable") throw new WeftError("SERVER_UNAVAILABLE", "lease server down");
     if (step === "not_found") throw new WeftError("LEASE_NOT_FOUND", "no such lease");
     return this.mine();
   }

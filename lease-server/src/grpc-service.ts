@@ -10,13 +10,19 @@ import { ErrorCodes, WeftError, invalid, isWeftError } from "../../lib/src/error
 import { attrsFromPb, eventToPb, leaseToPb } from "../../lib/src/proto-convert.js";
 import { formatCidr, formatIpv4 } from "../../lib/src/cidr.js";
 import { networkConfigJson, type NetworkConfig } from "../../lib/src/net-config.js";
-import type { Lease, LeaseEvent } from "../../lib/src/lease.js";
+import { validateNodeName, type Lease, type LeaseEvent } from "../../lib/src/lease.js";
 import type { Logger } from "../../lib/src/logger.js";
 import type { LeaseManager } from "./lease-manager.js";
 import type { FrameEncoder, WatchHub } from "./watch-hub.js";
 
+// Status details travel in HTTP/2 trailers; an oversized one never reaches the client.
+const MAX_DETAILS = 1024;
+
 export function toServiceError(err: unknown, log: Logger): Partial<grpc.ServiceError> {
-  if (isWeftError(err)) return { code: ErrorCodes[err.code].grpc, details: err.message, message: err.message };
+  if (isWeftError(err)) {
+    const details = err.message.length > MAX_DETAILS ? `${err.message.slice(0, MAX_DETAILS)}...` : err.message;
+    return { code: ErrorCodes[err.code].grpc, details, message: details };
+  }
   log.error({ err }, "unexpected error in gRPC handler");
   return { code: grpc.status.INTERNAL, details: "internal error; see the lease server log" };
 }
@@ -36,14 +42,41 @@ export const frameEncoder: FrameEncoder = {
   }).finish()),
 };
 
-/** The service definition, with watch responses passed through when already encoded. */
-export const leaseServiceDefinition = {
-  ...LeaseServiceService,
-  watchLeases: {
-    ...LeaseServiceService.watchLeases,
-    responseSerialize: (v: WatchLeasesResponse | Buffer): Buffer => (Buffer.isBuffer(v) ? v : Buffer.from(WatchLeasesResponse.encode(v).finish())),
-  },
-} as unknown as typeof LeaseServiceService;
+const DECODE_ERROR = Symbol("decode error");
+type MaybeUndecodable = { [DECODE_ERROR]?: string };
+
+/**
+ * grpc-js answers a request it cannot decode with INTERNAL; we keep the
+ * error and answer INVALID_ARGUMENT from the handler instead.
+ */
+function tolerantDeserialize<T>(decode: (b: Buffer) => T): (b: Buffer) => T {
+  return (b) => {
+    try {
+      return decode(b);
+    } catch (err) {
+      return { [DECODE_ERROR]: (err as Error).message } as T;
+    }
+  };
+}
+
+function checkDecoded(request: unknown): void {
+  const problem = (request as MaybeUndecodable)[DECODE_ERROR];
+  if (problem !== undefined) {
+    throw invalid("request", `cannot be decoded (${problem.slice(0, 200)})`, "send a valid weft.v1 message; uint64 fields must be below 2^53");
+  }
+}
+
+/**
+ * The service definition: requests decoded tolerantly, and watch responses
+ * passed through when already encoded.
+ */
+export const leaseServiceDefinition = Object.fromEntries(Object.entries(LeaseServiceService).map(([name, m]) => [name, {
+  ...m,
+  requestDeserialize: tolerantDeserialize(m.requestDeserialize as (b: Buffer) => unknown),
+  ...(name === "watchLeases"
+    ? { responseSerialize: (v: WatchLeasesResponse | Buffer): Buffer => (Buffer.isBuffer(v) ? v : Buffer.from(WatchLeasesResponse.encode(v).finish())) }
+    : {}),
+}])) as unknown as typeof LeaseServiceService;
 
 export function networkConfigToPb(cfg: NetworkConfig): PbNetworkConfig {
   const b = cfg.backend;
@@ -83,6 +116,8 @@ export interface ServiceDeps {
 export function createLeaseService(deps: ServiceDeps): LeaseServiceServer {
   const { manager, hub, log } = deps;
   const authorize = (call: grpc.ServerUnaryCall<unknown, unknown>, nodeName: string) => {
+    // A malformed name is reported as such, before any comparison with the certificate.
+    validateNodeName(nodeName);
     if (!deps.requireClientIdentity) return;
     const names = certNodeNames(call) ?? [];
     if (!names.includes(nodeName)) {
@@ -91,7 +126,7 @@ export function createLeaseService(deps: ServiceDeps): LeaseServiceServer {
   };
   const unary = <Req, Res>(fn: (call: grpc.ServerUnaryCall<Req, Res>) => Promise<Res>): grpc.handleUnaryCall<Req, Res> =>
     (call, callback) => {
-      fn(call).then((res) => callback(null, res), (err) => callback(toServiceError(err, log) as grpc.ServiceError));
+      Promise.resolve().then(() => checkDecoded(call.request)).then(() => fn(call)).then((res) => callback(null, res), (err) => callback(toServiceError(err, log) as grpc.ServiceError));
     };
 
   return {
@@ -112,6 +147,12 @@ export function createLeaseService(deps: ServiceDeps): LeaseServiceServer {
       return {};
     }),
     watchLeases: (call) => {
+      try {
+        checkDecoded(call.request);
+      } catch (err) {
+        call.emit("error", toServiceError(err, log));
+        return;
+      }
       const from = Number(call.request.fromRevision);
       if (!Number.isSafeInteger(from) || from < 0) {
         call.emit("error", toServiceError(invalid("from_revision", `${call.request.fromRevision} is out of range`, "send 0 or the last revision you applied"), log));
@@ -124,7 +165,8 @@ export function createLeaseService(deps: ServiceDeps): LeaseServiceServer {
       call.on("error", close);
       sub = hub.subscribe(from, {
         write: (frame, done) => {
-          if (call.cancelled || call.destroyed) return done();
+          // Deferred: calling done() synchronously would re-enter the pump once per queued frame.
+          if (call.cancelled || call.destroyed) return void setImmediate(done);
           // Pre-encoded bytes: leaseServiceDefinition passes Buffers through unchanged.
           call.write(frame as unknown as WatchLeasesResponse, () => done());
         },

@@ -55,7 +55,11 @@ export interface HttpApiDeps {
 }
 
 export async function buildHttpApi(deps: HttpApiDeps): Promise<FastifyInstance> {
-  const app = Fastify({ loggerInstance: deps.log.child({ component: "http" }, { level: "warn" }) as FastifyBaseLogger }).withTypeProvider<TypeBoxTypeProvider>();
+  const app = Fastify({
+    loggerInstance: deps.log.child({ component: "http" }, { level: "warn" }) as FastifyBaseLogger,
+    // Reject what does not match the schema instead of quietly dropping or converting it.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false } },
+  }).withTypeProvider<TypeBoxTypeProvider>();
   await app.register(swagger, {
     openapi: {
       info: { title: "weft lease server", version: "1.0.0", description: "Leases of node subnets, reservations, health and metrics. The gRPC API (weft.v1.LeaseService) is what agents use." },

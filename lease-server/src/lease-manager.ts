@@ -7,11 +7,16 @@ import { validateBackendAttrs, validateNodeName, validatePublicIp, type BackendA
 import type { NetworkConfig } from "../../lib/src/net-config.js";
 import type { Logger } from "../../lib/src/logger.js";
 import type { LeaseStore, Reservation } from "./store/lease-store.js";
-import { formatCidr } from "../../lib/src/cidr.js";
+import { formatCidr, parseCidr } from "../../lib/src/cidr.js";
 import { isAllocatable, pickSubnet, subnetIp } from "./allocator.js";
 import { SubnetIndex } from "./subnet-index.js";
 
 const RACE_RETRIES = 10;
+
+function validateSubnet(subnet: string, verb: string): void {
+  if (!subnet) throw invalid("subnet", "is empty", `send the subnet of the lease to ${verb}`);
+  if (!parseCidr(subnet)) throw invalid("subnet", `${JSON.stringify(subnet.slice(0, 40))} is not a CIDR`, `send the lease's subnet as returned by AcquireLease, e.g. 10.244.3.0/24`);
+}
 
 export interface AcquireRequest {
   readonly nodeName: string;
@@ -120,7 +125,10 @@ export class LeaseManager {
   async #choose(req: AcquireRequest, reservations: readonly Reservation[], reserved: Reservation | undefined): Promise<string | undefined> {
     const cfg = this.#o.network;
     if (reserved && isAllocatable(cfg, reserved.subnet)) return reserved.subnet;
-    const index = await (this.#index ??= SubnetIndex.load(this.#o.store));
+    const index = await (this.#index ??= SubnetIndex.load(this.#o.store).catch((err) => {
+      this.#index = undefined; // the next acquisition loads it again
+      throw err;
+    }));
     const reservedIps = new Set(reservations.map((r) => subnetIp(r.subnet)));
     const isTaken = (ip: number) => index.leased.has(ip) || reservedIps.has(ip);
     const format = (ip: number) => formatCidr({ ip, prefix: cfg.subnetLen });
@@ -144,7 +152,7 @@ export class LeaseManager {
   async renew(nodeName: string, subnet: string): Promise<Lease> {
     const started = performance.now();
     validateNodeName(nodeName);
-    if (!subnet) throw invalid("subnet", "is empty", "send the subnet of the lease to renew");
+    validateSubnet(subnet, "renew");
     try {
       const lease = await this.#o.store.update(subnet, nodeName, { expiresAt: this.#clock.now() + this.#o.ttlMs });
       if (!lease) {
@@ -162,7 +170,7 @@ export class LeaseManager {
 
   async release(nodeName: string, subnet: string): Promise<void> {
     validateNodeName(nodeName);
-    if (!subnet) throw invalid("subnet", "is empty", "send the subnet of the lease to release");
+    validateSubnet(subnet, "release");
     const removed = await this.#o.store.remove(subnet, nodeName, "released");
     if (removed) this.#o.log.info({ nodeName, subnet, revision: removed.revision }, "lease released");
   }
@@ -177,7 +185,7 @@ export class LeaseManager {
   async reserve(r: Reservation): Promise<void> {
     validateNodeName(r.nodeName, "nodeName");
     if (!isAllocatable(this.#o.network, r.subnet)) {
-      throw invalid("subnet", `${JSON.stringify(r.subnet)} is not a /${this.#o.network.subnetLen} node subnet between SubnetMin and SubnetMax of ${this.#networkText()}`, "pick a subnet from GET /v1/network's range");
+      throw invalid("subnet", `${JSON.stringify(r.subnet.slice(0, 40))} is not a /${this.#o.network.subnetLen} node subnet between SubnetMin and SubnetMax of ${this.#networkText()}`, "pick a subnet from GET /v1/network's range");
     }
     await this.#serial(() => this.#o.store.putReservation(r));
     this.#o.log.info({ nodeName: r.nodeName, subnet: r.subnet }, "subnet reserved");

@@ -3,6 +3,7 @@
 // saves every acquisition a read of the whole lease table, which made
 // acquisitions slow down linearly with the number of leases.
 import type { LeaseEvent } from "../../lib/src/lease.js";
+import { appendAll } from "../../lib/src/arrays.js";
 import type { LeaseStore } from "./store/lease-store.js";
 import { subnetIp } from "./allocator.js";
 
@@ -23,8 +24,15 @@ export class SubnetIndex {
     const index = new SubnetIndex();
     let loading = true;
     const early: LeaseEvent[] = [];
-    store.subscribe((evs) => (loading ? early.push(...evs) : index.apply(evs)));
-    const [{ leases, revision }, freed] = await Promise.all([store.listLeases(), store.listFreed()]);
+    const unsubscribe = store.subscribe((evs) => (loading ? appendAll(early, evs) : index.apply(evs)));
+    let loaded;
+    try {
+      loaded = await Promise.all([store.listLeases(), store.listFreed()]);
+    } catch (err) {
+      unsubscribe();
+      throw err;
+    }
+    const [{ leases, revision }, freed] = loaded;
     for (const f of freed) index.#free(subnetIp(f.subnet), f.nodeName, f.revision);
     for (const l of leases) index.leased.add(subnetIp(l.subnet));
     loading = false;

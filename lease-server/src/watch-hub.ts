@@ -10,6 +10,7 @@
 import { WeftError } from "../../lib/src/errors.js";
 import type { Lease, LeaseEvent } from "../../lib/src/lease.js";
 import type { Logger } from "../../lib/src/logger.js";
+import { appendAll } from "../../lib/src/arrays.js";
 import type { LeaseStore } from "./store/lease-store.js";
 
 export interface WatchSink {
@@ -56,20 +57,28 @@ export interface WatchHubOptions {
 interface Frame {
   readonly buf: Buffer;
   readonly events: number;
+  readonly exempt?: boolean;
 }
 
 class Subscription {
   readonly #queue: Frame[] = [];
   #head = 0;
+  /** Bytes queued or in flight that count against maxQueueBytes. */
   #queuedBytes = 0;
   #inFlight = 0;
   closed = false;
 
   constructor(readonly hub: WatchHub, readonly sink: WatchSink) {}
 
-  enqueue(f: Frame): void {
+  /**
+   * Queues a frame. `exempt` frames (the start of a stream: snapshot or
+   * catch-up) do not count against the limit, so a large network never makes
+   * every new stream look too far behind.
+   */
+  enqueue(f: Frame, exempt = false): void {
     if (this.closed) return;
-    this.#queue.push(f);
+    this.#queue.push(exempt ? { ...f, exempt } : f);
+    if (exempt) return this.pump();
     this.#queuedBytes += f.buf.length;
     if (this.#queuedBytes > this.hub.maxQueueBytes) {
       this.hub.drop(this, this.#queuedBytes);
@@ -86,7 +95,7 @@ class Subscription {
       this.hub.sent(f);
       this.sink.write(f.buf, () => {
         this.#inFlight -= size;
-        this.#queuedBytes -= size;
+        if (!f.exempt) this.#queuedBytes -= size;
         this.pump();
       });
     }
@@ -113,6 +122,8 @@ export class WatchHub {
   #unsubscribe: (() => void) | undefined;
   readonly #subs = new Set<Subscription>();
   #snapshotCache: { revision: number; resync: boolean; frames: Frame[] }[] = [];
+  /** Catch-up frames by starting revision, for the current revision: a reconnect storm encodes them once. */
+  #resumeCache = new Map<number, Frame[]>();
 
   constructor(opts: WatchHubOptions) {
     this.#o = opts;
@@ -138,7 +149,7 @@ export class WatchHub {
     // Subscribe before listing so nothing committed in between is lost.
     let loading = true;
     const early: LeaseEvent[] = [];
-    this.#unsubscribe = this.#o.store.subscribe((evs) => (loading ? early.push(...evs) : this.#onEvents(evs)));
+    this.#unsubscribe = this.#o.store.subscribe((evs) => (loading ? appendAll(early, evs) : this.#onEvents(evs)));
     const { leases, revision } = await this.#o.store.listLeases();
     for (const l of leases) this.#leases.set(l.subnet, l);
     this.#revision = revision;
@@ -161,7 +172,7 @@ export class WatchHub {
   }
 
   #onEvents(evs: readonly LeaseEvent[]): void {
-    this.#pending.push(...evs);
+    appendAll(this.#pending, evs);
     if (this.#flushTimer !== undefined) return;
     const window = this.#o.batchWindowMs ?? 5;
     this.#flushTimer = window > 0 ? setTimeout(() => this.flush(), window) : (setImmediate(() => this.flush()) as unknown as NodeJS.Timeout);
@@ -182,13 +193,14 @@ export class WatchHub {
       else this.#leases.set(e.lease.subnet, e.lease);
     }
     this.#revision = batch[batch.length - 1]!.revision;
-    this.#ring.push(...batch);
+    appendAll(this.#ring, batch);
     if (this.#ring.length > this.#historyEvents * 1.25) {
       const cut = this.#ring.length - this.#historyEvents;
       this.#floor = this.#ring[cut - 1]!.revision;
       this.#ring = this.#ring.slice(cut);
     }
     this.#snapshotCache = [];
+    this.#resumeCache.clear();
     this.#o.metrics?.batch(batch.length);
     for (const frame of this.#eventFrames(batch)) this.#broadcast(frame);
   }
@@ -235,14 +247,22 @@ export class WatchHub {
     this.#subs.add(sub);
     this.#o.metrics?.streams(this.#subs.size);
     if (from === 0 || from < this.#floor || from > this.#revision) {
-      for (const f of this.#snapshotFrames(from !== 0)) sub.enqueue(f);
+      for (const f of this.#snapshotFrames(from !== 0)) sub.enqueue(f, true);
     } else {
-      const missed = this.#ring.slice(this.#indexAfter(from));
-      for (const f of this.#eventFrames(missed)) sub.enqueue(f);
-      // Tells the client it is caught up even when nothing was missed.
-      sub.enqueue({ buf: this.#o.encoder.progress(this.#revision), events: 0 });
+      for (const f of this.#resumeFrames(from)) sub.enqueue(f, true);
     }
     return { close: () => this.#remove(sub) };
+  }
+
+  /** The changes after `from`, then a PROGRESS that tells the client it is caught up. */
+  #resumeFrames(from: number): Frame[] {
+    let frames = this.#resumeCache.get(from);
+    if (!frames) {
+      frames = [...this.#eventFrames(this.#ring.slice(this.#indexAfter(from))), { buf: this.#o.encoder.progress(this.#revision), events: 0 }];
+      if (this.#resumeCache.size >= 64) this.#resumeCache.clear();
+      this.#resumeCache.set(from, frames);
+    }
+    return frames;
   }
 
   /** Index of the first ring event with revision > rev. */

@@ -96,8 +96,36 @@ describe("weft-lease-server (real process, SQLite, gRPC)", () => {
     }
     const renew = await call("renewLease", { nodeName: "node-1", subnet: "10.244.9.0/24" }).catch((e: grpc.ServiceError) => e);
     expect((renew as grpc.ServiceError).code).toBe(grpc.status.NOT_FOUND);
+    for (const method of ["renewLease", "releaseLease"] as const) {
+      for (const subnet of ["", "10.244.9", "x".repeat(100_000)]) {
+        const err = await call(method, { nodeName: "node-1", subnet }, ).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+        expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
+        expect(err.details).toMatch(/^subnet: /);
+        expect(err.details.length).toBeLessThan(300);
+      }
+    }
+    const longName = await call("acquireLease", { ...vxlanReq(1), nodeName: "a".repeat(200_000) }).catch((e: grpc.ServiceError) => e) as grpc.ServiceError;
+    expect(longName.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(longName.details).toMatch(/^node_name: /);
     expect(await (await fetch(`${s.httpUrl}/v1/leases`)).json()).toEqual([]);
     client.close();
+  });
+
+  it("answers undecodable requests and out-of-range revisions with INVALID_ARGUMENT, not INTERNAL", async () => {
+    const s = await start([], join(dir.path, "garbage.db"));
+    const raw = new grpc.Client(s.grpcAddr, grpc.credentials.createInsecure());
+    const send = (path: string, bytes: Buffer) => new Promise<grpc.ServiceError>((resolve) => {
+      raw.makeUnaryRequest(path, (b: Buffer) => b, (b: Buffer) => b, bytes, (e) => resolve(e!));
+    });
+    const garbage = await send("/weft.v1.LeaseService/AcquireLease", Buffer.from([0x0a, 0xff, 0xff, 0xff]));
+    expect(garbage.code).toBe(grpc.status.INVALID_ARGUMENT);
+    expect(garbage.details).toMatch(/^request: cannot be decoded/);
+    // from_revision = 2^60 (field 1, varint)
+    const big = Buffer.from([0x08, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x10]);
+    const stream = raw.makeServerStreamRequest("/weft.v1.LeaseService/WatchLeases", (b: Buffer) => b, (b: Buffer) => b, big);
+    const err = await new Promise<grpc.ServiceError>((resolve) => stream.on("error", resolve));
+    expect(err.code).toBe(grpc.status.INVALID_ARGUMENT);
+    raw.close();
   });
 
   it("streams a snapshot, then changes; a watcher sees expiry with the lease's last attributes", async () => {
@@ -208,6 +236,11 @@ describe("weft-lease-server (real process, SQLite, gRPC)", () => {
     const bad = await res("/v1/reservations", { method: "POST", headers: json, body: JSON.stringify({ subnet: "10.99.0.0/24", nodeName: "node-8" }) });
     expect(bad.status).toBe(400);
     expect(await bad.json()).toMatchObject({ error: "INVALID_ARGUMENT", message: expect.stringMatching(/^subnet: /) });
+    for (const body of [{ subnet: "10.244.2.0/24", nodeName: "n", extra: 1 }, { subnet: "10.244.2.0/24", nodeName: 123 }]) {
+      const strict = await res("/v1/reservations", { method: "POST", headers: json, body: JSON.stringify(body) });
+      expect(strict.status).toBe(400);
+      expect(await strict.json()).toMatchObject({ error: "INVALID_ARGUMENT" });
+    }
     const missing = await res("/v1/reservations", { method: "POST", headers: json, body: JSON.stringify({ subnet: "10.244.2.0/24" }) });
     expect(missing.status).toBe(400);
     expect((await missing.json() as { message: string }).message).toMatch(/nodeName/);
@@ -269,6 +302,8 @@ describe("weft-lease-server flags and config errors", () => {
     [["--bogus"], /unknown flag --bogus/],
     [["--insecure", "--lease-ttl", "soon"], /--lease-ttl: "soon" is not a duration; write it like 30s/],
     [["--insecure", "--listen", "nowhere"], /--listen: "nowhere" is not HOST:PORT/],
+    [["--insecure", "--lease-ttl", "60d"], /--lease-ttl: 60d is longer than 30 days/],
+    [["--insecure", "--lease-ttl", "1s"], /--lease-ttl: 1s is shorter than 5s/],
     [["--insecure", "--store", "etcd:http://127.0.0.1:2379"], /--store: etcd is not available/],
     [["--insecure", "--store", "postgres://x"], /--store: .* is not a store; use --store sqlite:/],
     [["--network-config", "/nonexistent/net.json", "--insecure"], /--network-config: cannot read \/nonexistent\/net\.json \(ENOENT\)/],
@@ -294,6 +329,20 @@ describe("weft-lease-server flags and config errors", () => {
     expect(r.stderr).toMatch(re);
     expect(r.stderr).not.toMatch(/\n\s+at /);
     expect(existsSync(join(dir.path, "y.db"))).toBe(false);
+  });
+
+  it("refuses to share its SQLite file with a running server", async () => {
+    const c = conf({ Network: "10.244.0.0/16" });
+    const db = join(dir.path, "shared.db");
+    const first = await startServer(["--insecure", "--network-config", c, "--store", `sqlite:${db}`]);
+    try {
+      const r = await runBin(["--insecure", "--network-config", c, "--store", `sqlite:${db}`, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"]);
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(/shared\.db is in use by another process/);
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+    } finally {
+      await first.stop();
+    }
   });
 
   it("exits 1 with a clear message when the gRPC port is taken", async () => {

@@ -40,6 +40,17 @@ describe("SqliteLeaseStore", () => {
     db.close();
   });
 
+  it("refuses a second store on a file another one holds", async () => {
+    const path = join(dir, "exclusive.db");
+    const first = new SqliteLeaseStore(path);
+    await first.create(newLease(1));
+    expect(() => new SqliteLeaseStore(path)).toThrow(/is in use by another process .*own --store file/);
+    await first.close();
+    const again = new SqliteLeaseStore(path);
+    expect((await again.listLeases()).leases).toHaveLength(1);
+    await again.close();
+  });
+
   it("gives a clear error when the file cannot be opened", () => {
     const notADir = join(dir, "plain-file");
     writeFileSync(notADir, "");

@@ -152,4 +152,28 @@ describe("WatchHub", () => {
     // What a dropped stream was handed stays within its in-flight budget.
     expect(slow.frames.reduce((n, f) => n + f.length, 0)).toBeLessThan(512 + 300);
   });
+
+  it("never drops a new stream for the size of its snapshot", async () => {
+    await start({ maxQueueBytes: 1024, highWaterBytes: 256, snapshotChunk: 5 });
+    for (let n = 1; n <= 40; n++) await store.create(newLease(n));
+    const sink = new RecordingSink();
+    hub.subscribe(0, sink);
+    await waitFor(() => sink.messages.some((m) => m.kind === Kind.KIND_SNAPSHOT_COMPLETE), "snapshot completion");
+    expect(sink.frames.reduce((n, f) => n + f.length, 0)).toBeGreaterThan(1024);
+    expect(sink.failed).toBeUndefined();
+    expect(sink.view()).toHaveLength(40);
+  });
+
+  it("encodes catch-up once for every stream resuming from the same revision", async () => {
+    await start();
+    for (const n of [1, 2, 3]) await store.create(newLease(n));
+    hub.flush();
+    const [a, b] = [new RecordingSink(), new RecordingSink()];
+    hub.subscribe(1, a);
+    hub.subscribe(1, b);
+    await waitFor(() => a.frames.length >= 2 && b.frames.length >= 2, "catch-up on both");
+    expect(a.frames[0]).toBe(b.frames[0]);
+    expect(a.messages[0]!.events.map((e) => e.revision)).toEqual([2, 3]);
+  });
 });
+

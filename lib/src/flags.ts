@@ -27,7 +27,7 @@ export function parseFlags<S extends Record<string, FlagSpec>>(argv: readonly st
     if (!arg.startsWith("--")) throw usageError(`unexpected argument ${JSON.stringify(arg)}; flags look like --name value (run ${bin} --help)`);
     const eq = arg.indexOf("=");
     const name = arg.slice(2, eq < 0 ? undefined : eq);
-    const s = spec[name];
+    const s = Object.hasOwn(spec, name) ? spec[name] : undefined;
     if (!s) throw usageError(`unknown flag --${name}; run ${bin} --help for the list of flags`);
     if (s.type === "boolean") {
       if (eq >= 0) {

@@ -39,6 +39,9 @@ export interface NetworkConfig {
   readonly backend: BackendConfig;
 }
 
+/** Flannel keys weft understands but does not implement: named as such, not as typos. */
+const UNSUPPORTED_KEYS = ["Networks", "IPv6Networks", "MacPrefix", "PSK", "ListenPortV6", "Mode"];
+
 const TOP_KEYS = ["Network", "SubnetLen", "SubnetMin", "SubnetMax", "Backend", "EnableIPv4", "EnableIPv6",
   "EnableNFTables", "IPv6Network", "IPv6SubnetLen", "IPv6SubnetMin", "IPv6SubnetMax"] as const;
 const BACKEND_KEYS: Record<BackendType, readonly string[]> = {
@@ -56,6 +59,8 @@ function canonicalKeys(obj: Record<string, unknown>, known: readonly string[], w
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(obj)) {
     const canon = known.find((c) => c.toLowerCase() === k.toLowerCase());
+    const flannelOnly = UNSUPPORTED_KEYS.find((c) => c.toLowerCase() === k.toLowerCase());
+    if (!canon && flannelOnly) fail(`${where}${flannelOnly}`, "is a Flannel setting weft does not support yet", `remove ${flannelOnly}`);
     if (!canon) fail(`${where}${k}`, "unknown key", `valid keys are ${known.join(", ")}`);
     out[canon] = v;
   }
@@ -132,7 +137,7 @@ export function parseNetworkConfig(text: string): NetworkConfig {
   if (!network) fail("Network", `${c.Network} has host bits set`, `use ${formatCidr({ ip: (loose.ip & maskOf(loose.prefix)) >>> 0, prefix: loose.prefix })}`);
 
   let subnetLen: number;
-  if (c.SubnetLen === undefined || c.SubnetLen === 0) {
+  if (c.SubnetLen === undefined || c.SubnetLen === null || c.SubnetLen === 0) {
     if (network.prefix > 28) fail("Network", `/${network.prefix} is too small to split into node subnets`, "use a Network of /28 or larger (e.g. /16)");
     subnetLen = network.prefix <= 22 ? 24 : network.prefix + 2;
   } else {
@@ -147,7 +152,8 @@ export function parseNetworkConfig(text: string): NetworkConfig {
 
   const bound = (key: "SubnetMin" | "SubnetMax", dflt: number): number => {
     const v = c[key];
-    if (v === undefined || v === "") return dflt;
+    // Flannel treats an empty or zero address as "use the default".
+    if (v === undefined || v === null || v === "" || v === "0.0.0.0") return dflt;
     const ip = typeof v === "string" ? parseIpv4(v) : undefined;
     if (ip === undefined) fail(key, `${JSON.stringify(v)} is not an IPv4 address`, `write it like "${formatIpv4(dflt)}"`);
     if (((ip & maskOf(network.prefix)) >>> 0) !== network.ip) fail(key, `${v} is outside Network ${formatCidr(network)}`, `use an address inside the Network, e.g. ${formatIpv4(dflt)}`);

@@ -14,6 +14,8 @@ describe("flags", () => {
   });
   it.each([
     [["--nope"], /unknown flag --nope; run x --help/],
+    [["--constructor", "x"], /unknown flag --constructor/],
+    [["--toString"], /unknown flag --toString/],
     [["--name"], /--name needs a value/],
     [["--name", "--insecure"], /--name needs a value/],
     [["stray"], /unexpected argument "stray"/],

@@ -32,6 +32,13 @@ describe("network config (Flannel net-conf.json)", () => {
     expect(parse({ Network: "10.0.0.0/22" }).subnetLen).toBe(24);
   });
 
+  it("treats null SubnetLen and zero SubnetMin/SubnetMax as unset, as Flannel does", () => {
+    const c = parse({ Network: "10.0.0.0/24", SubnetLen: null, SubnetMin: "0.0.0.0", SubnetMax: "" });
+    expect(c.subnetLen).toBe(26);
+    expect(formatIpv4(c.subnetMin)).toBe("10.0.0.64");
+    expect(formatIpv4(c.subnetMax)).toBe("10.0.0.192");
+  });
+
   it("accepts keys in any case, as Go's decoder does", () => {
     const c = parse({ network: "10.1.0.0/16", subnetlen: 20, backend: { type: "host-gw" } });
     expect(c.subnetLen).toBe(20);
@@ -68,6 +75,7 @@ describe("network config (Flannel net-conf.json)", () => {
     ["VNI out of range", '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":0}}', /Backend\.VNI: 0 is not an integer between 1 and 16777215/],
     ["VNI as string", '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":"1"}}', /Backend\.VNI/],
     ["IPv6", '{"Network":"10.244.0.0/16","EnableIPv6":true}', /IPv6 is not supported yet/],
+    ["Flannel-only key", '{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","PSK":"x"}}', /Backend\.PSK: is a Flannel setting weft does not support yet; remove PSK/],
   ])("rejects %s with a message naming the field and the fix", (_name, text, re) => {
     const msg = errorOf(text);
     expect(msg).toMatch(re);

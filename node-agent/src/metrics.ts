@@ -1,9 +1,10 @@
 // The agent's Prometheus metrics, on a registry of its own (never the global one).
-import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { registerProcessMetrics } from "../../lib/src/metrics.js";
 
 export function createAgentMetrics() {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: "weft_agent_" });
+  registerProcessMetrics(registry, "weft_agent_");
   const registers = [registry];
   return {
     registry,

@@ -50,12 +50,18 @@ export class SqliteLeaseStore implements LeaseStore {
     try {
       if (path !== ":memory:") mkdirSync(dirname(path), { recursive: true });
       this.#db = new Database(path);
+      // One server per file: other processes' writes would never reach our
+      // watchers or allocator, so the first one holds the file exclusively.
+      this.#db.pragma("locking_mode = EXCLUSIVE");
+      this.#db.pragma("busy_timeout = 2000");
       this.#db.pragma("journal_mode = WAL");
       this.#db.pragma("synchronous = FULL");
-      this.#db.pragma("busy_timeout = 5000");
       this.#db.exec(SCHEMA);
     } catch (err) {
-      throw new WeftError("STORE_UNAVAILABLE", `cannot open SQLite store ${path}: ${(err as Error).message}; check the path is a writable file on a local disk`, { cause: err });
+      const locked = /locked|busy/i.test((err as Error).message);
+      throw new WeftError("STORE_UNAVAILABLE", locked
+        ? `SQLite store ${path} is in use by another process (another weft-lease-server?); stop it, or give this server its own --store file (several servers need a shared store such as etcd)`
+        : `cannot open SQLite store ${path}: ${(err as Error).message}; check the path is a writable file on a local disk`, { cause: err });
     }
     const db = this.#db;
     this.#q = {
@@ -107,7 +113,16 @@ export class SqliteLeaseStore implements LeaseStore {
       if (err instanceof WeftError) throw err;
       throw new WeftError("STORE_UNAVAILABLE", `SQLite write failed: ${(err as Error).message}`, { cause: err });
     }
-    if (pending.length > 0) for (const l of this.#listeners) l(pending);
+    if (pending.length > 0) {
+      // The write has committed: a failing listener must neither skip the others nor fail the caller.
+      for (const l of this.#listeners) {
+        try {
+          l(pending);
+        } catch (err) {
+          process.emitWarning(`lease store listener failed: ${(err as Error).stack ?? String(err)}`);
+        }
+      }
+    }
     return result;
   }
 

@@ -36,7 +36,7 @@ export interface LeaseManagerOptions {
   readonly ttlMs: number;
   readonly log: Logger;
   readonly clock?: Clock;
-  readonly onAcquire?: (outcome: "created" | "reused" | "exhausted" | "error", seconds: number) => void;
+  readonly onAcquire?: (outcome: "created" | "reused" | "exhausted" | "invalid" | "error", seconds: number) => void;
   readonly onRenew?: (outcome: "ok" | "not_found" | "error", seconds: number) => void;
 }
 
@@ -75,15 +75,16 @@ export class LeaseManager {
 
   async acquire(req: AcquireRequest): Promise<Lease> {
     const started = performance.now();
-    const done = (outcome: "created" | "reused" | "exhausted" | "error") => this.#o.onAcquire?.(outcome, (performance.now() - started) / 1000);
-    this.#validate(req);
+    const done = (outcome: "created" | "reused" | "exhausted" | "invalid" | "error") => this.#o.onAcquire?.(outcome, (performance.now() - started) / 1000);
     try {
+      this.#validate(req);
       const { lease, created } = await this.#serial(() => this.#acquire(req));
       done(created ? "created" : "reused");
       this.#o.log.info({ nodeName: lease.nodeName, subnet: lease.subnet, publicIP: lease.publicIP, revision: lease.revision }, created ? "lease acquired" : "lease refreshed");
       return lease;
     } catch (err) {
-      done((err as WeftError).code === "LEASE_EXHAUSTED" ? "exhausted" : "error");
+      const code = (err as WeftError).code;
+      done(code === "LEASE_EXHAUSTED" ? "exhausted" : code === "INVALID_ARGUMENT" ? "invalid" : "error");
       throw err;
     }
   }

@@ -90,26 +90,22 @@ export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {
     ? grpc.ServerCredentials.createSsl(cfg.tls.clientCa ?? null, [{ cert_chain: cfg.tls.cert, private_key: cfg.tls.key }], !!cfg.tls.clientCa)
     : grpc.ServerCredentials.createInsecure();
   const grpcHost = cfg.listen.host.includes(":") ? `[${cfg.listen.host}]` : cfg.listen.host;
-  let grpcPort: number;
-  try {
-    grpcPort = await bindGrpc(grpcServer, `${grpcHost}:${cfg.listen.port}`, creds);
-  } catch (err) {
-    clearInterval(sweep);
-    hub.stop();
-    await store.close();
-    throw new WeftError("CONFIG_INVALID", `--listen ${cfg.listen.host}:${cfg.listen.port}: cannot listen (${(err as Error).message}); pick a free port or address`, { cause: err });
-  }
-
   let ready = true;
   const http = await buildHttpApi({ manager, store, metrics, log, ready: () => ready });
+  let grpcPort = 0;
+  let flag = "listen";
   try {
+    grpcPort = await bindGrpc(grpcServer, `${grpcHost}:${cfg.listen.port}`, creds);
+    flag = "http-listen";
     await http.listen({ host: cfg.httpListen.host, port: cfg.httpListen.port });
   } catch (err) {
     grpcServer.forceShutdown();
     clearInterval(sweep);
     hub.stop();
+    await http.close();
     await store.close();
-    throw new WeftError("CONFIG_INVALID", `--http-listen ${cfg.httpListen.host}:${cfg.httpListen.port}: cannot listen (${(err as Error).message}); pick a free port or address`, { cause: err });
+    const addr = flag === "listen" ? cfg.listen : cfg.httpListen;
+    throw new WeftError("CONFIG_INVALID", `--${flag} ${addr.host}:${addr.port}: cannot listen (${(err as Error).message}); pick a free port or address`, { cause: err });
   }
   const httpPort = (http.server.address() as { port: number }).port;
   log.info({ grpc: `${cfg.listen.host}:${grpcPort}`, http: `${cfg.httpListen.host}:${httpPort}`, tls: !!cfg.tls, mtls: !!cfg.tls?.clientCa, revision: hub.revision }, "lease server listening");

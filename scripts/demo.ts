@@ -1,11 +1,17 @@
 // npm run demo: a lease server on SQLite and 3 nodes with 2 pods each, all in
-// network namespaces (wft-demo-*), pings across the VXLAN overlay, the subnet
-// map and each agent's API. Ctrl-C or SIGTERM cleans everything up.
+// network namespaces, pings across the VXLAN overlay, the subnet map and each
+// agent's API. Ctrl-C or SIGTERM cleans everything up.
 //   npm run demo -- --duration 30      (or WEFT_DEMO_DURATION=30) for non-interactive runs
+//
+// Each run gets its own id (wft-<pid>r<random>-*), so two demos never collide.
+// Leftovers of a demo (or test) that was killed are removed at start, but only
+// those whose owner process is gone: a demo still running is never touched.
+// It runs the compiled dist/ that `npm ci` builds (as the README says);
+// without dist/ it stops and says so rather than run something else.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { AGENT_API_PORT, Cluster, ROOT, SERVER_IP, GRPC_PORT, type Pod } from "../test/e2e/cluster.js";
-import { ipJson, sh } from "../test/e2e/netns.js";
+import { findBin, ipJson, newRunId, sh } from "../test/e2e/netns.js";
 
 const NODES = 3;
 const PODS = 2;
@@ -26,6 +32,12 @@ function preflight(): void {
   const missing: string[] = [];
   if (process.getuid?.() !== 0) missing.push("root (run with sudo)");
   for (const f of ["/usr/lib/cni/bridge", "/usr/lib/cni/host-local"]) if (!existsSync(f)) missing.push(`${f} (apt-get install containernetworking-plugins)`);
+  for (const [bin, pkg] of [["ip", "iproute2"], ["bridge", "iproute2"], ["ping", "iputils-ping"], ["curl", "curl"]] as const) {
+    if (!findBin(bin)) missing.push(`${bin} (apt-get install ${pkg})`);
+  }
+  for (const f of ["dist/node-agent/src/main.js", "dist/lease-server/src/main.js"]) {
+    if (!existsSync(join(ROOT, f))) missing.push(`${f} (run npm ci, or npm run build, first)`);
+  }
   if (missing.length) {
     process.stderr.write(`demo: needs ${missing.join(", ")}\n`);
     process.exit(2);
@@ -42,14 +54,18 @@ async function pingLine(c: Cluster, a: Pod, b: Pod): Promise<string> {
 async function main(): Promise<void> {
   const { duration } = parseArgs(process.argv.slice(2));
   preflight();
-  const runner = existsSync(join(ROOT, "dist/node-agent/src/main.js")) && existsSync(join(ROOT, "dist/lease-server/src/main.js")) ? "dist" : "tsx";
-  const c = new Cluster({ runId: "demo", nodes: NODES, leaseTtl: "30s", runner });
+  const c = new Cluster({ runId: newRunId(), nodes: NODES, leaseTtl: "30s", runner: "dist" });
 
   let cleaning: Promise<void> | undefined;
   const cleanup = () => (cleaning ??= (async () => {
-    process.stdout.write("\ncleaning up: stopping agents and the lease server, deleting namespaces wft-demo-* ...\n");
-    await c.destroy();
-    process.stdout.write("done.\n");
+    process.stdout.write(`\ncleaning up: stopping agents and the lease server, deleting namespaces ${c.prefix}* ...\n`);
+    try {
+      await c.destroy();
+      process.stdout.write("done.\n");
+    } catch (err) {
+      process.stderr.write(`demo: cleanup failed: ${(err as Error).message}\n(remove leftovers with: ip netns list | grep ${c.prefix})\n`);
+      process.exitCode = 1;
+    }
   })());
   for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
     process.on(sig, () => { void cleanup().then(() => process.exit(0)); });
@@ -59,9 +75,9 @@ async function main(): Promise<void> {
   setInterval(() => { if (process.ppid !== parent) void cleanup().then(() => process.exit(0)); }, 500).unref();
 
   try {
-    // A previous demo killed with SIGKILL leaves its namespaces behind: remove exactly those.
-    await new Cluster({ runId: "demo", nodes: 0 }).cleanupPrevious();
-    process.stdout.write(`weft demo (${runner === "dist" ? "compiled dist/" : "TypeScript sources via tsx"}): underlay 198.18.0.0/24, cluster network 10.244.0.0/16\n`);
+    // A demo or test killed with SIGKILL leaves namespaces behind: remove those whose owner is gone.
+    await Cluster.cleanupStale();
+    process.stdout.write(`weft demo (compiled dist/, namespaces ${c.prefix}*): underlay 198.18.0.0/24, cluster network 10.244.0.0/16\n`);
     await c.setup();
     await c.startServer();
     process.stdout.write(`lease server: ${SERVER_IP}:${GRPC_PORT} in ${c.srv} (SQLite ${join(c.workDir, "leases.db")})\n`);
@@ -102,4 +118,7 @@ async function main(): Promise<void> {
   process.exit(process.exitCode ?? 0);
 }
 
-void main();
+main().catch((err) => {
+  process.stderr.write(`demo failed: ${(err as Error).message}\n`);
+  process.exit(1);
+});

@@ -9,14 +9,14 @@
 // stay programmed. stop() (SIGTERM) leaves the device, routes and lease alone,
 // so a restarted agent adopts everything without a dropped packet.
 import { WeftError, isWeftError } from "../../lib/src/errors.js";
-import type { Lease } from "../../lib/src/lease.js";
+import type { BackendAttrs, Lease } from "../../lib/src/lease.js";
 import type { Logger } from "../../lib/src/logger.js";
 import type { NetworkConfig } from "../../lib/src/net-config.js";
 import { parseCidr } from "../../lib/src/cidr.js";
 import type { AgentView, LeaseView, PeerView } from "./api.js";
 import type { Backend, LocalNode } from "./backends/backend.js";
 import { VxlanBackend } from "./backends/vxlan.js";
-import { backoffDelay, sleep } from "./backoff.js";
+import { backoffDelay, clampTimerMs, sleep } from "./backoff.js";
 import type { AgentConfig } from "./config.js";
 import type { Dataplane } from "./dataplane/dataplane.js";
 import { selectInterface } from "./iface.js";
@@ -46,8 +46,11 @@ export class Agent {
   private network: NetworkConfig | undefined;
   private local: LocalNode | undefined;
   private lease: Lease | undefined;
+  /** Attributes published at start-up; a re-acquire reuses them (no second device set-up). */
+  private attrs: BackendAttrs | undefined;
   private programmed: ReadonlySet<string> = new Set();
-  private subnetEnvWritten = false;
+  /** Peers (by subnet) the backend refused to program, with the reason. */
+  private rejected: ReadonlyMap<string, string> = new Map();
   private isReady = false;
   private reconciling: Promise<void> | undefined;
   private dirty = false;
@@ -78,6 +81,7 @@ export class Agent {
 
     this.backend = this.makeBackend(this.network);
     const attrs = await this.backend.init(this.local);
+    this.attrs = attrs;
     this.reconciler = new Reconciler(dataplane, this.backend, log.child({ component: "reconciler" }), {
       onError: (op) => metrics.reconcileErrors.inc({ op }),
       onPass: (r) => metrics.reconcileDuration.observe(r.durationMs / 1000),
@@ -90,19 +94,18 @@ export class Agent {
 
     await this.backend.configureSubnet(this.lease);
     await writeSubnetEnv(config.subnetFile, { network: this.network.network, subnet: parseCidr(this.lease.subnet)!, mtu: this.backend.mtu(), ipMasq: config.ipMasq });
-    this.subnetEnvWritten = true;
     log.info({ path: config.subnetFile, mtu: this.backend.mtu() }, "subnet.env written");
 
     void this.renewLoop().catch((err) => this.die(err));
     void this.watchLoop().catch((err) => this.die(err));
-    this.timer = setInterval(() => this.scheduleReconcile(true), config.resyncIntervalMs);
+    this.timer = setInterval(() => this.scheduleReconcile(true), clampTimerMs(config.resyncIntervalMs));
   }
 
   private makeBackend(net: NetworkConfig): Backend {
     const { config, dataplane, log } = this.deps;
     switch (net.backend.type) {
       case "vxlan":
-        return new VxlanBackend({ dataplane, state: new AgentState(config.stateDir), log: log.child({ component: "vxlan" }), config: net.backend, deviceName: config.vxlanDevice });
+        return new VxlanBackend({ dataplane, state: new AgentState(config.stateDir, log.child({ component: "state" })), log: log.child({ component: "vxlan" }), config: net.backend, deviceName: config.vxlanDevice });
       default:
         throw new WeftError("CONFIG_INVALID", `backend ${net.backend.type} is not supported by this agent yet; use "Backend": {"Type": "vxlan"}`);
     }
@@ -139,8 +142,11 @@ export class Agent {
     while (!this.signal.aborted) {
       const lease = this.lease!;
       const remaining = lease.expiresAt ? lease.expiresAt - Date.now() : 3_600_000;
-      // Renew at half the remaining time; after a failure retry soon, well before expiry.
-      const wait = attempt === 0 ? Math.max(250, remaining / 2) : Math.min(backoffDelay(attempt - 1, 250, 5000), Math.max(250, remaining / 4));
+      // Renew at half the remaining time; after a failure retry soon, well before expiry;
+      // once the lease has expired anyway, back off properly instead of hammering the server.
+      const wait = attempt === 0 ? Math.max(250, remaining / 2)
+        : remaining > 0 ? Math.min(backoffDelay(attempt - 1, 250, 5000), Math.max(250, remaining / 4))
+        : backoffDelay(attempt, 1000, 30_000);
       await new Promise<void>((resolve) => {
         this.renewKick = resolve;
         void sleep(wait, this.signal).then(resolve);
@@ -170,7 +176,8 @@ export class Agent {
   private async reacquire(): Promise<void> {
     const { client, config, log } = this.deps;
     const old = this.lease!;
-    const attrs = await this.backend!.init(this.local!);
+    // The device (and its MAC) is the one set up at start; repairDevice() keeps it alive. No second init() here.
+    const attrs = this.attrs!;
     const l = await this.retry("re-acquire lease", () => client.acquire({ nodeName: config.nodeName, publicIP: this.local!.iface.publicIP, attrs, previousSubnet: old.subnet }));
     if (l.subnet !== old.subnet) {
       // Pods already hold addresses from the old subnet; only a restart (and re-created pods) can fix that.
@@ -191,11 +198,7 @@ export class Agent {
           attempt = 0;
           switch (m.kind) {
             case "snapshot":
-              if (!this.peers.collecting) {
-                this.peers.beginSnapshot();
-                if (m.resync) log.warn({ from }, "watch history gone; resyncing from a fresh snapshot");
-              }
-              this.peers.addSnapshotLeases(m.leases);
+              if (this.peers.addSnapshotLeases(m.leases) && m.resync) log.warn({ from }, "watch history gone; resyncing from a fresh snapshot");
               break;
             case "complete":
               this.peers.completeSnapshot();
@@ -227,9 +230,15 @@ export class Agent {
         }
       } catch (err) {
         if (this.signal.aborted) return;
+        this.peers.abandonSnapshot();
+        if (isWeftError(err, "REVISION_COMPACTED") && revision !== 0) {
+          // The server no longer has the history after our revision: start over with a fresh snapshot.
+          log.warn({ revision }, "watch revision compacted; resyncing from a fresh snapshot");
+          revision = 0;
+          continue;
+        }
         const delay = backoffDelay(attempt++, 500, 10_000);
         log.warn({ err: (err as Error).message, revision, retryInMs: delay }, "lease watch broke; resuming");
-        this.peers.abandonSnapshot();
         await sleep(delay, this.signal);
       }
     }
@@ -260,12 +269,18 @@ export class Agent {
         }
         const peers = this.peers.list();
         const r = await this.reconciler!.reconcile(peers);
+        for (const [subnet, reason] of r.rejected) {
+          if (this.rejected.get(subnet) !== reason) log.error({ peer: peers.find((p) => p.subnet === subnet)?.nodeName, subnet, reason }, "peer rejected; not programming it");
+        }
         this.programmed = r.programmed;
+        this.rejected = r.rejected;
         metrics.peers.set(r.programmed.size);
-        if (!this.isReady && this.subnetEnvWritten && r.errors === 0 && r.programmed.size === peers.length) {
+        // Ready once every peer we can program is programmed; a rejected peer (wrong VNI, clashing subnet or MAC) does not hold us back.
+        const acceptable = peers.filter((p) => !r.rejected.has(p.subnet));
+        if (!this.isReady && r.errors === 0 && acceptable.every((p) => r.programmed.has(p.subnet))) {
           this.isReady = true;
           metrics.ready.set(1);
-          log.info({ peers: peers.length, ms: Math.round(r.durationMs) }, "ready");
+          log.info({ peers: acceptable.length, rejected: r.rejected.size, ms: Math.round(r.durationMs) }, "ready");
         }
         failures = 0;
       } catch (err) {
@@ -296,7 +311,10 @@ export class Agent {
         subnet: this.lease.subnet, publicIP: this.lease.publicIP, backendType: this.lease.attrs.type,
         expiresAt: new Date(this.lease.expiresAt || 0).toISOString(),
       },
-      peers: (): PeerView[] => this.peers.list().map((p) => ({ nodeName: p.nodeName, subnet: p.subnet, publicIP: p.publicIP, programmed: this.programmed.has(p.subnet) })),
+      peers: (): PeerView[] => this.peers.list().map((p) => {
+        const reason = this.rejected.get(p.subnet);
+        return { nodeName: p.nodeName, subnet: p.subnet, publicIP: p.publicIP, programmed: !reason && this.programmed.has(p.subnet), ...(reason ? { reason } : {}) };
+      }),
     };
   }
 

@@ -19,6 +19,8 @@ export interface PeerView {
   readonly subnet: string;
   readonly publicIP: string;
   readonly programmed: boolean;
+  /** Why the peer is not programmed on purpose (rejected), if so. */
+  readonly reason?: string;
 }
 
 export interface AgentView {
@@ -31,7 +33,7 @@ const LeaseSchema = Type.Object({
   subnet: Type.String(), publicIP: Type.String(), backendType: Type.String(), expiresAt: Type.String(),
 });
 const PeerSchema = Type.Object({
-  nodeName: Type.String(), subnet: Type.String(), publicIP: Type.String(), programmed: Type.Boolean(),
+  nodeName: Type.String(), subnet: Type.String(), publicIP: Type.String(), programmed: Type.Boolean(), reason: Type.Optional(Type.String()),
 });
 const ErrorSchema = Type.Object({ code: Type.String(), message: Type.String() });
 

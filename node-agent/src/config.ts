@@ -1,6 +1,8 @@
 // Flags -> one validated, frozen agent config. Nothing else reads argv or env.
 import { hostname } from "node:os";
-import { existsSync } from "node:fs";
+import { readFileSync } from "node:fs";
+import { X509Certificate } from "node:crypto";
+import { createSecureContext } from "node:tls";
 import { isIpv4 } from "../../lib/src/cidr.js";
 import { parseDuration } from "../../lib/src/duration.js";
 import { parseFlags, parseHostPort, usageError, type FlagSpec } from "../../lib/src/flags.js";
@@ -21,7 +23,7 @@ export const FLAGS = {
   "http-listen": { type: "string", value: "HOST:PORT", default: "127.0.0.1:9464", help: "REST API: /healthz, /readyz, /v1/lease, /v1/peers, /metrics" },
   "vxlan-device": { type: "string", value: "NAME", help: "VXLAN device name (default: weft.<VNI>)" },
   "ip-masq": { type: "boolean", help: "value written as FLANNEL_IPMASQ (weft installs no masquerade rules itself yet)" },
-  "resync-interval": { type: "string", value: "DURATION", default: "10s", help: "how often the kernel state is compared with the peers even without changes" },
+  "resync-interval": { type: "string", value: "DURATION", default: "10s", help: "how often the kernel state is compared with the peers even without changes (1s to 1h)" },
   insecure: { type: "boolean", help: "talk to the lease server in plaintext (trusted networks and tests only)" },
   "tls-ca": { type: "string", value: "FILE", help: "CA (PEM) that signed the lease server's certificate" },
   "tls-cert": { type: "string", value: "FILE", help: "client certificate (PEM) for mTLS; its name must be the node name" },
@@ -44,6 +46,50 @@ export interface AgentConfig {
   /** undefined = insecure. */
   readonly tls?: TlsFiles;
   readonly logLevel: string;
+}
+
+const RESYNC_MIN_MS = 1000;
+const RESYNC_MAX_MS = 3_600_000;
+
+function readPem(flag: string, path: string): Buffer {
+  try {
+    return readFileSync(path);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    throw usageError(`--${flag}: cannot read ${path} (${code ?? (err as Error).message}); check the path and its permissions`);
+  }
+}
+
+/** Reads the TLS files and checks they parse (and that key and certificate match), so start-up fails with a usage error, not a stack. */
+function validateTls(t: TlsFiles): void {
+  if (t.ca) {
+    const pem = readPem("tls-ca", t.ca).toString("utf8");
+    const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+    if (blocks.length === 0) throw usageError(`--tls-ca: ${t.ca} holds no PEM certificate; pass the CA certificate (-----BEGIN CERTIFICATE-----) that signed the lease server's`);
+    for (const b of blocks) {
+      try {
+        new X509Certificate(b);
+      } catch (err) {
+        throw usageError(`--tls-ca: ${t.ca} has a certificate that does not parse (${(err as Error).message}); pass a valid PEM CA certificate`);
+      }
+    }
+  }
+  if (t.cert && t.key) {
+    const cert = readPem("tls-cert", t.cert);
+    const key = readPem("tls-key", t.key);
+    try {
+      new X509Certificate(cert);
+    } catch (err) {
+      throw usageError(`--tls-cert: ${t.cert} is not a PEM certificate (${(err as Error).message}); pass the node's client certificate`);
+    }
+    try {
+      createSecureContext({ cert, key });
+    } catch (err) {
+      const msg = (err as Error).message;
+      if (/mismatch/i.test(msg)) throw usageError(`--tls-key: ${t.key} does not belong to the certificate in ${t.cert} (${msg}); pass the matching key`);
+      throw usageError(`--tls-key: ${t.key} is not a usable PEM private key (${msg}); pass the unencrypted key for --tls-cert`);
+    }
+  }
 }
 
 /** Returns undefined for --help; throws CONFIG_INVALID naming the flag and the fix. */
@@ -71,7 +117,9 @@ export function loadAgentConfig(argv: readonly string[]): AgentConfig | undefine
   }
 
   const resync = parseDuration(f["resync-interval"]);
-  if (resync === undefined || resync < 100) throw usageError(`--resync-interval: ${JSON.stringify(f["resync-interval"])} is not a duration of at least 100ms; write it like 10s`);
+  if (resync === undefined || resync < RESYNC_MIN_MS || resync > RESYNC_MAX_MS) {
+    throw usageError(`--resync-interval: ${JSON.stringify(f["resync-interval"])} is not a duration from 1s to 1h; write it like 10s`);
+  }
   if (!["trace", "debug", "info", "warn", "error", "fatal", "silent"].includes(f["log-level"])) {
     throw usageError(`--log-level: ${JSON.stringify(f["log-level"])} is not a level; use trace, debug, info, warn or error`);
   }
@@ -83,10 +131,8 @@ export function loadAgentConfig(argv: readonly string[]): AgentConfig | undefine
   if (!f.insecure) {
     if (!anyTls) throw usageError("the lease server connection needs TLS: pass --tls-ca (and --tls-cert/--tls-key for mTLS), or --insecure for plaintext on a trusted network");
     if (!!f["tls-cert"] !== !!f["tls-key"]) throw usageError("--tls-cert and --tls-key go together; pass both for mTLS or neither");
-    for (const k of ["tls-ca", "tls-cert", "tls-key"] as const) {
-      if (f[k] && !existsSync(f[k]!)) throw usageError(`--${k}: cannot read ${f[k]}; check the path`);
-    }
     tls = { ca: f["tls-ca"], cert: f["tls-cert"], key: f["tls-key"] };
+    validateTls(tls);
   }
 
   return deepFreeze({

@@ -9,6 +9,7 @@ import { WeftError, type ErrorCode } from "../../lib/src/errors.js";
 import type { BackendAttrs, Lease, LeaseEvent } from "../../lib/src/lease.js";
 import { parseNetworkConfig, type NetworkConfig } from "../../lib/src/net-config.js";
 import { attrsToPb, eventFromPb, leaseFromPb } from "../../lib/src/proto-convert.js";
+import { clampTimerMs } from "./backoff.js";
 
 export type WatchMessage =
   | { readonly kind: "snapshot"; readonly leases: readonly Lease[]; readonly resync: boolean }
@@ -29,7 +30,15 @@ export interface LeaseClientOptions {
   readonly callTimeoutMs?: number;
   /** Called with true when a call or stream message got through, false when the server was unreachable. */
   readonly onConnectivity?: (connected: boolean) => void;
+  /**
+   * A watch stream with no message (PROGRESS included; the server sends one every 30 s) for this
+   * long is treated as dead: cancelled, and the next server is tried. Default 75 s.
+   */
+  readonly watchIdleTimeoutMs?: number;
 }
+
+/** The server's PROGRESS interval is 30 s: two missed beats plus slack. */
+export const WATCH_IDLE_TIMEOUT_MS = 75_000;
 
 export interface AcquireRequest {
   readonly nodeName: string;
@@ -50,10 +59,6 @@ const CODE_MAP: Partial<Record<number, ErrorCode>> = {
   [status.DEADLINE_EXCEEDED]: "SERVER_UNAVAILABLE",
   [status.CANCELLED]: "SERVER_UNAVAILABLE",
 };
-
-export function isUnreachable(err: unknown): boolean {
-  return err instanceof WeftError && err.code === "SERVER_UNAVAILABLE";
-}
 
 export function buildCredentials(tls: TlsFiles | undefined): ChannelCredentials {
   if (!tls) return grpcCredentials.createInsecure();
@@ -79,7 +84,11 @@ export class LeaseClient implements LeaseApi {
   constructor(private readonly opts: LeaseClientOptions) {
     const creds = buildCredentials(opts.tls);
     // grpc-js waits up to 120 s between reconnects by default; we want to notice a returning server quickly.
-    const channelOptions = { "grpc.initial_reconnect_backoff_ms": 500, "grpc.max_reconnect_backoff_ms": 5000, "grpc.max_receive_message_length": 64 << 20 };
+    // Keepalive pings notice a dead connection (peer rebooted, path gone) that TCP alone would hold open for minutes.
+    const channelOptions = {
+      "grpc.initial_reconnect_backoff_ms": 500, "grpc.max_reconnect_backoff_ms": 5000, "grpc.max_receive_message_length": 64 << 20,
+      "grpc.keepalive_time_ms": 20_000, "grpc.keepalive_timeout_ms": 10_000, "grpc.keepalive_permit_without_calls": 1,
+    };
     this.clients = opts.servers.map((s) => new LeaseServiceClient(s, creds, channelOptions));
     this.timeoutMs = opts.callTimeoutMs ?? 5000;
   }
@@ -91,12 +100,14 @@ export class LeaseClient implements LeaseApi {
   private fail(err: unknown, what: string): WeftError {
     const e = err as ServiceError;
     const code = (typeof e?.code === "number" && CODE_MAP[e.code]) || "INTERNAL";
+    const detail = e?.details || (err instanceof Error ? err.message : String(err));
+    // Name the server that failed, before moving on to the next one.
+    const out = new WeftError(code, `${what} (lease server ${this.server}): ${detail}`, { cause: err });
     if (code === "SERVER_UNAVAILABLE") {
       this.opts.onConnectivity?.(false);
       this.current = (this.current + 1) % this.clients.length;
     }
-    const detail = e?.details || (err instanceof Error ? err.message : String(err));
-    return new WeftError(code, `${what} (lease server ${this.opts.servers[this.current]}): ${detail}`, { cause: err });
+    return out;
   }
 
   private unary<Req, Res>(what: string, call: (c: LeaseServiceClient, req: Req, md: Metadata, o: { deadline: number }, cb: (e: ServiceError | null, r: Res) => void) => unknown, req: Req): Promise<Res> {
@@ -128,13 +139,23 @@ export class LeaseClient implements LeaseApi {
     await this.unary<{ nodeName: string; subnet: string }, unknown>("release lease", (c, q, m, o, cb) => c.releaseLease(q, m, o, cb), { nodeName, subnet });
   }
 
-  /** One WatchLeases stream; ends (throws) when the stream breaks. Abort the signal to cancel. */
+  /** One WatchLeases stream; ends (throws) when the stream breaks or goes silent. Abort the signal to cancel. */
   async *watch(fromRevision: number, signal: AbortSignal): AsyncGenerator<WatchMessage> {
     const call = this.clients[this.current]!.watchLeases({ fromRevision });
     const onAbort = () => call.cancel();
     signal.addEventListener("abort", onAbort, { once: true });
+    const idleMs = this.opts.watchIdleTimeoutMs ?? WATCH_IDLE_TIMEOUT_MS;
+    let idle = false;
+    let watchdog: NodeJS.Timeout | undefined;
+    const arm = () => {
+      clearTimeout(watchdog);
+      watchdog = setTimeout(() => { idle = true; call.cancel(); }, clampTimerMs(idleMs));
+    };
+    const unavailable = (details: string) => Object.assign(new Error(details), { code: status.UNAVAILABLE, details });
+    arm();
     try {
       for await (const m of call as AsyncIterable<import("../../gen/weft/v1/lease.js").WatchLeasesResponse>) {
+        arm();
         this.opts.onConnectivity?.(true);
         switch (m.kind) {
           case WatchLeasesResponse_Kind.KIND_SNAPSHOT:
@@ -151,11 +172,15 @@ export class LeaseClient implements LeaseApi {
             break;
         }
       }
-      if (!signal.aborted) throw new WeftError("SERVER_UNAVAILABLE", `watch stream from ${this.server} ended`);
+      if (signal.aborted) return;
+      // A stream the server closed cleanly is as good as broken: report it and fail over like any outage.
+      throw this.fail(unavailable(idle ? `no message for ${idleMs} ms; connection presumed dead` : "watch stream ended"), "watch leases");
     } catch (err) {
       if (signal.aborted) return;
-      throw err instanceof WeftError ? err : this.fail(err, "watch leases");
+      if (err instanceof WeftError) throw err;
+      throw this.fail(idle ? unavailable(`no message for ${idleMs} ms; connection presumed dead`) : err, "watch leases");
     } finally {
+      clearTimeout(watchdog);
       signal.removeEventListener("abort", onAbort);
       call.cancel();
     }

@@ -1,6 +1,6 @@
 // weft-agent entry point: the only place with signals and exit codes.
 import { formatHelp } from "../../lib/src/flags.js";
-import { isWeftError } from "../../lib/src/errors.js";
+import { errorMessage, isWeftError } from "../../lib/src/errors.js";
 import { createLogger } from "../../lib/src/logger.js";
 import { Agent } from "./agent.js";
 import { buildApi } from "./api.js";
@@ -28,7 +28,14 @@ export async function main(argv: string[]): Promise<void> {
   if (!cfg.tls) log.warn("lease server connection is plaintext (--insecure)");
   const metrics = createAgentMetrics();
   const dataplane = new NetlinkDataplane({ onSocketError: (err) => log.error({ err }, "netlink socket failed; reopening, next pass resyncs") });
-  const client = new LeaseClient({ servers: cfg.servers, tls: cfg.tls, onConnectivity: (up) => metrics.serverConnected.set(up ? 1 : 0) });
+  let client: LeaseClient;
+  try {
+    client = new LeaseClient({ servers: cfg.servers, tls: cfg.tls, onConnectivity: (up) => metrics.serverConnected.set(up ? 1 : 0) });
+  } catch (err) {
+    // loadAgentConfig already validated the TLS files; this is the last guard against a stack trace.
+    process.stderr.write(`${BIN}: ${errorMessage(err)}; check --tls-ca/--tls-cert/--tls-key\n`);
+    process.exit(2);
+  }
   const agent = new Agent({ config: cfg, dataplane, client, log, metrics });
   const api = buildApi({ view: agent.view(), registry: metrics.registry, log });
 

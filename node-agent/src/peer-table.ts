@@ -16,24 +16,19 @@ export class PeerTable {
     return l.nodeName === this.selfNodeName;
   }
 
-  /** Starts (or restarts) collecting a snapshot. */
-  beginSnapshot(): void {
-    this.pending = new Map();
-  }
-
-  addSnapshotLeases(leases: readonly Lease[]): void {
+  /** Adds one snapshot chunk, starting a new collection if none is open; returns whether it started one. */
+  addSnapshotLeases(leases: readonly Lease[]): boolean {
+    const began = this.pending === undefined;
     this.pending ??= new Map();
     for (const l of leases) if (!this.isSelf(l)) this.pending.set(l.subnet, l);
+    return began;
   }
 
-  /** Swaps the collected snapshot in; returns whether anything changed. */
-  completeSnapshot(): boolean {
-    const next = this.pending ?? new Map<string, Lease>();
+  /** Swaps the collected snapshot in (an empty one if no chunk came). */
+  completeSnapshot(): void {
+    this.peers = this.pending ?? new Map<string, Lease>();
     this.pending = undefined;
-    const changed = next.size !== this.peers.size || [...next].some(([k, v]) => !sameLease(this.peers.get(k), v));
-    this.peers = next;
     this.synced = true;
-    return changed;
   }
 
   /** Drops a half-received snapshot (the stream broke). */

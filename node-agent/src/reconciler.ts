@@ -16,6 +16,8 @@ import type { Dataplane, FdbEntry, Neighbour, Route } from "./dataplane/dataplan
 export interface ReconcileResult {
   /** Subnets of peers whose objects are all in the kernel after this pass. */
   readonly programmed: ReadonlySet<string>;
+  /** Peers the backend refused to program (by subnet), with the reason: not failures, and never retried as such. */
+  readonly rejected: ReadonlyMap<string, string>;
   readonly added: number;
   readonly deleted: number;
   readonly errors: number;
@@ -54,7 +56,7 @@ export class Reconciler {
     const t0 = performance.now();
     const dp = this.dataplane;
     const want = this.backend.desired(peers);
-    const failed = new Set<string>(want.rejected.keys());
+    const failed = new Set<string>();
     let added = 0;
     let deleted = 0;
     let errors = 0;
@@ -111,7 +113,7 @@ export class Reconciler {
 
     const programmed = new Set<string>();
     for (const e of want.routes) if (!failed.has(e.peer)) programmed.add(e.peer);
-    const result: ReconcileResult = { programmed, added, deleted, errors, durationMs: performance.now() - t0 };
+    const result: ReconcileResult = { programmed, rejected: want.rejected, added, deleted, errors, durationMs: performance.now() - t0 };
     this.hooks.onPass?.(result);
     if (added || deleted || errors) this.log.info({ added, deleted, errors, peers: programmed.size, ms: Math.round(result.durationMs) }, "reconciled");
     return result;

@@ -5,11 +5,12 @@ import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { isValidMac } from "../../lib/src/lease.js";
+import type { Logger } from "../../lib/src/logger.js";
 
 interface StateFile { vtepMacs?: Record<string, string> }
 
 export class AgentState {
-  constructor(private readonly dir: string) {}
+  constructor(private readonly dir: string, private readonly log?: Logger) {}
 
   private get path(): string {
     return join(this.dir, "agent-state.json");
@@ -17,10 +18,13 @@ export class AgentState {
 
   private async load(): Promise<StateFile> {
     try {
-      return JSON.parse(await readFile(this.path, "utf8")) as StateFile;
+      const parsed = JSON.parse(await readFile(this.path, "utf8")) as unknown;
+      if (typeof parsed !== "object" || parsed === null || Array.isArray(parsed)) throw new Error("not a JSON object");
+      return parsed as StateFile;
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === "ENOENT") return {};
       // A corrupt file must not stop the agent; the device's current MAC is adopted instead.
+      this.log?.warn({ path: this.path, err: (err as Error).message }, "state file unreadable or corrupt; ignoring it (the VTEP MAC may change)");
       return {};
     }
   }
@@ -30,11 +34,21 @@ export class AgentState {
     return mac && isValidMac(mac) ? mac : undefined;
   }
 
-  async saveVtepMac(device: string, mac: string): Promise<void> {
+  /** Writes are read-modify-write: run them one at a time so none is lost. */
+  private writes: Promise<unknown> = Promise.resolve();
+
+  saveVtepMac(device: string, mac: string): Promise<void> {
+    const p = this.writes.then(() => this.write(device, mac));
+    this.writes = p.catch(() => undefined);
+    return p;
+  }
+
+  private async write(device: string, mac: string): Promise<void> {
     const s = await this.load();
     s.vtepMacs = { ...(s.vtepMacs ?? {}), [device]: mac };
     await mkdir(this.dir, { recursive: true, mode: 0o700 });
-    const tmp = `${this.path}.${process.pid}.tmp`;
+    // Unique per write: two writers in one process must not share (and rename away) one temp file.
+    const tmp = `${this.path}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`;
     await writeFile(tmp, JSON.stringify(s, null, 2) + "\n", { mode: 0o600 });
     await rename(tmp, this.path);
   }

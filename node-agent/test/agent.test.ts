@@ -16,42 +16,77 @@ import { network, peer, silentLog } from "./helpers/fixtures.js";
 
 const TTL = 600;
 
+/** One scripted WatchLeases stream: the test pushes messages (or an Error, which breaks the stream). */
+class Feed {
+  readonly q: Array<WatchMessage | Error> = [];
+  wake: (() => void) | undefined;
+  push(...m: Array<WatchMessage | Error>): this {
+    this.q.push(...m);
+    this.wake?.();
+    return this;
+  }
+}
+
+const initialFeed = () => new Feed().push({ kind: "snapshot", leases: [peer(2), peer(3)], resync: false }, { kind: "complete", revision: 3 });
+
 class ScriptedApi implements LeaseApi {
   acquires: AcquireRequest[] = [];
   renews: number[] = [];
   renewScript: Array<"ok" | "unavailable" | "not_found"> = [];
-  private mine(): Lease {
-    return { subnet: "10.244.1.0/24", nodeName: "node-1", publicIP: "198.18.0.1", attrs: this.acquires.at(-1)!.attrs, expiresAt: Date.now() + TTL, revision: 1 };
+  renewDefault: "ok" | "unavailable" = "ok";
+  ttl = TTL;
+  /** fromRevision of every watch call, in order. */
+  froms: number[] = [];
+  /** Streams handed out by the next watch calls; when empty, the initial snapshot of peers 2 and 3. */
+  feeds: Feed[] = [];
+  feed: Feed | undefined;
+  mine(): Lease {
+    return { subnet: "10.244.1.0/24", nodeName: "node-1", publicIP: "198.18.0.1", attrs: this.acquires.at(-1)!.attrs, expiresAt: Date.now() + this.ttl, revision: 1 };
   }
   async getNetworkConfig() { return network; }
   async acquire(r: AcquireRequest) { this.acquires.push(r); return this.mine(); }
   async renew() {
     this.renews.push(Date.now());
-    const step = this.renewScript.shift() ?? "ok";
+    const step = this.renewScript.shift() ?? this.renewDefault;
     if (step === "unavailable") throw new WeftError("SERVER_UNAVAILABLE", "lease server down");
     if (step === "not_found") throw new WeftError("LEASE_NOT_FOUND", "no such lease");
     return this.mine();
   }
   async release() {}
-  async *watch(_from: number, signal: AbortSignal): AsyncIterable<WatchMessage> {
-    yield { kind: "snapshot", leases: [peer(2), peer(3)], resync: false };
-    yield { kind: "complete", revision: 3 };
-    await new Promise((r) => signal.addEventListener("abort", r, { once: true }));
+  async *watch(from: number, signal: AbortSignal): AsyncIterable<WatchMessage> {
+    this.froms.push(from);
+    const feed = (this.feed = this.feeds.shift() ?? initialFeed());
+    while (!signal.aborted) {
+      const m = feed.q.shift();
+      if (m instanceof Error) throw m;
+      if (m) { yield m; continue; }
+      await new Promise<void>((r) => { feed.wake = r; signal.addEventListener("abort", () => r(), { once: true }); });
+      feed.wake = undefined;
+    }
   }
   close() {}
 }
 
-function setup(api: ScriptedApi) {
-  const dir = mkdtempSync(join(tmpdir(), "weft-agent-"));
-  const dp = new FakeDataplane();
+function setup(api: ScriptedApi, dp = new FakeDataplane(), dir = mkdtempSync(join(tmpdir(), "weft-agent-"))) {
   dp.links.set("eth0", { index: 2, name: "eth0", mac: "0e:00:00:00:aa:01", mtu: 1500, up: true, kind: undefined });
   dp.addresses.push({ index: 2, ip: "198.18.0.1", prefix: 24 });
   const config = loadAgentConfig(["--server", "198.18.0.254:7600", "--node-name", "node-1", "--iface", "eth0", "--insecure",
-    "--subnet-file", join(dir, "run", "subnet.env"), "--state-dir", join(dir, "state"), "--resync-interval", "200ms"])!;
+    "--subnet-file", join(dir, "run", "subnet.env"), "--state-dir", join(dir, "state"), "--resync-interval", "1s"])!;
   const metrics = createAgentMetrics();
   const agent = new Agent({ config, dataplane: dp, client: api, log: silentLog, metrics });
   return { agent, dp, dir, config, metrics };
 }
+
+async function until(what: string, fn: () => boolean, ms = 3000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!fn()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+const broken = () => new WeftError("SERVER_UNAVAILABLE", "stream broke");
+const routeDsts = (dp: FakeDataplane) => [...dp.routes.keys()].sort();
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -72,16 +107,47 @@ describe("Agent", () => {
     expect(dp.links.has("weft.1")).toBe(true);
   });
 
-  it("passes the previous subnet from subnet.env and keeps the VTEP MAC across restarts", async () => {
+  it("passes the previous subnet from subnet.env and keeps the VTEP MAC across a reboot (device gone)", async () => {
     const api = new ScriptedApi();
     const first = setup(api);
     await first.agent.start();
     await first.agent.stop();
-    const again = new Agent({ config: first.config, dataplane: first.dp, client: api, log: silentLog, metrics: createAgentMetrics() });
-    await again.start();
+    // A fresh dataplane: no device to adopt the MAC from, only the state dir.
+    const rebooted = setup(api, new FakeDataplane(), first.dir);
+    await rebooted.agent.start();
+    expect(rebooted.dp.calls).toContain("ensureVxlan weft.1");
     expect(api.acquires[1]!.previousSubnet).toBe("10.244.1.0/24");
     expect(api.acquires[1]!.attrs).toEqual(api.acquires[0]!.attrs);
-    await again.stop();
+    expect(rebooted.dp.links.get("weft.1")!.mac).toBe((api.acquires[0]!.attrs as { vtepMac: string }).vtepMac);
+    await rebooted.agent.stop();
+  });
+
+  it("becomes ready despite a rejected peer and shows it unprogrammed with the reason", async () => {
+    const api = new ScriptedApi();
+    api.feeds.push(new Feed().push({ kind: "snapshot", leases: [peer(2), peer(3, { attrs: { type: "vxlan", vni: 9, vtepMac: "0e:00:00:00:00:03" } })], resync: false }, { kind: "complete", revision: 3 }));
+    const { agent, dp, metrics } = setup(api);
+    await agent.start();
+    await until("ready", () => agent.view().ready());
+    expect(agent.view().peers()).toEqual([
+      { nodeName: "node-2", subnet: "10.244.2.0/24", publicIP: "198.18.0.2", programmed: true },
+      { nodeName: "node-3", subnet: "10.244.3.0/24", publicIP: "198.18.0.3", programmed: false, reason: "VNI 9, want 1" },
+    ]);
+    expect(routeDsts(dp)).toEqual(["10.244.2.0/24"]);
+    expect((await metrics.registry.getSingleMetric("weft_agent_ready")!.get()).values[0]!.value).toBe(1);
+    await agent.stop();
+  });
+
+  it("backs off properly once the lease has expired instead of retrying every 250 ms", async () => {
+    const api = new ScriptedApi();
+    api.renewDefault = "unavailable";
+    const { agent } = setup(api);
+    await agent.start();
+    await sleep(2500);
+    await agent.stop();
+    // TTL 600 ms: renew at ~300, retries at <=250 ms until ~600 (expiry), then 4 s+ apart. Without the
+    // post-expiry backoff the agent kept retrying every 250 ms (about 9 attempts here).
+    expect(api.renews.length).toBeGreaterThanOrEqual(2);
+    expect(api.renews.length).toBeLessThanOrEqual(5);
   });
 
   it("renews at half the TTL, retries while the server is down without touching the kernel, re-acquires on NOT_FOUND", async () => {
@@ -103,5 +169,100 @@ describe("Agent", () => {
     expect(api.renews.length).toBeGreaterThanOrEqual(4);
     expect([...dp.routes.values()]).toEqual(routes);
     expect(dp.calls.filter((c) => c.startsWith("delete"))).toEqual([]);
+    // The re-acquire publishes the start-up attributes; the device is not set up a second time.
+    expect(api.acquires[1]!.attrs).toEqual(api.acquires[0]!.attrs);
+    expect(dp.calls.filter((c) => c.startsWith("ensureVxlan"))).toEqual(["ensureVxlan weft.1"]);
+  });
+});
+
+describe("Agent watch loop", () => {
+  async function started(api = new ScriptedApi()) {
+    const s = setup(api);
+    await s.agent.start();
+    await until("initial peers programmed", () => s.dp.routes.size === 2);
+    return { ...s, api };
+  }
+
+  it("resumes from the last applied revision after the stream breaks", async () => {
+    const api = new ScriptedApi();
+    api.feeds.push(initialFeed(), new Feed());
+    const { agent, dp } = await started(api);
+    api.feed!.push({ kind: "events", events: [{ type: "added", lease: peer(4), revision: 5 }], revision: 5 });
+    await until("peer 4 programmed", () => dp.routes.size === 3);
+    api.feed!.push(broken());
+    await until("second watch", () => api.froms.length === 2);
+    expect(api.froms).toEqual([0, 5]);
+    expect(routeDsts(dp)).toEqual(["10.244.2.0/24", "10.244.3.0/24", "10.244.4.0/24"]);
+    await agent.stop();
+  });
+
+  it("prunes on a resync snapshot only once SNAPSHOT_COMPLETE arrives", async () => {
+    const api = new ScriptedApi();
+    const resync = new Feed();
+    api.feeds.push(initialFeed(), resync);
+    const { agent, dp } = await started(api);
+    api.feed!.push(broken());
+    await until("second watch", () => api.froms.length === 2);
+    resync.push({ kind: "snapshot", leases: [peer(2)], resync: true });
+    await sleep(150);
+    expect(routeDsts(dp)).toEqual(["10.244.2.0/24", "10.244.3.0/24"]);
+    expect(agent.view().peers().length).toBe(2);
+    resync.push({ kind: "complete", revision: 7 });
+    await until("peer 3 pruned", () => dp.routes.size === 1);
+    expect(routeDsts(dp)).toEqual(["10.244.2.0/24"]);
+    await agent.stop();
+  });
+
+  it("keeps the old peers when a stream breaks mid-snapshot, and PROGRESS then does not advance the revision", async () => {
+    const api = new ScriptedApi();
+    const partial = new Feed();
+    const third = new Feed();
+    api.feeds.push(initialFeed(), partial, third);
+    const { agent, dp } = await started(api);
+    api.feed!.push(broken());
+    await until("second watch", () => api.froms.length === 2);
+    partial.push({ kind: "snapshot", leases: [peer(2)], resync: true }, { kind: "progress", revision: 9 }, broken());
+    await until("third watch", () => api.froms.length === 3);
+    expect(api.froms).toEqual([0, 3, 3]);
+    await sleep(100);
+    expect(routeDsts(dp)).toEqual(["10.244.2.0/24", "10.244.3.0/24"]);
+    expect(agent.view().peers().map((p) => p.subnet)).toEqual(["10.244.2.0/24", "10.244.3.0/24"]);
+    third.push({ kind: "snapshot", leases: [peer(3)], resync: true }, { kind: "complete", revision: 10 });
+    await until("snapshot applied", () => dp.routes.size === 1);
+    expect(routeDsts(dp)).toEqual(["10.244.3.0/24"]);
+    await agent.stop();
+  });
+
+  it("skips events at or below the revision already applied", async () => {
+    const { agent, dp, api } = await started();
+    api.feed!.push({ kind: "events", events: [{ type: "removed", lease: peer(2), revision: 3 }], revision: 3 });
+    await sleep(150);
+    expect(dp.routes.size).toBe(2);
+    api.feed!.push({ kind: "events", events: [{ type: "removed", lease: peer(2), revision: 4 }], revision: 4 });
+    await until("peer 2 removed", () => dp.routes.size === 1);
+    expect(routeDsts(dp)).toEqual(["10.244.3.0/24"]);
+    await agent.stop();
+  });
+
+  it("renews (and re-acquires) at once when our own lease is REMOVED", async () => {
+    const api = new ScriptedApi();
+    api.ttl = 60_000; // the timer alone would renew only after 30 s
+    api.renewScript = ["not_found"];
+    const { agent } = await started(api);
+    api.feed!.push({ kind: "events", events: [{ type: "removed", lease: api.mine(), revision: 4 }], revision: 4 });
+    await until("renew and re-acquire", () => api.acquires.length === 2, 2000);
+    expect(api.renews.length).toBe(1);
+    expect(api.acquires[1]!.previousSubnet).toBe("10.244.1.0/24");
+    await agent.stop();
+  });
+
+  it("starts over from revision 0 (a fresh snapshot) when the revision was compacted", async () => {
+    const { agent, api } = await started();
+    api.feed!.push({ kind: "events", events: [{ type: "added", lease: peer(4), revision: 5 }], revision: 5 });
+    await sleep(50);
+    api.feed!.push(new WeftError("REVISION_COMPACTED", "revision 5 compacted"));
+    await until("second watch", () => api.froms.length === 2);
+    expect(api.froms).toEqual([0, 0]);
+    await agent.stop();
   });
 });

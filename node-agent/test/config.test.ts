@@ -17,6 +17,9 @@ describe("agent flags", () => {
     [["--server", "a:1", "--insecure", "--node-name", "Bad_Name"], /node-name/],
     [["--server", "a:1", "--insecure", "--public-ip", "300.1.1.1"], /--public-ip/],
     [["--server", "a:1", "--insecure", "--resync-interval", "soon"], /--resync-interval/],
+    [["--server", "a:1", "--insecure", "--resync-interval", "25d"], /--resync-interval.*1s to 1h/],
+    [["--server", "a:1", "--insecure", "--resync-interval", "200ms"], /--resync-interval.*1s to 1h/],
+    [["--server", "a:1", "--tls-ca", "/nonexistent/ca.crt"], /--tls-ca: cannot read \/nonexistent\/ca.crt \(ENOENT\)/],
   ])("rejects %j with a clear CONFIG_INVALID message", (argv, re) => {
     let err: unknown;
     try { loadAgentConfig(argv as string[]); } catch (e) { err = e; }

@@ -4,6 +4,7 @@ import { spawn, type ChildProcess } from "node:child_process";
 import { createInterface } from "node:readline";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { addNetns, bridgeFdbJson, cleanupNetns, ip, ipJson, kernelTestEnv, newRunId, NS_PREFIX, sh } from "../../test/e2e/netns.js";
+import { Cluster } from "../../test/e2e/cluster.js";
 import type { Link } from "../src/dataplane/dataplane.js";
 
 const env = kernelTestEnv();
@@ -44,6 +45,8 @@ describe.skipIf(!env.ok)("NetlinkDataplane (kernel, one namespace)", () => {
   });
 
   beforeAll(async () => {
+    // Leftovers of crashed runs (ours included: wft-<deadpid>r...-dp), as the cluster harness does.
+    await Cluster.cleanupStale();
     await cleanupNetns(`${NS_PREFIX}${run}-`);
     await addNetns(NS);
     await ip("-n", NS, "link", "add", "ul0", "type", "veth", "peer", "name", "ul1");
@@ -94,6 +97,14 @@ describe.skipIf(!env.ok)("NetlinkDataplane (kernel, one namespace)", () => {
     expect(back.outcome).toBe("recreated");
   });
 
+  it("refuses to delete a non-vxlan interface that has the device's name", async () => {
+    await ip("-n", NS, "link", "add", "weft.9", "type", "veth", "peer", "name", "weft.9p");
+    const err = await dp.call("ensureVxlan", spec({ name: "weft.9" })).catch((e: Error & { code?: string }) => e);
+    expect(err).toMatchObject({ code: "CONFIG_INVALID", message: expect.stringMatching(/weft.9 exists and is a veth link, not vxlan; weft will not delete it/) });
+    expect((await ipJson(NS, "link", "show", "weft.9")).length).toBe(1);
+    await ip("-n", NS, "link", "del", "weft.9");
+  });
+
   it("adds, lists and deletes the address idempotently", async () => {
     const l = await dp.call<Link>("getLink", "weft.1");
     const a = { index: l.index, ip: "10.244.1.0", prefix: 32 };
@@ -133,6 +144,21 @@ describe.skipIf(!env.ok)("NetlinkDataplane (kernel, one namespace)", () => {
     expect(await dp.call("listFdb", l.index)).toEqual([]);
   });
 
+  it("replaces its own route to a dst but never a foreign one", async () => {
+    const l = await dp.call<Link>("getLink", "weft.1");
+    const ours = { dst: "10.244.6.0/24", gateway: "10.244.6.0", oif: l.index, onlink: true };
+    await dp.call("replaceRoute", ours);
+    await dp.call("replaceRoute", { ...ours, gateway: "10.244.6.1" });
+    expect(await dp.call("listRoutes")).toEqual([{ ...ours, gateway: "10.244.6.1" }]);
+    await dp.call("deleteRoute", { ...ours, gateway: "10.244.6.1" });
+    await ip("-n", NS, "route", "add", "10.244.7.0/24", "via", "198.18.0.9", "dev", "ul0", "proto", "static");
+    const err = await dp.call("replaceRoute", { dst: "10.244.7.0/24", gateway: "10.244.7.0", oif: l.index, onlink: true }).catch((e: Error) => e);
+    expect((err as Error).message).toMatch(/route to 10.244.7.0\/24 with protocol 4 .* exists; leaving it alone/);
+    const { stdout } = await sh("ip", ["-n", NS, "route", "show", "10.244.7.0/24"]);
+    expect(stdout.trim()).toBe("10.244.7.0/24 via 198.18.0.9 dev ul0 proto static");
+    await ip("-n", NS, "route", "del", "10.244.7.0/24");
+  });
+
   it("lists only routes with our protocol and neighbours on our device", async () => {
     const l = await dp.call<Link>("getLink", "weft.1");
     await ip("-n", NS, "route", "add", "10.99.0.0/24", "via", "198.18.0.9", "dev", "ul0");
@@ -153,5 +179,10 @@ describe.skipIf(!env.ok)("NetlinkDataplane (kernel, one namespace)", () => {
     await dp.call("deleteLink", "weft.1");
     await dp.call("deleteLink", "weft.1");
     expect(await dp.call("getLink", "weft.1")).toBe(null);
+  });
+
+  it("stays closed after close(): no socket is reopened", async () => {
+    await dp.call("close");
+    await expect(dp.call("getLink", "lo")).rejects.toThrow(/dataplane closed/);
   });
 });

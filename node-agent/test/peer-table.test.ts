@@ -5,9 +5,8 @@ import { peer } from "./helpers/fixtures.js";
 describe("PeerTable", () => {
   it("ignores our own lease and applies events", () => {
     const t = new PeerTable("node-1");
-    t.beginSnapshot();
-    t.addSnapshotLeases([peer(1), peer(2)]);
-    expect(t.completeSnapshot()).toBe(true);
+    expect(t.addSnapshotLeases([peer(1), peer(2)])).toBe(true);
+    t.completeSnapshot();
     expect(t.list().map((l) => l.nodeName)).toEqual(["node-2"]);
     expect(t.applyEvent({ type: "added", lease: peer(3), revision: 5 })).toBe(true);
     expect(t.applyEvent({ type: "added", lease: peer(3), revision: 6 })).toBe(false);
@@ -17,15 +16,12 @@ describe("PeerTable", () => {
 
   it("keeps the old view until a new snapshot is complete, and drops an abandoned one", () => {
     const t = new PeerTable("node-1");
-    t.beginSnapshot();
     t.addSnapshotLeases([peer(2), peer(3)]);
     t.completeSnapshot();
-    t.beginSnapshot();
     t.addSnapshotLeases([peer(2)]);
     expect(t.size).toBe(2);
     t.abandonSnapshot();
     expect(t.size).toBe(2);
-    t.beginSnapshot();
     t.addSnapshotLeases([peer(2)]);
     t.completeSnapshot();
     expect(t.list().map((l) => l.subnet)).toEqual(["10.244.2.0/24"]);

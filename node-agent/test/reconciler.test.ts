@@ -39,6 +39,8 @@ describe("Reconciler on a FakeDataplane", () => {
     const muts = dp.calls.filter((c) => !c.startsWith("list"));
     expect(muts[0]).toBe("deleteRoute 10.244.3.0/24");
     expect(dp.routes.has("10.244.3.0/24")).toBe(false);
+    // The fake's deleteRoute would remove a foreign route too, so this fails if the reconciler ever deletes one.
+    expect(muts).not.toContain("deleteRoute 10.99.0.0/24");
     expect(dp.foreignRoutes.size).toBe(1);
     expect(dp.neighbours.has("2|198.18.0.9")).toBe(true);
   });
@@ -75,6 +77,20 @@ describe("Reconciler on a FakeDataplane", () => {
     const rec = new Reconciler(dp, backend, silentLog);
     const r = await rec.reconcile([peer(2), peer(3, { attrs: { type: "vxlan", vni: 9, vtepMac: "0e:00:00:00:00:03" } }), peer(4, { attrs: { type: "host-gw" } })]);
     expect([...r.programmed]).toEqual(["10.244.2.0/24"]);
+    expect(r.errors).toBe(0);
+    expect([...r.rejected.keys()].sort()).toEqual(["10.244.3.0/24", "10.244.4.0/24"]);
     expect(dp.routes.size).toBe(1);
+  });
+
+  it("never clobbers a foreign route to a peer's subnet: reports an error and leaves it", async () => {
+    const { dp, backend } = await vxlanOnFake(tmp());
+    const rec = new Reconciler(dp, backend, silentLog);
+    const foreign = { dst: "10.244.3.0/24", gateway: "198.18.0.9", oif: 2, onlink: false };
+    dp.foreignRoutes.set(foreign.dst, foreign);
+    const r = await rec.reconcile([peer(2), peer(3)]);
+    expect(r.errors).toBe(1);
+    expect([...r.programmed]).toEqual(["10.244.2.0/24"]);
+    expect(dp.foreignRoutes.get(foreign.dst)).toEqual(foreign);
+    expect(dp.routes.has(foreign.dst)).toBe(false);
   });
 });

@@ -8,7 +8,7 @@
 import { spawn, type ChildProcess } from "node:child_process";
 import { createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
-import { addNetns, cleanupNetns, ip, killStaleByMarker, NS_PREFIX, nsExec, sh, staleRunIds, waitFor } from "./netns.js";
+import { addNetns, cleanupNetns, ip, NS_PREFIX, nsExec, sh, staleRunIds, waitFor } from "./netns.js";
 
 export const ROOT = resolve(import.meta.dirname, "../..");
 export const SERVER_IP = "198.18.0.254";
@@ -66,10 +66,12 @@ export class Cluster {
     }
   }
 
-  /** Removes leftovers of earlier, dead test runs: their namespaces, processes and work dirs only. */
+  /**
+   * Removes leftovers of earlier, dead runs (their owner pid is gone): their namespaces, the processes
+   * inside them (found with `ip netns pids`) and their work dirs only.
+   */
   static async cleanupStale(): Promise<void> {
     for (const run of await staleRunIds()) {
-      killStaleByMarker(`${WORK_MARKER}${run}/`);
       await cleanupNetns(`${NS_PREFIX}${run}-`);
       rmSync(`${WORK_MARKER}${run}`, { recursive: true, force: true });
     }
@@ -77,7 +79,6 @@ export class Cluster {
 
   /** Removes what an earlier run with this fixed id (demo, bench) left behind. */
   async cleanupPrevious(): Promise<void> {
-    killStaleByMarker(`${this.workDir}/`);
     await cleanupNetns(this.prefix);
     rmSync(this.workDir, { recursive: true, force: true });
   }
@@ -104,7 +105,11 @@ export class Cluster {
   }
 
   private nodeCmd(entry: "agent" | "server"): string[] {
-    if (this.opts.runner === "dist") return [process.execPath, join(ROOT, "bin", entry === "agent" ? "weft-agent" : "weft-lease-server")];
+    if (this.opts.runner === "dist") {
+      const bin = join(ROOT, "bin", entry === "agent" ? "weft-agent" : "weft-lease-server");
+      // The same V8 flags as the shebang, so the demo and benchmarks run what production runs.
+      return [process.execPath, ...shebangNodeFlags(bin), bin];
+    }
     const src = join(ROOT, entry === "agent" ? "node-agent/src/main.ts" : "lease-server/src/main.ts");
     return [process.execPath, "--import", "tsx", join(ROOT, "test/e2e/run-main.ts"), src];
   }
@@ -115,6 +120,10 @@ export class Cluster {
     const p = spawn("ip", ["netns", "exec", ns, cmd!, ...rest], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], env: { ...process.env, ...env } });
     p.stdout!.pipe(log, { end: false });
     p.stderr!.pipe(log, { end: false });
+    // 'close' comes after both pipes drained; only then may the file be closed.
+    const closeLog = () => { if (!log.writableEnded) log.end(); };
+    p.once("close", closeLog);
+    p.once("error", closeLog);
     return p;
   }
 
@@ -242,6 +251,15 @@ export class Cluster {
   logPath(name: string): string {
     return join(this.workDir, "logs", `${name}.log`);
   }
+}
+
+/** The node flags in a script's `#!/usr/bin/env -S node --flag ...` line. */
+export function shebangNodeFlags(script: string): string[] {
+  const first = readFileSync(script, "utf8").split("\n", 1)[0] ?? "";
+  if (!first.startsWith("#!")) return [];
+  const words = first.slice(2).trim().split(/\s+/);
+  const node = words.findIndex((w) => w === "node" || w.endsWith("/node"));
+  return node < 0 ? [] : words.slice(node + 1).filter((w) => w.startsWith("--"));
 }
 
 export function stopProcess(p: ChildProcess | undefined, signal: NodeJS.Signals): Promise<number | null> {

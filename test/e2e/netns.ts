@@ -2,11 +2,8 @@
 // named `wft-<runid>-...`, so cleanup can remove exactly our own leftovers
 // (also from earlier crashed runs) and nothing else. Node never switches
 // namespaces itself: commands and processes run under `ip netns exec`.
-import { execFile, spawn, type ChildProcess } from "node:child_process";
-import { existsSync, readFileSync, readdirSync } from "node:fs";
-import { promisify } from "node:util";
-
-const execFileP = promisify(execFile);
+import { spawn, type ChildProcess } from "node:child_process";
+import { existsSync } from "node:fs";
 
 export const NS_PREFIX = "wft-";
 
@@ -74,7 +71,7 @@ export async function addNetns(name: string): Promise<void> {
   await ip("-n", name, "link", "set", "lo", "up");
 }
 
-/** Kills every process inside our namespaces, then deletes them. Only names with our prefix (and optional run id). */
+/** Kills every process inside our namespaces (found with `ip netns pids`, never by name), then deletes them. Only names with our prefix (and optional run id). */
 export async function cleanupNetns(runPrefix = NS_PREFIX): Promise<void> {
   if (!runPrefix.startsWith(NS_PREFIX)) throw new Error(`refusing to clean up ${runPrefix}`);
   for (const ns of await listNetns()) {
@@ -108,22 +105,11 @@ export function kernelTestEnv(needs: { cni?: boolean; iperf3?: boolean; openssl?
   return { ok: false, reason };
 }
 
-function findBin(name: string): string | undefined {
+export function findBin(name: string): string | undefined {
   for (const dir of (process.env.PATH ?? "/usr/sbin:/usr/bin:/sbin:/bin").split(":")) {
     if (existsSync(`${dir}/${name}`)) return `${dir}/${name}`;
   }
   return undefined;
-}
-
-/** Kills stale processes this harness started earlier (their argv carries the marker). */
-export function killStaleByMarker(marker: string): void {
-  for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
-    if (Number(pid) === process.pid) continue;
-    try {
-      const cmd = readFileSync(`/proc/${pid}/cmdline`, "utf8");
-      if (cmd.includes(marker)) process.kill(Number(pid), "SIGKILL");
-    } catch { /* raced with exit */ }
-  }
 }
 
 export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 15_000, stepMs = 100): Promise<T> {
@@ -139,4 +125,4 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
   throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${(last as Error).message}` : ""}`);
 }
 
-export { execFileP, type ChildProcess };
+export type { ChildProcess };

@@ -8,7 +8,7 @@
 // to ARP for a gateway it cannot resolve. The device's own address is our
 // subnet's network address /32, which adds no connected route. The VTEP MAC
 // is kept in the state dir so restarts do not invalidate peers' FDB entries.
-import { formatIpv4, parseCidr } from "../../../lib/src/cidr.js";
+import { formatIpv4, overlaps, parseCidr, type Ipv4Net } from "../../../lib/src/cidr.js";
 import { WeftError } from "../../../lib/src/errors.js";
 import { isValidMac, type BackendAttrs, type Lease } from "../../../lib/src/lease.js";
 import type { VxlanBackendConfig } from "../../../lib/src/net-config.js";
@@ -34,6 +34,11 @@ export class VxlanBackend implements Backend {
   readonly deviceName: string;
   private link: Link | undefined;
   private local: LocalNode | undefined;
+  /** Our own VTEP MAC and lease subnet: peers clashing with either are rejected. */
+  private mac: string | undefined;
+  private ownSubnet: Ipv4Net | undefined;
+  /** Device operations (start-up, repair) run one at a time. */
+  private deviceOps: Promise<unknown> = Promise.resolve();
 
   constructor(private readonly deps: VxlanBackendDeps) {
     this.deviceName = deps.deviceName ?? `weft.${deps.config.vni}`;
@@ -49,15 +54,30 @@ export class VxlanBackend implements Backend {
     return base - VXLAN_OVERHEAD;
   }
 
-  async init(local: LocalNode): Promise<BackendAttrs> {
+  private serialized<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.deviceOps.then(fn);
+    this.deviceOps = p.catch(() => undefined);
+    return p;
+  }
+
+  init(local: LocalNode): Promise<BackendAttrs> {
+    return this.serialized(() => this.initDevice(local));
+  }
+
+  private async initDevice(local: LocalNode): Promise<BackendAttrs> {
     const { dataplane, state, log, config } = this.deps;
+    if (this.deviceName === local.iface.name) {
+      throw new WeftError("CONFIG_INVALID", `--vxlan-device ${this.deviceName} is the underlay interface itself; pick another device name (default weft.<VNI>)`);
+    }
     this.local = local;
     const existing = await dataplane.getLink(this.deviceName);
     // The stored MAC wins; with no state (wiped dir) we adopt the live device's MAC rather than break peers.
-    let mac = await state.vtepMac(this.deviceName);
+    const stored = await state.vtepMac(this.deviceName);
+    let mac = stored;
     if (!mac && existing?.kind === "vxlan" && isValidMac(existing.mac)) mac = existing.mac;
     mac ??= randomMac();
-    await state.saveVtepMac(this.deviceName, mac);
+    if (mac !== stored) await state.saveVtepMac(this.deviceName, mac);
+    this.mac = mac;
     const { link, outcome } = await dataplane.ensureVxlan({
       name: this.deviceName, vni: config.vni, localIP: local.iface.ip, parentIndex: local.iface.index,
       port: config.port, learning: config.learning, gbp: config.gbp, mtu: this.mtu(), mac,
@@ -67,9 +87,14 @@ export class VxlanBackend implements Backend {
     return { type: "vxlan", vni: config.vni, vtepMac: mac };
   }
 
-  async configureSubnet(lease: Lease): Promise<void> {
+  configureSubnet(lease: Lease): Promise<void> {
+    return this.serialized(() => this.addressDevice(lease));
+  }
+
+  private async addressDevice(lease: Lease): Promise<void> {
     const net = parseCidr(lease.subnet);
     if (!net) throw new WeftError("INTERNAL", `lease subnet ${lease.subnet} is not a CIDR`);
+    this.ownSubnet = net;
     const want = { index: this.deviceIndex, ip: formatIpv4(net.ip), prefix: 32 };
     // Only one address belongs on the device: a stale one from an old lease would attract traffic.
     for (const a of await this.deps.dataplane.listAddresses(want.index)) {
@@ -84,16 +109,30 @@ export class VxlanBackend implements Backend {
     const neighbours: DesiredEntry<Neighbour>[] = [];
     const fdb: DesiredEntry<FdbEntry>[] = [];
     const rejected = new Map<string, string>();
+    const usable: Array<{ p: Lease; net: Ipv4Net; mac: string }> = [];
+    const byMac = new Map<string, Lease[]>();
     for (const p of peers) {
       const a = p.attrs;
       const net = parseCidr(p.subnet);
       if (!net) { rejected.set(p.subnet, "subnet is not a CIDR"); continue; }
+      if (this.ownSubnet && overlaps(net, this.ownSubnet)) { rejected.set(p.subnet, `subnet overlaps our own lease ${formatIpv4(this.ownSubnet.ip)}/${this.ownSubnet.prefix}`); continue; }
       if (a.type !== "vxlan") { rejected.set(p.subnet, `backend ${a.type}, not vxlan`); continue; }
       if (a.vni !== this.deps.config.vni) { rejected.set(p.subnet, `VNI ${a.vni}, want ${this.deps.config.vni}`); continue; }
       if (!isValidMac(a.vtepMac)) { rejected.set(p.subnet, `VTEP MAC ${a.vtepMac} is not unicast`); continue; }
+      // A cloned state dir gives two nodes one VTEP MAC; their FDB entries would flap between the two.
+      if (a.vtepMac === this.mac) { rejected.set(p.subnet, `VTEP MAC ${a.vtepMac} is our own (state dir cloned from this node?)`); continue; }
+      usable.push({ p, net, mac: a.vtepMac });
+      byMac.set(a.vtepMac, [...(byMac.get(a.vtepMac) ?? []), p]);
+    }
+    for (const { p, net, mac } of usable) {
+      const sharing = byMac.get(mac)!;
+      if (sharing.length > 1) {
+        rejected.set(p.subnet, `VTEP MAC ${mac} is also advertised by ${sharing.filter((x) => x !== p).map((x) => x.nodeName).join(", ")} (state dir cloned?)`);
+        continue;
+      }
       const gw = formatIpv4(net.ip);
-      neighbours.push({ peer: p.subnet, value: { index, ip: gw, mac: a.vtepMac } });
-      fdb.push({ peer: p.subnet, value: { index, mac: a.vtepMac, dst: p.publicIP } });
+      neighbours.push({ peer: p.subnet, value: { index, ip: gw, mac: mac } });
+      fdb.push({ peer: p.subnet, value: { index, mac: mac, dst: p.publicIP } });
       routes.push({ peer: p.subnet, value: { dst: p.subnet, gateway: gw, oif: index, onlink: true } });
     }
     return { ownedLinks: [index], routes, neighbours, fdb, rejected };

@@ -76,7 +76,7 @@ export interface FdbEntry {
 export interface Dataplane {
   getLink(name: string): Promise<Link | undefined>;
   listLinks(): Promise<Link[]>;
-  /** Create, reuse when compatible, recreate when not; fixes MTU and MAC; sets it up. */
+  /** Create, reuse when compatible, recreate an incompatible vxlan link; refuses (CONFIG_INVALID) a non-vxlan link of that name. Fixes MTU and MAC; sets it up. */
   ensureVxlan(spec: VxlanLinkSpec): Promise<EnsureLinkResult>;
   deleteLink(name: string): Promise<void>;
   listAddresses(index?: number): Promise<Address[]>;
@@ -84,6 +84,7 @@ export interface Dataplane {
   deleteAddress(a: Address): Promise<void>;
   /** Routes carrying our protocol number (all devices), main table, IPv4. */
   listRoutes(): Promise<Route[]>;
+  /** Adds the route, or replaces one of ours with the same dst; never replaces a route with another protocol (fails instead). */
   replaceRoute(r: Route): Promise<void>;
   deleteRoute(r: Route): Promise<void>;
   /** Default-route interface index, if any. */
@@ -101,7 +102,3 @@ export interface Dataplane {
 
 /** Our routes carry this rtnetlink protocol number (unassigned in rt_protos), so pruning never touches a route we did not create. */
 export const WEFT_RT_PROTO = 0x57; // 87, 'W'
-
-export function routeKey(r: Route): string {
-  return `${r.dst} via ${r.gateway} dev ${r.oif}${r.onlink ? " onlink" : ""}`;
-}

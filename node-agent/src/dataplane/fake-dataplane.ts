@@ -7,7 +7,12 @@ export class FakeDataplane implements Dataplane {
   readonly links = new Map<string, Link>();
   readonly addresses: Address[] = [];
   readonly routes = new Map<string, Route>();
-  /** Routes someone else owns (other protocol): never listed, must never be touched. */
+  /**
+   * Routes someone else owns (other protocol): never listed (listRoutes returns ours only, as the
+   * real dataplane filters by protocol), never replaced (replaceRoute fails, as the real one does),
+   * but deleteRoute removes them by dst like a careless kernel call would, so a test notices if the
+   * reconciler ever deletes one.
+   */
   readonly foreignRoutes = new Map<string, Route>();
   readonly neighbours = new Map<string, Neighbour>();
   readonly fdb = new Map<string, FdbEntry>();
@@ -27,6 +32,7 @@ export class FakeDataplane implements Dataplane {
   async ensureVxlan(spec: VxlanLinkSpec): Promise<EnsureLinkResult> {
     this.op("ensureVxlan", spec.name);
     const cur = this.links.get(spec.name);
+    if (cur && cur.kind !== "vxlan") throw new WeftError("CONFIG_INVALID", `interface ${spec.name} exists and is a ${cur.kind ?? "plain"} link, not vxlan`);
     const compatible = cur?.vxlan && cur.vxlan.vni === spec.vni && cur.vxlan.localIP === spec.localIP && cur.vxlan.port === spec.port;
     const link: Link = {
       index: compatible ? cur!.index : this.nextIndex++, name: spec.name, mac: spec.mac, mtu: spec.mtu, up: true, kind: "vxlan",
@@ -48,8 +54,12 @@ export class FakeDataplane implements Dataplane {
     if (i >= 0) this.addresses.splice(i, 1);
   }
   async listRoutes() { this.op("listRoutes", ""); return [...this.routes.values()]; }
-  async replaceRoute(r: Route) { this.op("replaceRoute", r.dst); this.routes.set(r.dst, r); }
-  async deleteRoute(r: Route) { this.op("deleteRoute", r.dst); this.routes.delete(r.dst); }
+  async replaceRoute(r: Route) {
+    this.op("replaceRoute", r.dst);
+    if (this.foreignRoutes.has(r.dst)) throw new WeftError("DATAPLANE_OP_FAILED", `replace route ${r.dst}: a foreign route exists; leaving it alone`);
+    this.routes.set(r.dst, r);
+  }
+  async deleteRoute(r: Route) { this.op("deleteRoute", r.dst); this.routes.delete(r.dst); this.foreignRoutes.delete(r.dst); }
   async defaultRouteIndex() { return undefined; }
   async listNeighbours(index: number) { return [...this.neighbours.values()].filter((n) => n.index === index); }
   async replaceNeighbour(n: Neighbour) { this.op("replaceNeighbour", n.ip); this.neighbours.set(`${n.index}|${n.ip}`, n); }

@@ -50,6 +50,43 @@ function isAbsent(err: unknown): boolean {
   return e === "ENOENT" || e === "ESRCH" || e === "ENODEV" || e === "EADDRNOTAVAIL";
 }
 
+/**
+ * Counting semaphore that hands a released slot straight to the oldest waiter, so
+ * a caller arriving in between can never overtake it and exceed the bound.
+ * close() is final: waiters and later callers are rejected.
+ */
+export class Semaphore {
+  private active = 0;
+  private closed = false;
+  private readonly waiters: Array<{ resolve: () => void; reject: (e: Error) => void }> = [];
+
+  constructor(private readonly limit: number) {}
+
+  get inUse(): number {
+    return this.active;
+  }
+
+  acquire(): Promise<void> {
+    if (this.closed) return Promise.reject(new WeftError("DATAPLANE_OP_FAILED", "dataplane closed"));
+    if (this.active < this.limit) {
+      this.active++;
+      return Promise.resolve();
+    }
+    return new Promise((resolve, reject) => this.waiters.push({ resolve, reject }));
+  }
+
+  release(): void {
+    const next = this.waiters.shift();
+    if (next) next.resolve(); // the slot passes on; `active` stays the same
+    else this.active--;
+  }
+
+  close(): void {
+    this.closed = true;
+    for (const w of this.waiters.splice(0)) w.reject(new WeftError("DATAPLANE_OP_FAILED", "dataplane closed"));
+  }
+}
+
 interface InFlight {
   readonly sock: RtNetlinkSocket;
   readonly deadline: number;
@@ -61,13 +98,16 @@ export class NetlinkDataplane implements Dataplane {
   private localPort = 0;
   private readonly pending = new Set<InFlight>();
   private sweeper: NodeJS.Timeout | undefined;
-  private inFlight = 0;
-  private readonly waiters: Array<() => void> = [];
+  private readonly slots = new Semaphore(MAX_IN_FLIGHT);
+  private closed = false;
   private dumpChain: Promise<unknown> = Promise.resolve();
+  /** One shared dump answers every route-ownership question asked while it runs. */
+  private ownerDump: Promise<Map<string, number>> | undefined;
 
   constructor(private readonly opts: NetlinkDataplaneOptions = {}) {}
 
   private socket(): RtNetlinkSocket {
+    if (this.closed) throw new WeftError("DATAPLANE_OP_FAILED", "dataplane closed");
     if (this.sock) return this.sock;
     const s = createRtNetlink({ ref: false, recvBufferSize: RECV_BUFFER, sendBufferSize: 1 << 20 });
     s.socket.on("error", (err: Error) => {
@@ -96,8 +136,7 @@ export class NetlinkDataplane implements Dataplane {
 
   /** Runs one request with a bounded number in flight. */
   private async run<T>(what: string, fn: (s: RtNetlinkSocket, o: { localPort: number }) => Promise<T>): Promise<T> {
-    if (this.inFlight >= MAX_IN_FLIGHT) await new Promise<void>((r) => this.waiters.push(r));
-    this.inFlight++;
+    await this.slots.acquire();
     try {
       const sock = this.socket();
       return await new Promise<T>((resolve, reject) => {
@@ -113,8 +152,7 @@ export class NetlinkDataplane implements Dataplane {
       (wrapped as WeftError & { errno?: string }).errno = errnoOf(err);
       throw wrapped;
     } finally {
-      this.inFlight--;
-      this.waiters.shift()?.();
+      this.slots.release();
     }
   }
 
@@ -200,6 +238,10 @@ export class NetlinkDataplane implements Dataplane {
   async ensureVxlan(spec: VxlanLinkSpec): Promise<EnsureLinkResult> {
     let outcome: EnsureLinkResult["outcome"] = "reused";
     let link = await this.getLink(spec.name);
+    if (link && link.kind !== "vxlan") {
+      // Not ours to delete: a typo in --vxlan-device must not take down eth0 or a bridge.
+      throw new WeftError("CONFIG_INVALID", `interface ${spec.name} exists and is a ${link.kind ?? "plain"} link, not vxlan; weft will not delete it. Choose another --vxlan-device name or remove that interface`);
+    }
     if (link && NetlinkDataplane.incompatibility(link, spec)) {
       await this.deleteLink(spec.name);
       link = undefined;
@@ -290,8 +332,33 @@ export class NetlinkDataplane implements Dataplane {
     return out;
   }
 
+  /** dst -> protocol number of the main-table routes (metric 0, as ours). */
+  private routeOwners(): Promise<Map<string, number>> {
+    this.ownerDump ??= this.dump("list routes", (s, o) => s.getRoutes({ family: AF_INET }, undefined, o)).then((msgs) => {
+      const out = new Map<string, number>();
+      for (const m of msgs) {
+        if (m.data.family !== AF_INET || (m.attrs.table ?? m.data.table) !== RT_TABLE_MAIN || (m.attrs.priority ?? 0) !== 0) continue;
+        out.set(`${m.attrs.dst ? fmtIp(m.attrs.dst) : "0.0.0.0"}/${m.data.dstLen ?? 0}`, NetlinkDataplane.protoNum(m.data.protocol));
+      }
+      return out;
+    }).finally(() => (this.ownerDump = undefined));
+    return this.ownerDump;
+  }
+
   async replaceRoute(r: Route): Promise<void> {
-    await this.run(`replace route ${r.dst} via ${r.gateway}`, (s, o) => s.newRoute(...this.routeMsg(r), { ...o, flags: CREATE_REPLACE }));
+    const what = `replace route ${r.dst} via ${r.gateway}`;
+    try {
+      await this.run(what, (s, o) => s.newRoute(...this.routeMsg(r), { ...o, flags: CREATE_EXCL }));
+      return;
+    } catch (err) {
+      if (errnoOf((err as Error).cause) !== "EEXIST") throw err;
+    }
+    // A route to this dst exists. Replace it only if it is ours (a peer's route that changed); never clobber someone else's.
+    const proto = (await this.routeOwners()).get(r.dst);
+    if (proto !== undefined && proto !== WEFT_RT_PROTO) {
+      throw new WeftError("DATAPLANE_OP_FAILED", `${what}: a route to ${r.dst} with protocol ${proto} (not weft's ${WEFT_RT_PROTO}) exists; leaving it alone. Remove it if the overlay should own ${r.dst}`);
+    }
+    await this.run(what, (s, o) => s.newRoute(...this.routeMsg(r), { ...o, flags: CREATE_REPLACE }));
   }
 
   async deleteRoute(r: Route): Promise<void> {
@@ -341,7 +408,10 @@ export class NetlinkDataplane implements Dataplane {
       { lladdr: macBuf(e.mac), dst: ip4(e.dst) }, o));
   }
 
+  /** Final: queued and later requests fail; the socket is not reopened. */
   close(): void {
+    this.closed = true;
+    this.slots.close();
     if (this.sweeper) clearInterval(this.sweeper);
     this.sweeper = undefined;
     if (this.sock) this.dropSocket(this.sock, new Error("dataplane closed"));

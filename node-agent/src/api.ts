@@ -1,7 +1,6 @@
 // The agent's local REST API: health, readiness, our lease, the peers and
 // metrics. buildApi() wires routes without listening, so tests use inject().
 import Fastify, { LogController } from "fastify";
-import { Type, type TypeBoxTypeProvider } from "@fastify/type-provider-typebox";
 import type { Registry } from "prom-client";
 import { isWeftError, ErrorCodes } from "../../lib/src/errors.js";
 import type { Logger } from "../../lib/src/logger.js";
@@ -29,16 +28,23 @@ export interface AgentView {
   peers(): PeerView[];
 }
 
-const LeaseSchema = Type.Object({
-  subnet: Type.String(), publicIP: Type.String(), backendType: Type.String(), expiresAt: Type.String(),
+// Plain JSON Schema rather than TypeBox: the agent runs on every node, and
+// TypeBox alone costs it about 15 MiB of RSS.
+const str = { type: "string" } as const;
+const LeaseSchema = obj({
+  subnet: str, publicIP: str, backendType: str, expiresAt: str,
 });
-const PeerSchema = Type.Object({
-  nodeName: Type.String(), subnet: Type.String(), publicIP: Type.String(), programmed: Type.Boolean(), reason: Type.Optional(Type.String()),
+const PeerSchema = obj({
+  nodeName: str, subnet: str, publicIP: str, programmed: { type: "boolean" }, reason: str,
 });
-const ErrorSchema = Type.Object({ code: Type.String(), message: Type.String() });
+const ErrorSchema = obj({ code: str, message: str });
+
+function obj(properties: Record<string, unknown>, optional: readonly string[] = ["reason"]) {
+  return { type: "object", properties, required: Object.keys(properties).filter((k) => !optional.includes(k)) } as const;
+}
 
 export function buildApi(deps: { view: AgentView; registry: Registry; log: Logger }) {
-  const app = Fastify({ loggerInstance: deps.log.child({ component: "api" }), logController: new LogController({ disableRequestLogging: true }) }).withTypeProvider<TypeBoxTypeProvider>();
+  const app = Fastify({ loggerInstance: deps.log.child({ component: "api" }), logController: new LogController({ disableRequestLogging: true }) });
 
   app.setErrorHandler((err, req, reply) => {
     if (isWeftError(err)) return reply.code(ErrorCodes[err.code].http).send({ code: err.code, message: err.message });
@@ -56,7 +62,7 @@ export function buildApi(deps: { view: AgentView; registry: Registry; log: Logge
     if (!l) return reply.code(503).send({ code: "LEASE_NOT_FOUND", message: "no lease yet" });
     return l;
   });
-  app.get("/v1/peers", { schema: { response: { 200: Type.Array(PeerSchema) } } }, async () => deps.view.peers());
+  app.get("/v1/peers", { schema: { response: { 200: { type: "array", items: PeerSchema } } } }, async () => deps.view.peers());
   app.get("/metrics", async (_req, reply) => reply.type(deps.registry.contentType).send(await deps.registry.metrics()));
   return app;
 }

@@ -242,7 +242,7 @@ function openWeftWatcher(addr: string, _i: number, record: Recorder, counters: W
   return new Promise((resolveOpen, rejectOpen) => {
     let ready = false;
     const start = () => {
-      call = client.watchLeases({ fromRevision: lastRev });
+      call = client.watchLeases({ fromRevision: lastRev, storeId: "" });
       call.on("data", (msg: WatchLeasesResponse) => {
         const t = now();
         switch (msg.kind) {

@@ -29,16 +29,16 @@ export function toServiceError(err: unknown, log: Logger): Partial<grpc.ServiceE
 
 export const frameEncoder: FrameEncoder = {
   snapshot: (leases: readonly Lease[], resync: boolean) => Buffer.from(WatchLeasesResponse.encode({
-    kind: WatchLeasesResponse_Kind.KIND_SNAPSHOT, leases: leases.map(leaseToPb), events: [], revision: 0, resync,
+    kind: WatchLeasesResponse_Kind.KIND_SNAPSHOT, leases: leases.map(leaseToPb), events: [], revision: 0, resync, storeId: "",
   }).finish()),
-  snapshotComplete: (revision: number) => Buffer.from(WatchLeasesResponse.encode({
-    kind: WatchLeasesResponse_Kind.KIND_SNAPSHOT_COMPLETE, leases: [], events: [], revision, resync: false,
+  snapshotComplete: (revision: number, storeId: string) => Buffer.from(WatchLeasesResponse.encode({
+    kind: WatchLeasesResponse_Kind.KIND_SNAPSHOT_COMPLETE, leases: [], events: [], revision, resync: false, storeId,
   }).finish()),
   events: (events: readonly LeaseEvent[]) => Buffer.from(WatchLeasesResponse.encode({
-    kind: WatchLeasesResponse_Kind.KIND_EVENTS, leases: [], events: events.map(eventToPb), revision: events[events.length - 1]!.revision, resync: false,
+    kind: WatchLeasesResponse_Kind.KIND_EVENTS, leases: [], events: events.map(eventToPb), revision: events[events.length - 1]!.revision, resync: false, storeId: "",
   }).finish()),
-  progress: (revision: number) => Buffer.from(WatchLeasesResponse.encode({
-    kind: WatchLeasesResponse_Kind.KIND_PROGRESS, leases: [], events: [], revision, resync: false,
+  progress: (revision: number, storeId: string) => Buffer.from(WatchLeasesResponse.encode({
+    kind: WatchLeasesResponse_Kind.KIND_PROGRESS, leases: [], events: [], revision, resync: false, storeId,
   }).finish()),
 };
 
@@ -173,7 +173,7 @@ export function createLeaseService(deps: ServiceDeps): LeaseServiceServer {
         fail: (err) => {
           if (!call.cancelled && !call.destroyed) call.emit("error", toServiceError(err, log));
         },
-      });
+      }, call.request.storeId);
     },
   };
 }

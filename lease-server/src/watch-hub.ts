@@ -23,9 +23,9 @@ export interface WatchSink {
 /** Encodes watch messages; the gRPC adapter supplies protobuf encoding. */
 export interface FrameEncoder {
   snapshot(leases: readonly Lease[], resync: boolean): Buffer;
-  snapshotComplete(revision: number): Buffer;
+  snapshotComplete(revision: number, storeId: string): Buffer;
   events(events: readonly LeaseEvent[]): Buffer;
-  progress(revision: number): Buffer;
+  progress(revision: number, storeId: string): Buffer;
 }
 
 export interface WatchHubMetrics {
@@ -116,6 +116,7 @@ export class WatchHub {
   #ring: LeaseEvent[] = [];
   #floor = 0;
   #revision = 0;
+  #storeId = "";
   #pending: LeaseEvent[] = [];
   #flushTimer: NodeJS.Timeout | undefined;
   #progressTimer: NodeJS.Timeout | undefined;
@@ -150,6 +151,7 @@ export class WatchHub {
     let loading = true;
     const early: LeaseEvent[] = [];
     this.#unsubscribe = this.#o.store.subscribe((evs) => (loading ? appendAll(early, evs) : this.#onEvents(evs)));
+    this.#storeId = await this.#o.store.storeId();
     const { leases, revision } = await this.#o.store.listLeases();
     for (const l of leases) this.#leases.set(l.subnet, l);
     this.#revision = revision;
@@ -166,7 +168,7 @@ export class WatchHub {
     if (missed.length > 0) this.#onEvents(missed);
     const every = this.#o.progressIntervalMs ?? 30_000;
     if (every > 0) {
-      this.#progressTimer = setInterval(() => this.#broadcast({ buf: this.#o.encoder.progress(this.#revision), events: 0 }), every);
+      this.#progressTimer = setInterval(() => this.#broadcast({ buf: this.#o.encoder.progress(this.#revision, this.#storeId), events: 0 }), every);
       this.#progressTimer.unref();
     }
   }
@@ -230,23 +232,25 @@ export class WatchHub {
       frames.push({ buf: this.#o.encoder.snapshot(part, resync), events: part.length });
       if (all.length === 0) break;
     }
-    frames.push({ buf: this.#o.encoder.snapshotComplete(this.#revision), events: 0 });
+    frames.push({ buf: this.#o.encoder.snapshotComplete(this.#revision, this.#storeId), events: 0 });
     this.#snapshotCache.push({ revision: this.#revision, resync, frames });
     return frames;
   }
 
   /**
    * Starts a stream. from = 0: snapshot then changes. from > 0: the changes
-   * after it, or a snapshot marked resync when that history is gone.
+   * after it, or a snapshot marked resync when that history is gone or the
+   * revision belongs to another store (`storeId` differs).
    */
-  subscribe(from: number, sink: WatchSink): { close(): void } {
+  subscribe(from: number, sink: WatchSink, storeId = ""): { close(): void } {
     // Changes still waiting for their batch window go out first, so the
     // starting point below is the newest revision.
     this.flush();
     const sub = new Subscription(this, sink);
     this.#subs.add(sub);
     this.#o.metrics?.streams(this.#subs.size);
-    if (from === 0 || from < this.#floor || from > this.#revision) {
+    const otherStore = storeId !== "" && storeId !== this.#storeId;
+    if (from === 0 || otherStore || from < this.#floor || from > this.#revision) {
       for (const f of this.#snapshotFrames(from !== 0)) sub.enqueue(f, true);
     } else {
       for (const f of this.#resumeFrames(from)) sub.enqueue(f, true);
@@ -258,7 +262,7 @@ export class WatchHub {
   #resumeFrames(from: number): Frame[] {
     let frames = this.#resumeCache.get(from);
     if (!frames) {
-      frames = [...this.#eventFrames(this.#ring.slice(this.#indexAfter(from))), { buf: this.#o.encoder.progress(this.#revision), events: 0 }];
+      frames = [...this.#eventFrames(this.#ring.slice(this.#indexAfter(from))), { buf: this.#o.encoder.progress(this.#revision, this.#storeId), events: 0 }];
       if (this.#resumeCache.size >= 64) this.#resumeCache.clear();
       this.#resumeCache.set(from, frames);
     }

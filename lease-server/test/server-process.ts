@@ -85,9 +85,9 @@ export const vxlanReq = (n: number, nodeName = `node-${n}`) => ({
 });
 
 /** Collects WatchLeases messages. */
-export function watch(client: LeaseServiceClient, fromRevision: number) {
+export function watch(client: LeaseServiceClient, fromRevision: number, storeId = "") {
   const messages: WatchLeasesResponse[] = [];
-  const stream = client.watchLeases({ fromRevision });
+  const stream = client.watchLeases({ fromRevision, storeId });
   let error: grpc.ServiceError | undefined;
   stream.on("data", (m: WatchLeasesResponse) => messages.push(m));
   stream.on("error", (e: grpc.ServiceError) => (error = e));

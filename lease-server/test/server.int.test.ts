@@ -1,7 +1,7 @@
 // The lease server as users run it: the real binary, a real SQLite file,
 // real gRPC on 127.0.0.1.
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import * as grpc from "@grpc/grpc-js";
@@ -169,6 +169,35 @@ describe("weft-lease-server (real process, SQLite, gRPC)", () => {
     expect(r.messages.some((m) => m.kind === Kind.KIND_SNAPSHOT)).toBe(false);
     expect(r.messages.flatMap((m) => m.events).map((e) => [e.type, e.lease!.nodeName])).toEqual([[LeaseEvent_Type.TYPE_ADDED, "node-2"], [LeaseEvent_Type.TYPE_REMOVED, "node-1"]]);
     r.stream.cancel();
+    c.client.close();
+  });
+
+  it("sends a resync snapshot when the revision belongs to a replaced database", async () => {
+    const db = join(dir.path, "replaced.db");
+    let s = await start([], db);
+    let c = connect(s.grpcAddr);
+    for (const n of [1, 2]) await c.call("acquireLease", vxlanReq(n));
+    const w = watch(c.client, 0);
+    const done = await waitFor(() => w.messages.find((m) => m.kind === Kind.KIND_SNAPSHOT_COMPLETE), "snapshot");
+    expect(done.storeId).toMatch(/^[0-9a-f]{12}$/);
+    w.stream.cancel();
+    c.client.close();
+    await s.stop();
+    for (const f of [db, `${db}-wal`, `${db}-shm`]) rmSync(f, { force: true });
+    s = await start([], db);
+    c = connect(s.grpcAddr);
+    for (const n of [3, 4, 5]) await c.call("acquireLease", vxlanReq(n));
+    const r = watch(c.client, done.revision, done.storeId);
+    const complete = await waitFor(() => r.messages.find((m) => m.kind === Kind.KIND_SNAPSHOT_COMPLETE), "resync snapshot");
+    expect(r.messages[0]).toMatchObject({ kind: Kind.KIND_SNAPSHOT, resync: true });
+    expect(r.messages.flatMap((m) => m.leases).map((l) => l.nodeName).sort()).toEqual(["node-3", "node-4", "node-5"]);
+    expect(complete.storeId).not.toBe(done.storeId);
+    // The same store id resumes normally.
+    const same = watch(c.client, complete.revision, complete.storeId);
+    await waitFor(() => same.messages.some((m) => m.kind === Kind.KIND_PROGRESS), "progress");
+    expect(same.messages.some((m) => m.kind === Kind.KIND_SNAPSHOT)).toBe(false);
+    r.stream.cancel();
+    same.stream.cancel();
     c.client.close();
   });
 

@@ -99,6 +99,22 @@ describe("WatchHub", () => {
     }
   });
 
+  it("sends a resync snapshot when the revision belongs to another store", async () => {
+    await start();
+    for (const n of [1, 2, 3]) await store.create(newLease(n));
+    hub.flush();
+    const id = await store.storeId();
+    const same = new RecordingSink();
+    hub.subscribe(2, same, id);
+    const other = new RecordingSink();
+    hub.subscribe(2, other, "000000000001");
+    await waitFor(() => other.messages.some((m) => m.kind === Kind.KIND_SNAPSHOT_COMPLETE) && same.messages.length >= 2, "both streams");
+    expect(same.messages[0]!.kind).toBe(Kind.KIND_EVENTS);
+    expect(same.messages[1]).toMatchObject({ kind: Kind.KIND_PROGRESS, storeId: id });
+    expect(other.messages[0]).toMatchObject({ kind: Kind.KIND_SNAPSHOT, resync: true });
+    expect(other.messages.find((m) => m.kind === Kind.KIND_SNAPSHOT_COMPLETE)?.storeId).toBe(id);
+  });
+
   it("loads recent history from the store, so streams resume across a server restart", async () => {
     await start();
     for (const n of [1, 2, 3]) await store.create(newLease(n));

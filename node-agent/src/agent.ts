@@ -190,11 +190,13 @@ export class Agent {
   private async watchLoop(): Promise<void> {
     const { client, log, metrics } = this.deps;
     let revision = 0;
+    // Revisions only compare within one store; the server resyncs us if it has another.
+    let storeId = "";
     let attempt = 0;
     while (!this.signal.aborted) {
       const from = this.peers.synced ? revision : 0;
       try {
-        for await (const m of client.watch(from, this.signal)) {
+        for await (const m of client.watch(from, this.signal, storeId)) {
           attempt = 0;
           switch (m.kind) {
             case "snapshot":
@@ -203,6 +205,7 @@ export class Agent {
             case "complete":
               this.peers.completeSnapshot();
               revision = m.revision;
+              storeId = m.storeId ?? storeId;
               log.info({ revision, peers: this.peers.size }, "lease snapshot complete");
               this.scheduleReconcile();
               break;
@@ -222,7 +225,10 @@ export class Agent {
               break;
             }
             case "progress":
-              if (this.peers.synced && !this.peers.collecting) revision = Math.max(revision, m.revision);
+              if (this.peers.synced && !this.peers.collecting) {
+                revision = Math.max(revision, m.revision);
+                storeId = m.storeId || storeId;
+              }
               break;
           }
           metrics.watchRevision.set(revision);

@@ -13,9 +13,9 @@ import { clampTimerMs } from "./backoff.js";
 
 export type WatchMessage =
   | { readonly kind: "snapshot"; readonly leases: readonly Lease[]; readonly resync: boolean }
-  | { readonly kind: "complete"; readonly revision: number }
+  | { readonly kind: "complete"; readonly revision: number; readonly storeId?: string }
   | { readonly kind: "events"; readonly events: readonly LeaseEvent[]; readonly revision: number }
-  | { readonly kind: "progress"; readonly revision: number };
+  | { readonly kind: "progress"; readonly revision: number; readonly storeId?: string };
 
 export interface TlsFiles {
   readonly ca?: string;
@@ -72,7 +72,8 @@ export interface LeaseApi {
   acquire(r: AcquireRequest): Promise<Lease>;
   renew(nodeName: string, subnet: string): Promise<Lease>;
   release(nodeName: string, subnet: string): Promise<void>;
-  watch(fromRevision: number, signal: AbortSignal): AsyncIterable<WatchMessage>;
+  /** `storeId`: the store the revision belongs to (from the last complete/progress message). */
+  watch(fromRevision: number, signal: AbortSignal, storeId?: string): AsyncIterable<WatchMessage>;
   close(): void;
 }
 
@@ -140,8 +141,8 @@ export class LeaseClient implements LeaseApi {
   }
 
   /** One WatchLeases stream; ends (throws) when the stream breaks or goes silent. Abort the signal to cancel. */
-  async *watch(fromRevision: number, signal: AbortSignal): AsyncGenerator<WatchMessage> {
-    const call = this.clients[this.current]!.watchLeases({ fromRevision });
+  async *watch(fromRevision: number, signal: AbortSignal, storeId = ""): AsyncGenerator<WatchMessage> {
+    const call = this.clients[this.current]!.watchLeases({ fromRevision, storeId });
     const onAbort = () => call.cancel();
     signal.addEventListener("abort", onAbort, { once: true });
     const idleMs = this.opts.watchIdleTimeoutMs ?? WATCH_IDLE_TIMEOUT_MS;
@@ -162,13 +163,13 @@ export class LeaseClient implements LeaseApi {
             yield { kind: "snapshot", leases: m.leases.map(leaseFromPb), resync: m.resync };
             break;
           case WatchLeasesResponse_Kind.KIND_SNAPSHOT_COMPLETE:
-            yield { kind: "complete", revision: Number(m.revision) };
+            yield { kind: "complete", revision: Number(m.revision), storeId: m.storeId };
             break;
           case WatchLeasesResponse_Kind.KIND_EVENTS:
             yield { kind: "events", events: m.events.map(eventFromPb).filter((e): e is LeaseEvent => !!e), revision: Number(m.revision) };
             break;
           case WatchLeasesResponse_Kind.KIND_PROGRESS:
-            yield { kind: "progress", revision: Number(m.revision) };
+            yield { kind: "progress", revision: Number(m.revision), storeId: m.storeId };
             break;
         }
       }

@@ -37,6 +37,7 @@ class ScriptedApi implements LeaseApi {
   ttl = TTL;
   /** fromRevision of every watch call, in order. */
   froms: number[] = [];
+  storeIds: (string | undefined)[] = [];
   /** Streams handed out by the next watch calls; when empty, the initial snapshot of peers 2 and 3. */
   feeds: Feed[] = [];
   feed: Feed | undefined;
@@ -53,8 +54,9 @@ class ScriptedApi implements LeaseApi {
     return this.mine();
   }
   async release() {}
-  async *watch(from: number, signal: AbortSignal): AsyncIterable<WatchMessage> {
+  async *watch(from: number, signal: AbortSignal, storeId?: string): AsyncIterable<WatchMessage> {
     this.froms.push(from);
+    this.storeIds.push(storeId);
     const feed = (this.feed = this.feeds.shift() ?? initialFeed());
     while (!signal.aborted) {
       const m = feed.q.shift();
@@ -176,10 +178,10 @@ describe("Agent", () => {
 });
 
 describe("Agent watch loop", () => {
-  async function started(api = new ScriptedApi()) {
+  async function started(api = new ScriptedApi(), peers = 2) {
     const s = setup(api);
     await s.agent.start();
-    await until("initial peers programmed", () => s.dp.routes.size === 2);
+    await until("initial peers programmed", () => s.dp.routes.size === peers);
     return { ...s, api };
   }
 
@@ -193,6 +195,17 @@ describe("Agent watch loop", () => {
     await until("second watch", () => api.froms.length === 2);
     expect(api.froms).toEqual([0, 5]);
     expect(routeDsts(dp)).toEqual(["10.244.2.0/24", "10.244.3.0/24", "10.244.4.0/24"]);
+    await agent.stop();
+  });
+
+  it("resumes with the store id its revision belongs to", async () => {
+    const api = new ScriptedApi();
+    api.feeds.push(new Feed().push({ kind: "snapshot", leases: [peer(2)], resync: false }, { kind: "complete", revision: 3, storeId: "aaaaaaaaaaaa" }), new Feed());
+    const { agent } = await started(api, 1);
+    api.feed!.push({ kind: "progress", revision: 6, storeId: "aaaaaaaaaaaa" }, broken());
+    await until("second watch", () => api.froms.length === 2);
+    expect(api.froms).toEqual([0, 6]);
+    expect(api.storeIds).toEqual(["", "aaaaaaaaaaaa"]);
     await agent.stop();
   });
 

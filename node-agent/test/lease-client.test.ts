@@ -75,7 +75,7 @@ describe("LeaseClient", () => {
     const other = await startServer(() => {});
     const { c, seen } = client([ending, other]);
     const { msgs, err } = await drain(c);
-    expect(msgs).toEqual([{ kind: "progress", revision: 4 }]);
+    expect(msgs).toEqual([{ kind: "progress", revision: 4, storeId: expect.any(String) }]);
     expect(err).toMatchObject({ code: "SERVER_UNAVAILABLE" });
     expect((err as Error).message).toContain(ending);
     expect(seen).toEqual([true, false]);

@@ -27,6 +27,8 @@ export interface FreedSubnet {
 export type RemoveReason = "released" | "revoked" | "expired" | "replaced";
 
 export interface LeaseStore {
+  /** A stable random identity of this store's data: revisions only compare within one store. */
+  storeId(): Promise<string>;
   /** Live leases and the revision they reflect. */
   listLeases(): Promise<{ leases: Lease[]; revision: number }>;
   getLeaseByNode(nodeName: string): Promise<Lease | undefined>;

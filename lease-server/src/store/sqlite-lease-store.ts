@@ -4,6 +4,7 @@
 // write is one transaction that bumps the revision and appends to the event
 // log, so the log and the table never disagree.
 import Database from "better-sqlite3";
+import { randomInt } from "node:crypto";
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import { WeftError } from "../../../lib/src/errors.js";
@@ -57,6 +58,7 @@ export class SqliteLeaseStore implements LeaseStore {
       this.#db.pragma("journal_mode = WAL");
       this.#db.pragma("synchronous = FULL");
       this.#db.exec(SCHEMA);
+      this.#db.prepare("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)").run(randomInt(1, 2 ** 47));
     } catch (err) {
       const locked = /locked|busy/i.test((err as Error).message);
       throw new WeftError("STORE_UNAVAILABLE", locked
@@ -124,6 +126,11 @@ export class SqliteLeaseStore implements LeaseStore {
       }
     }
     return result;
+  }
+
+  async storeId(): Promise<string> {
+    const row = this.#db.prepare<[], { value: number }>("SELECT value FROM meta WHERE key = 'store_id'").get()!;
+    return row.value.toString(16).padStart(12, "0");
   }
 
   async listLeases(): Promise<{ leases: Lease[]; revision: number }> {

@@ -10,6 +10,7 @@ COPY lib lib
 COPY lease-server lease-server
 COPY node-agent node-agent
 COPY bench bench
+COPY test test
 COPY bin bin
 RUN npm ci --no-audit --no-fund && npm prune --omit=dev --ignore-scripts
 ENTRYPOINT ["/opt/weft/bin/weft-lease-server"]

@@ -3,6 +3,8 @@ FROM node:20-bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ iproute2 ca-certificates \
   && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/weft
+# The image's node lives in /usr/local; native addons build against its headers.
+ENV npm_config_nodedir=/usr/local
 COPY package.json package-lock.json .npmrc buf.yaml buf.gen.yaml tsconfig.json ./
 COPY proto proto
 COPY scripts scripts

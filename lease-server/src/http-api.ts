@@ -59,6 +59,10 @@ export async function buildHttpApi(deps: HttpApiDeps): Promise<FastifyInstance> 
     loggerInstance: deps.log.child({ component: "http" }, { level: "warn" }) as FastifyBaseLogger,
     // Reject what does not match the schema instead of quietly dropping or converting it.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false } },
+    // Malformed URLs and headers get our error shape too.
+    frameworkErrors: (err, _req, reply) => {
+      void (reply as unknown as { code(n: number): { send(b: unknown): unknown } }).code(400).send({ error: "INVALID_ARGUMENT", message: `${err.message}; check the request URL (see api-docs/lease-server.openapi.json)` });
+    },
   }).withTypeProvider<TypeBoxTypeProvider>();
   await app.register(swagger, {
     openapi: {

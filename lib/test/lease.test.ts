@@ -1,16 +1,8 @@
 import { describe, expect, it } from "vitest";
-import { isWeftError } from "../src/errors.js";
 import { validateBackendAttrs, validateNodeName, validatePublicIp } from "../src/lease.js";
+import { weftErrorMessage } from "./weft-error.js";
 
-function messageOf(fn: () => void): string {
-  try {
-    fn();
-  } catch (err) {
-    expect(isWeftError(err, "INVALID_ARGUMENT")).toBe(true);
-    return (err as Error).message;
-  }
-  throw new Error("expected INVALID_ARGUMENT");
-}
+const messageOf = (fn: () => void) => weftErrorMessage(fn, "INVALID_ARGUMENT");
 
 describe("lease field validation", () => {
   it("accepts DNS-1123 node names", () => {

@@ -1,18 +1,10 @@
 import { describe, expect, it } from "vitest";
 import { formatIpv4 } from "../src/cidr.js";
 import { networkConfigJson, parseNetworkConfig, subnetCount } from "../src/net-config.js";
-import { isWeftError } from "../src/errors.js";
+import { weftErrorMessage } from "./weft-error.js";
 
 const parse = (o: unknown) => parseNetworkConfig(JSON.stringify(o));
-function errorOf(text: string): string {
-  try {
-    parseNetworkConfig(text);
-  } catch (err) {
-    expect(isWeftError(err, "CONFIG_INVALID")).toBe(true);
-    return (err as Error).message;
-  }
-  throw new Error("expected the config to be rejected");
-}
+const errorOf = (text: string) => weftErrorMessage(() => parseNetworkConfig(text), "CONFIG_INVALID");
 
 describe("network config (Flannel net-conf.json)", () => {
   it("fills Flannel's defaults for a /16: SubnetLen 24, first subnet skipped, last subnet included", () => {

@@ -6,7 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { pino } from "pino";
 import type { Lease } from "../lib/src/lease.js";
-import { parseNetworkConfig, type VxlanBackendConfig } from "../lib/src/net-config.js";
+import { parseNetworkConfig } from "../lib/src/net-config.js";
 import { VxlanBackend } from "../node-agent/src/backends/vxlan.js";
 import { NetlinkDataplane } from "../node-agent/src/dataplane/netlink-dataplane.js";
 import { selectInterface } from "../node-agent/src/iface.js";
@@ -18,19 +18,19 @@ const log = pino({ level: "warn" });
 const network = parseNetworkConfig('{"Network": "10.0.0.0/8", "Backend": {"Type": "vxlan"}}');
 const dp = new NetlinkDataplane();
 const iface = await selectInterface(dp, { iface: "ul0" });
-const backend = new VxlanBackend({ dataplane: dp, state: new AgentState(mkdtempSync(join(tmpdir(), "weft-bench-"))), log, config: network.backend as VxlanBackendConfig });
+const backend = new VxlanBackend({ dataplane: dp, state: new AgentState(mkdtempSync(join(tmpdir(), "weft-bench-"))), log, network });
 await backend.init({ nodeName: "me", network, iface });
 const hex = (x: number) => x.toString(16).padStart(2, "0");
 const peers: Lease[] = Array.from({ length: n }, (_, i) => ({
   subnet: `10.${(i >> 8) & 255}.${i & 255}.0/24`, nodeName: `p${i}`, publicIP: `198.19.${(i >> 8) & 255}.${(i & 255) || 1}`,
   attrs: { type: "vxlan", vni: 1, vtepMac: `0e:be:00:${hex((i >> 16) & 255)}:${hex((i >> 8) & 255)}:${hex(i & 255)}` }, expiresAt: 0, revision: i,
 }));
-const rec = new Reconciler(dp, backend, log);
+const rec = new Reconciler(log);
 const mem = () => Math.round(process.memoryUsage().rss / 2 ** 20);
 const m0 = mem();
-const first = await rec.reconcile(peers);
+const first = await rec.reconcile(backend.desired(peers));
 const m1 = mem();
-const second = await rec.reconcile(peers);
+const second = await rec.reconcile(backend.desired(peers));
 const m2 = mem();
 process.stdout.write(JSON.stringify({ peers: n, firstMs: Math.round(first.durationMs), added: first.added, errors: first.errors, noopMs: Math.round(second.durationMs), rssBefore: m0, rssAfterFirst: m1, rssAfterNoop: m2, mem: Object.fromEntries(Object.entries(process.memoryUsage()).map(([k, v]) => [k, Math.round(v / 2 ** 20)])) }) + "\n");
 dp.close();

@@ -9,8 +9,8 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { WatchLeasesResponse_Kind as Kind, LeaseEvent_Type } from "../../gen/weft/v1/lease.js";
 import { connect, runBin, startServer, vxlanReq, watch, writeNetConf, type ServerProcess } from "./server-process.js";
 import { tempDir, waitFor } from "./helpers.js";
+import { requireTools } from "../../test/tools.js";
 
-const onPath = (tool: string) => spawnSync("sh", ["-c", `command -v ${tool}`]).status === 0;
 
 describe("weft-lease-server (real process, SQLite, gRPC)", () => {
   let dir: ReturnType<typeof tempDir>;
@@ -300,12 +300,7 @@ describe("weft-lease-server (real process, SQLite, gRPC)", () => {
     client.close();
   });
 
-  it("exposes Prometheus metrics that pass promtool's checks", async () => {
-    if (!onPath("promtool")) {
-      if (process.env.CI) throw new Error("promtool is missing: apt-get install prometheus (CI must not skip this)");
-      console.warn("SKIP-REASON: promtool not installed (apt-get install prometheus)");
-      return;
-    }
+  it.skipIf(!requireTools({ promtool: "prometheus" }, "the metrics lint"))("exposes Prometheus metrics that pass promtool's checks", async () => {
     const s = await start([], join(dir.path, "metrics.db"));
     const { client, call } = connect(s.grpcAddr);
     const w = watch(client, 0);
@@ -395,13 +390,12 @@ describe("weft-lease-server flags and config errors", () => {
   });
 });
 
-describe("weft-lease-server with mTLS", () => {
+describe.skipIf(!requireTools({ openssl: "openssl" }, "the mTLS tests"))("weft-lease-server with mTLS", () => {
   const dir = tempDir("weft-tls-");
   const pki = (f: string) => join(dir.path, f);
   afterAll(() => dir.cleanup());
 
   beforeAll(() => {
-    if (!onPath("openssl")) throw new Error("openssl is missing: apt-get install openssl");
     const ssl = (...args: string[]) => execFileSync("openssl", args, { cwd: dir.path, stdio: "pipe" });
     ssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-subj", "/CN=weft-test-ca", "-days", "1");
     const leaf = (name: string, san: string) => {

@@ -6,6 +6,7 @@ import { WeftError } from "./errors.js";
 export interface FlagSpec {
   readonly type: "string" | "boolean";
   readonly help: string;
+  /** For booleans, "true" makes the flag default on (turned off with --name=false). */
   readonly default?: string;
   /** Placeholder for the value in --help, e.g. "HOST:PORT". */
   readonly value?: string;
@@ -21,7 +22,7 @@ export function usageError(message: string): WeftError {
 
 export function parseFlags<S extends Record<string, FlagSpec>>(argv: readonly string[], spec: S, bin: string): FlagValues<S> {
   const out: Record<string, string | boolean | undefined> = {};
-  for (const [name, s] of Object.entries(spec)) out[name] = s.type === "boolean" ? false : s.default;
+  for (const [name, s] of Object.entries(spec)) out[name] = s.type === "boolean" ? s.default === "true" : s.default;
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     if (!arg.startsWith("--")) throw usageError(`unexpected argument ${JSON.stringify(arg)}; flags look like --name value (run ${bin} --help)`);

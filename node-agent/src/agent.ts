@@ -1,24 +1,30 @@
 // The agent's lifecycle, in Flannel's start-up order: network config from the
-// server, external interface, backend device, lease (with the device's
-// attributes), device address, subnet.env; then three loops run until stop():
+// server, external interface, backend device (weft devices of another backend
+// are removed first), lease (with the device's attributes), device address,
+// masquerade and forward rules, subnet.env; then these loops run until stop():
 //   - renew: at half the remaining TTL, retried with backoff and jitter;
 //     re-acquires when the server no longer knows the lease;
 //   - watch: WatchLeases into the PeerTable, resuming from the last revision;
-//   - reconcile: on every peer change and on a timer.
+//   - reconcile: on every peer change, on kernel notifications that undo
+//     something we want (a deleted route, ARP or FDB entry, address, device, a
+//     changed MTU: repaired within a second), and on a timer that also checks
+//     the device and the firewall rules.
 // Losing the lease server changes nothing in the kernel: the last known peers
-// stay programmed. stop() (SIGTERM) leaves the device, routes and lease alone,
-// so a restarted agent adopts everything without a dropped packet.
+// stay programmed. stop() (SIGTERM) leaves the device, routes and lease in
+// place, so a restarted agent adopts everything without a dropped packet.
 import { WeftError, isWeftError } from "../../lib/src/errors.js";
 import type { BackendAttrs, Lease } from "../../lib/src/lease.js";
 import type { Logger } from "../../lib/src/logger.js";
 import type { NetworkConfig } from "../../lib/src/net-config.js";
 import { parseCidr } from "../../lib/src/cidr.js";
 import type { AgentView, LeaseView, PeerView } from "./api.js";
-import type { Backend, LocalNode } from "./backends/backend.js";
-import { VxlanBackend } from "./backends/vxlan.js";
+import type { Backend, LocalNode, Rejection } from "./backends/backend.js";
+import { createBackend } from "./backends/index.js";
+import { removeStaleDevices } from "./backends/owned-devices.js";
 import { backoffDelay, clampTimerMs, sleep } from "./backoff.js";
 import type { AgentConfig } from "./config.js";
-import type { Dataplane } from "./dataplane/dataplane.js";
+import type { Dataplane, KernelChange } from "./dataplane/dataplane.js";
+import type { FirewallOptions, RuleSet } from "./firewall/firewall.js";
 import { selectInterface } from "./iface.js";
 import type { LeaseApi } from "./lease-client.js";
 import type { AgentMetrics } from "./metrics.js";
@@ -33,29 +39,43 @@ export interface AgentDeps {
   readonly client: LeaseApi;
   readonly log: Logger;
   readonly metrics: AgentMetrics;
+  /** The masquerade and forward rules for this node (firewall.ts on a real host). */
+  readonly firewall: (o: FirewallOptions) => RuleSet;
 }
 
 /** Errors that retrying cannot fix. */
 const PERMANENT = new Set(["CONFIG_INVALID", "INVALID_ARGUMENT", "PERMISSION_DENIED"]);
+/** Kernel notifications come in bursts (a deleted device takes its routes with it): one pass after the burst. */
+const DRIFT_DEBOUNCE_MS = 20;
+
+type Problem = "device" | "firewall" | "dataplane";
 
 export class Agent {
   private readonly ac = new AbortController();
   private readonly peers: PeerTable;
+  private readonly reconciler: Reconciler;
   private backend: Backend | undefined;
-  private reconciler: Reconciler | undefined;
+  private firewall: RuleSet | undefined;
   private network: NetworkConfig | undefined;
   private local: LocalNode | undefined;
   private lease: Lease | undefined;
   /** Attributes published at start-up; a re-acquire reuses them (no second device set-up). */
   private attrs: BackendAttrs | undefined;
   private programmed: ReadonlySet<string> = new Set();
+  private failed: ReadonlyMap<string, string> = new Map();
   /** Peers (by subnet) the backend refused to program, with the reason. */
-  private rejected: ReadonlyMap<string, string> = new Map();
-  private isReady = false;
+  private rejected: ReadonlyMap<string, Rejection> = new Map();
+  private passDone = false;
+  /** Why the data plane is not as wanted right now; empty when it is. */
+  private readonly problems = new Map<Problem, string>();
+  private wasReady = false;
   private reconciling: Promise<void> | undefined;
   private dirty = false;
   private repairPending = false;
+  private firewallPending = false;
+  private driftTimer: NodeJS.Timeout | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private unwatch: (() => void) | undefined;
   private renewKick: (() => void) | undefined;
   private fatalReject!: (e: Error) => void;
   /** Rejects when the agent cannot continue (e.g. its subnet changed); main exits. */
@@ -63,6 +83,10 @@ export class Agent {
 
   constructor(private readonly deps: AgentDeps) {
     this.peers = new PeerTable(deps.config.nodeName);
+    this.reconciler = new Reconciler(deps.log.child({ component: "reconciler" }), {
+      onError: (op) => deps.metrics.reconcileErrors.inc({ op }),
+      onPass: (r) => deps.metrics.reconcileDuration.observe(r.durationMs / 1000),
+    });
     this.fatal = new Promise<never>((_, reject) => (this.fatalReject = reject));
     this.fatal.catch(() => { /* observed by main */ });
   }
@@ -73,42 +97,41 @@ export class Agent {
 
   /** Runs start-up; resolves once subnet.env is written and the loops run. */
   async start(): Promise<void> {
-    const { config, dataplane, client, log, metrics } = this.deps;
+    const { config, dataplane, client, log } = this.deps;
     this.network = await this.retry("get network config", () => client.getNetworkConfig());
     const iface = await selectInterface(dataplane, { iface: config.iface, publicIP: config.publicIP });
     log.info({ iface: iface.name, ip: iface.ip, publicIP: iface.publicIP, mtu: iface.mtu }, "external interface selected");
     this.local = { nodeName: config.nodeName, network: this.network, iface };
 
-    this.backend = this.makeBackend(this.network);
-    const attrs = await this.backend.init(this.local);
-    this.attrs = attrs;
-    this.reconciler = new Reconciler(dataplane, this.backend, log.child({ component: "reconciler" }), {
-      onError: (op) => metrics.reconcileErrors.inc({ op }),
-      onPass: (r) => metrics.reconcileDuration.observe(r.durationMs / 1000),
+    const backend = createBackend({
+      dataplane, network: this.network, vxlanDevice: config.vxlanDevice,
+      state: new AgentState(config.stateDir, log.child({ component: "state" })), log: log.child({ component: this.network.backend.type }),
     });
+    this.backend = backend;
+    // A backend change in the network config takes effect here: the old backend's devices go.
+    await removeStaleDevices(dataplane, backend.devices, log);
+    const attrs = await backend.init(this.local);
+    this.attrs = attrs;
 
     const previousSubnet = await readPreviousSubnet(config.subnetFile);
     this.lease = await this.retry("acquire lease", () => client.acquire({ nodeName: config.nodeName, publicIP: iface.publicIP, attrs, previousSubnet }));
     this.onLease(this.lease);
     log.info({ subnet: this.lease.subnet, previousSubnet, expiresAt: new Date(this.lease.expiresAt).toISOString() }, "lease acquired");
+    await backend.configureSubnet(this.lease);
 
-    await this.backend.configureSubnet(this.lease);
-    await writeSubnetEnv(config.subnetFile, { network: this.network.network, subnet: parseCidr(this.lease.subnet)!, mtu: this.backend.mtu(), ipMasq: config.ipMasq });
-    log.info({ path: config.subnetFile, mtu: this.backend.mtu() }, "subnet.env written");
+    // Flannel's order: the rules are in place before subnet.env says FLANNEL_IPMASQ=true.
+    const subnet = parseCidr(this.lease.subnet)!;
+    this.firewall = this.deps.firewall({ network: this.network.network, subnet, masquerade: config.ipMasq, forward: config.forwardRules });
+    await this.firewall.check();
+    await this.firewall.ensure();
 
+    await writeSubnetEnv(config.subnetFile, { network: this.network.network, subnet, mtu: backend.mtu(), ipMasq: config.ipMasq });
+    log.info({ path: config.subnetFile, mtu: backend.mtu(), ipMasq: config.ipMasq }, "subnet.env written");
+
+    this.unwatch = dataplane.watch((c) => this.onKernelChange(c));
     void this.renewLoop().catch((err) => this.die(err));
     void this.watchLoop().catch((err) => this.die(err));
-    this.timer = setInterval(() => this.scheduleReconcile(true), clampTimerMs(config.resyncIntervalMs));
-  }
-
-  private makeBackend(net: NetworkConfig): Backend {
-    const { config, dataplane, log } = this.deps;
-    switch (net.backend.type) {
-      case "vxlan":
-        return new VxlanBackend({ dataplane, state: new AgentState(config.stateDir, log.child({ component: "state" })), log: log.child({ component: "vxlan" }), config: net.backend, deviceName: config.vxlanDevice });
-      default:
-        throw new WeftError("CONFIG_INVALID", `backend ${net.backend.type} is not supported by this agent yet; use "Backend": {"Type": "vxlan"}`);
-    }
+    this.timer = setInterval(() => this.requestPass({ repair: true, firewall: true }), clampTimerMs(config.resyncIntervalMs));
   }
 
   private die(err: unknown): void {
@@ -176,7 +199,7 @@ export class Agent {
   private async reacquire(): Promise<void> {
     const { client, config, log } = this.deps;
     const old = this.lease!;
-    // The device (and its MAC) is the one set up at start; repairDevice() keeps it alive. No second init() here.
+    // The device (and its MAC) is the one set up at start; repair() keeps it alive. No second init() here.
     const attrs = this.attrs!;
     const l = await this.retry("re-acquire lease", () => client.acquire({ nodeName: config.nodeName, publicIP: this.local!.iface.publicIP, attrs, previousSubnet: old.subnet }));
     if (l.subnet !== old.subnet) {
@@ -207,7 +230,7 @@ export class Agent {
               revision = m.revision;
               storeId = m.storeId ?? storeId;
               log.info({ revision, peers: this.peers.size }, "lease snapshot complete");
-              this.scheduleReconcile();
+              this.requestPass({});
               break;
             case "events": {
               let changed = false;
@@ -221,7 +244,7 @@ export class Agent {
                 changed = this.peers.applyEvent(e) || changed;
               }
               revision = Math.max(revision, m.revision);
-              if (changed) this.scheduleReconcile();
+              if (changed) this.requestPass({});
               break;
             }
             case "progress":
@@ -250,12 +273,36 @@ export class Agent {
     }
   }
 
-  /** Coalesces requests: at most one pass runs, and one more follows if anything changed meanwhile. */
-  private scheduleReconcile(fromTimer = false): void {
+  /** Drift: only what touches our device, our underlay or an object we want starts a pass. */
+  private onKernelChange(c: KernelChange): void {
+    const backend = this.backend!;
+    if (c.kind === "lost") {
+      this.deps.log.warn("kernel notifications were lost; checking everything");
+      this.requestPass({ repair: true }, DRIFT_DEBOUNCE_MS);
+    } else if (backend.concerns(c)) {
+      this.requestPass({ repair: true }, DRIFT_DEBOUNCE_MS);
+    } else if (c.kind === "link" && c.link.index === this.local!.iface.index) {
+      // The underlay went down or up: routes via it vanished with it, or can come back now.
+      this.requestPass({}, DRIFT_DEBOUNCE_MS);
+    } else if (this.reconciler.affectedBy(c)) {
+      this.requestPass({}, DRIFT_DEBOUNCE_MS);
+    }
+  }
+
+  /** Coalesces requests: at most one pass runs, and one more follows if anything asked meanwhile. */
+  private requestPass(what: { repair?: boolean; firewall?: boolean }, delayMs = 0): void {
+    if (this.signal.aborted) return;
+    if (what.repair) this.repairPending = true;
+    if (what.firewall) this.firewallPending = true;
+    if (delayMs > 0) {
+      this.driftTimer ??= setTimeout(() => {
+        this.driftTimer = undefined;
+        this.requestPass({});
+      }, delayMs);
+      return;
+    }
     // Nothing is pruned until we have seen one complete snapshot.
-    if (!this.peers.synced || this.signal.aborted) return;
-    // Timer passes also check the device itself; event passes only diff peers.
-    if (fromTimer) this.repairPending = true;
+    if (!this.peers.synced) return;
     if (this.reconciling) {
       this.dirty = true;
       return;
@@ -271,55 +318,104 @@ export class Agent {
       try {
         if (this.repairPending) {
           this.repairPending = false;
-          await this.repairDevice();
+          await this.guard("device", async () => this.countRepairs(await this.backend!.repair()));
+        }
+        if (this.firewallPending) {
+          this.firewallPending = false;
+          await this.guard("firewall", async () => this.countRepairs(await this.firewall!.ensure()));
         }
         const peers = this.peers.list();
-        const r = await this.reconciler!.reconcile(peers);
-        for (const [subnet, reason] of r.rejected) {
-          if (this.rejected.get(subnet) !== reason) log.error({ peer: peers.find((p) => p.subnet === subnet)?.nodeName, subnet, reason }, "peer rejected; not programming it");
+        const r = await this.reconciler.reconcile(this.backend!.desired(peers));
+        for (const [subnet, rej] of r.rejected) {
+          if (this.rejected.get(subnet)?.detail !== rej.detail) log.error({ peer: peers.find((p) => p.subnet === subnet)?.nodeName, subnet, reason: rej.reason, detail: rej.detail }, "peer rejected; not programming it");
+        }
+        for (const [kind, n] of r.repaired) {
+          metrics.driftRepairs.inc({ kind }, n);
+          log.warn({ kind, count: n }, "kernel objects were changed or removed; put them back");
         }
         this.programmed = r.programmed;
+        this.failed = r.failed;
         this.rejected = r.rejected;
-        metrics.peers.set(r.programmed.size);
-        // Ready once every peer we can program is programmed; a rejected peer (wrong VNI, clashing subnet or MAC) does not hold us back.
-        const acceptable = peers.filter((p) => !r.rejected.has(p.subnet));
-        if (!this.isReady && r.errors === 0 && acceptable.every((p) => r.programmed.has(p.subnet))) {
-          this.isReady = true;
-          metrics.ready.set(1);
-          log.info({ peers: acceptable.length, rejected: r.rejected.size, ms: Math.round(r.durationMs) }, "ready");
-        }
+        this.passDone = true;
+        if (r.errors) this.problems.set("dataplane", `${r.failed.size} of ${peers.length - r.rejected.size} peers not programmed (${r.errors} failed operations): ${r.problems.join("; ")}`);
+        else this.problems.delete("dataplane");
+        this.updatePeerMetrics();
         failures = 0;
       } catch (err) {
         metrics.reconcileErrors.inc({ op: "pass" });
+        this.problems.set("dataplane", `reconcile pass failed: ${(err as Error).message}`);
         const delay = backoffDelay(failures++, 250, this.deps.config.resyncIntervalMs);
         log.warn({ err, retryInMs: delay }, "reconcile pass failed; will retry");
         this.repairPending = true;
         await sleep(delay, this.signal);
         this.dirty = true;
       }
+      this.updateReady();
     } while (this.dirty && !this.signal.aborted);
   }
 
-  /** Recreates the device (and its address) if someone deleted or broke it; peers are re-added by the pass. */
-  private async repairDevice(): Promise<void> {
-    if (!(this.backend instanceof VxlanBackend)) return;
-    const link = await this.deps.dataplane.getLink(this.backend.deviceName);
-    if (link && link.index === this.backend.deviceIndex && link.up) return;
-    this.deps.log.warn({ device: this.backend.deviceName }, "vxlan device missing or down; recreating");
-    await this.backend.init(this.local!);
-    await this.backend.configureSubnet(this.lease!);
+  /** Runs one repair step; a failure is a readiness problem, not a reason to skip the peers. */
+  private async guard(what: Problem, fn: () => Promise<void>): Promise<void> {
+    try {
+      await fn();
+      this.problems.delete(what);
+    } catch (err) {
+      const msg = (err as Error).message;
+      if (this.problems.get(what) !== msg) this.deps.log.error({ err: msg }, `${what} cannot be put in order; will retry`);
+      this.problems.set(what, msg);
+      if (what === "device") this.repairPending = true;
+      else this.firewallPending = true;
+    }
+  }
+
+  private countRepairs(kinds: readonly string[]): void {
+    for (const kind of kinds) this.deps.metrics.driftRepairs.inc({ kind });
+  }
+
+  private updatePeerMetrics(): void {
+    const m = this.deps.metrics;
+    m.peers.set(this.programmed.size);
+    m.peersFailed.set(this.failed.size);
+    m.peersRejected.reset();
+    for (const r of this.rejected.values()) m.peersRejected.inc({ reason: r.reason });
+  }
+
+  private notReadyReasons(): string[] {
+    if (!this.lease) return ["no lease yet"];
+    if (!this.peers.synced) return ["waiting for the lease server's peer snapshot"];
+    if (!this.passDone) return ["peers not programmed yet"];
+    return [...this.problems].map(([k, v]) => `${k}: ${v}`);
+  }
+
+  private updateReady(): void {
+    const reasons = this.notReadyReasons();
+    const ready = reasons.length === 0;
+    this.deps.metrics.ready.set(ready ? 1 : 0);
+    if (ready && !this.wasReady) this.deps.log.info({ peers: this.programmed.size, rejected: this.rejected.size }, "ready");
+    if (!ready && this.wasReady) this.deps.log.warn({ reasons }, "not ready");
+    this.wasReady = ready;
   }
 
   view(): AgentView {
     return {
-      ready: () => this.isReady,
+      status: () => {
+        const reasons = this.notReadyReasons();
+        return { ready: reasons.length === 0, reasons };
+      },
       lease: (): LeaseView | undefined => this.lease && {
         subnet: this.lease.subnet, publicIP: this.lease.publicIP, backendType: this.lease.attrs.type,
         expiresAt: new Date(this.lease.expiresAt || 0).toISOString(),
       },
       peers: (): PeerView[] => this.peers.list().map((p) => {
-        const reason = this.rejected.get(p.subnet);
-        return { nodeName: p.nodeName, subnet: p.subnet, publicIP: p.publicIP, programmed: !reason && this.programmed.has(p.subnet), ...(reason ? { reason } : {}) };
+        const rej = this.rejected.get(p.subnet);
+        const fail = this.failed.get(p.subnet);
+        const programmed = !rej && this.programmed.has(p.subnet);
+        const state = rej ? "rejected" : programmed ? "programmed" : fail ? "failed" : "pending";
+        const reason = rej?.detail ?? fail;
+        return {
+          nodeName: p.nodeName, subnet: p.subnet, publicIP: p.publicIP, programmed, state,
+          ...(programmed && this.backend ? { path: this.backend.pathTo(p) } : {}), ...(reason ? { reason } : {}),
+        };
       }),
     };
   }
@@ -328,6 +424,8 @@ export class Agent {
   async stop(): Promise<void> {
     this.ac.abort();
     if (this.timer) clearInterval(this.timer);
+    if (this.driftTimer) clearTimeout(this.driftTimer);
+    this.unwatch?.();
     this.renewKick?.();
     await Promise.race([this.reconciling, sleep(3000)]);
     this.deps.client.close();

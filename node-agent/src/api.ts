@@ -24,12 +24,22 @@ export interface PeerView {
   readonly subnet: string;
   readonly publicIP: string;
   readonly programmed: boolean;
-  /** Why the peer is not programmed on purpose (rejected), if so. */
+  /** programmed, pending (not yet tried), failed (kernel refused; retried) or rejected (on purpose; see reason). */
+  readonly state: "programmed" | "pending" | "failed" | "rejected";
+  /** For a programmed peer: "vxlan", "direct" (VXLAN DirectRouting) or "host-gw". */
+  readonly path?: string;
+  /** Why a peer is rejected or failed. */
   readonly reason?: string;
 }
 
+export interface AgentStatus {
+  readonly ready: boolean;
+  /** Why not, when not ready. */
+  readonly reasons: readonly string[];
+}
+
 export interface AgentView {
-  ready(): boolean;
+  status(): AgentStatus;
   lease(): LeaseView | undefined;
   peers(): PeerView[];
 }
@@ -64,7 +74,10 @@ const text = (statusCode: number, body: string): Reply => ({ statusCode, type: T
 
 // The response schemas of the fastify version: only these fields, in this order.
 const leaseJson = (l: LeaseView) => ({ subnet: l.subnet, publicIP: l.publicIP, backendType: l.backendType, expiresAt: l.expiresAt });
-const peerJson = (p: PeerView) => ({ nodeName: p.nodeName, subnet: p.subnet, publicIP: p.publicIP, programmed: p.programmed, ...(p.reason !== undefined ? { reason: p.reason } : {}) });
+const peerJson = (p: PeerView) => ({
+  nodeName: p.nodeName, subnet: p.subnet, publicIP: p.publicIP, programmed: p.programmed, state: p.state,
+  ...(p.path !== undefined ? { path: p.path } : {}), ...(p.reason !== undefined ? { reason: p.reason } : {}),
+});
 
 /** The path part of a request URL, as fastify's router splits it (at the first ? or # after the leading character). */
 function pathOf(url: string): string {
@@ -80,7 +93,10 @@ export function buildApi(deps: { view: AgentView; registry: Registry; log: Logge
 
   const routes: Record<string, () => Reply | Promise<Reply>> = {
     "/healthz": () => text(200, "ok"),
-    "/readyz": () => (deps.view.ready() ? text(200, "ready") : text(503, "not ready")),
+    "/readyz": () => {
+      const s = deps.view.status();
+      return s.ready ? text(200, "ready") : text(503, `not ready: ${s.reasons.join("; ")}`);
+    },
     "/v1/lease": () => {
       const l = deps.view.lease();
       return l ? json(200, leaseJson(l)) : json(503, { code: "LEASE_NOT_FOUND", message: "no lease yet" });

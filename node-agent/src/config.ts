@@ -22,7 +22,9 @@ export const FLAGS = {
   "state-dir": { type: "string", value: "DIR", default: "/var/lib/weft", help: "state kept across restarts (the VTEP MAC)" },
   "http-listen": { type: "string", value: "HOST:PORT", default: "127.0.0.1:9464", help: "REST API: /healthz, /readyz, /v1/lease, /v1/peers, /metrics" },
   "vxlan-device": { type: "string", value: "NAME", help: "VXLAN device name (default: weft.<VNI>)" },
-  "ip-masq": { type: "boolean", help: "value written as FLANNEL_IPMASQ (weft installs no masquerade rules itself yet)" },
+  "ip-masq": { type: "boolean", help: "masquerade pod traffic leaving the cluster network with the node's address (nftables table ip weft); writes FLANNEL_IPMASQ=true" },
+  "forward-rules": { type: "boolean", default: "true", help: "accept forwarding to and from the cluster network (nftables, and iptables FORWARD where iptables exists: Docker sets its policy to DROP); --forward-rules=false to leave forwarding alone" },
+  cleanup: { type: "boolean", help: "remove all of weft's kernel state from this node (weft devices, weft routes, firewall rules) and exit" },
   "resync-interval": { type: "string", value: "DURATION", default: "10s", help: "how often the kernel state is compared with the peers even without changes (1s to 1h)" },
   insecure: { type: "boolean", help: "talk to the lease server in plaintext (trusted networks and tests only)" },
   "tls-ca": { type: "string", value: "FILE", help: "CA (PEM) that signed the lease server's certificate" },
@@ -32,7 +34,14 @@ export const FLAGS = {
   help: { type: "boolean", help: "print this help" },
 } as const satisfies Record<string, FlagSpec>;
 
+/** --cleanup: nothing but the log level matters. */
+export interface CleanupConfig {
+  readonly cleanup: true;
+  readonly logLevel: string;
+}
+
 export interface AgentConfig {
+  readonly cleanup: false;
   readonly servers: readonly string[];
   readonly nodeName: string;
   readonly iface?: string;
@@ -42,6 +51,7 @@ export interface AgentConfig {
   readonly httpListen: { readonly host: string; readonly port: number };
   readonly vxlanDevice?: string;
   readonly ipMasq: boolean;
+  readonly forwardRules: boolean;
   readonly resyncIntervalMs: number;
   /** undefined = insecure. */
   readonly tls?: TlsFiles;
@@ -49,6 +59,7 @@ export interface AgentConfig {
 }
 
 const RESYNC_MIN_MS = 1000;
+const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
 const RESYNC_MAX_MS = 3_600_000;
 
 function readPem(flag: string, path: string): Buffer {
@@ -93,9 +104,13 @@ function validateTls(t: TlsFiles): void {
 }
 
 /** Returns undefined for --help; throws CONFIG_INVALID naming the flag and the fix. */
-export function loadAgentConfig(argv: readonly string[]): AgentConfig | undefined {
+export function loadAgentConfig(argv: readonly string[]): AgentConfig | CleanupConfig | undefined {
   const f = parseFlags(argv, FLAGS, BIN);
   if (f.help) return undefined;
+  if (!LOG_LEVELS.includes(f["log-level"])) {
+    throw usageError(`--log-level: ${JSON.stringify(f["log-level"])} is not a level; use trace, debug, info, warn or error`);
+  }
+  if (f.cleanup) return deepFreeze({ cleanup: true as const, logLevel: f["log-level"] });
 
   if (!f.server) throw usageError("--server is required: --server HOST:PORT of the lease server (comma-separate several)");
   const servers = f.server.split(",").map((s) => s.trim()).filter(Boolean);
@@ -120,9 +135,6 @@ export function loadAgentConfig(argv: readonly string[]): AgentConfig | undefine
   if (resync === undefined || resync < RESYNC_MIN_MS || resync > RESYNC_MAX_MS) {
     throw usageError(`--resync-interval: ${JSON.stringify(f["resync-interval"])} is not a duration from 1s to 1h; write it like 10s`);
   }
-  if (!["trace", "debug", "info", "warn", "error", "fatal", "silent"].includes(f["log-level"])) {
-    throw usageError(`--log-level: ${JSON.stringify(f["log-level"])} is not a level; use trace, debug, info, warn or error`);
-  }
   const [host, port] = parseHostPort(f["http-listen"], "http-listen");
 
   let tls: TlsFiles | undefined;
@@ -136,7 +148,7 @@ export function loadAgentConfig(argv: readonly string[]): AgentConfig | undefine
   }
 
   return deepFreeze({
-    servers, nodeName, iface: f.iface, publicIP: f["public-ip"], subnetFile: f["subnet-file"], stateDir: f["state-dir"],
-    httpListen: { host, port }, vxlanDevice: f["vxlan-device"], ipMasq: f["ip-masq"], resyncIntervalMs: resync, tls, logLevel: f["log-level"],
+    cleanup: false as const, servers, nodeName, iface: f.iface, publicIP: f["public-ip"], subnetFile: f["subnet-file"], stateDir: f["state-dir"],
+    httpListen: { host, port }, vxlanDevice: f["vxlan-device"], ipMasq: f["ip-masq"], forwardRules: f["forward-rules"], resyncIntervalMs: resync, tls, logLevel: f["log-level"],
   });
 }

@@ -1,6 +1,6 @@
 // Picks the external (underlay) interface as flanneld does: --iface by name or
 // IP; else the interface holding --public-ip; else the default route's.
-import { isIpv4 } from "../../lib/src/cidr.js";
+import { isIpv4, maskOf, parseIpv4 } from "../../lib/src/cidr.js";
 import { WeftError } from "../../lib/src/errors.js";
 import type { ExternalInterface } from "./backends/backend.js";
 import type { Dataplane } from "./dataplane/dataplane.js";
@@ -8,7 +8,6 @@ import type { Dataplane } from "./dataplane/dataplane.js";
 export async function selectInterface(dp: Dataplane, want: { iface?: string; publicIP?: string }): Promise<ExternalInterface> {
   const links = await dp.listLinks();
   const addrs = await dp.listAddresses();
-  const firstIp = (index: number) => addrs.find((a) => a.index === index)?.ip;
   let index: number | undefined;
   let ip: string | undefined;
 
@@ -35,8 +34,10 @@ export async function selectInterface(dp: Dataplane, want: { iface?: string; pub
 
   const link = links.find((x) => x.index === index);
   if (!link) throw new WeftError("CONFIG_INVALID", `interface index ${index} vanished`);
-  ip ??= firstIp(index);
-  if (!ip) throw new WeftError("CONFIG_INVALID", `interface ${link.name} has no IPv4 address; give it one or pick another with --iface`);
+  ip ??= addrs.find((a) => a.index === index)?.ip;
+  const addr = addrs.find((a) => a.index === index && a.ip === ip);
+  if (!ip || !addr) throw new WeftError("CONFIG_INVALID", `interface ${link.name} has no IPv4 address; give it one or pick another with --iface`);
   if (!link.mtu) throw new WeftError("CONFIG_INVALID", `interface ${link.name} reports MTU 0`);
-  return { index, name: link.name, mtu: link.mtu, ip, publicIP: want.publicIP ?? ip };
+  const n = parseIpv4(ip)!;
+  return { index, name: link.name, mtu: link.mtu, ip, net: { ip: (n & maskOf(addr.prefix)) >>> 0, prefix: addr.prefix }, publicIP: want.publicIP ?? ip };
 }

@@ -4,8 +4,10 @@ import { errorMessage, isWeftError } from "../../lib/src/errors.js";
 import { createLogger } from "../../lib/src/logger.js";
 import { Agent } from "./agent.js";
 import { buildApi } from "./api.js";
+import { cleanupNode } from "./cleanup.js";
 import { BIN, FLAGS, loadAgentConfig } from "./config.js";
 import { NetlinkDataplane } from "./dataplane/netlink-dataplane.js";
+import { Firewall } from "./firewall/firewall.js";
 import { LeaseClient } from "./lease-client.js";
 import { createAgentMetrics } from "./metrics.js";
 
@@ -21,13 +23,29 @@ export async function main(argv: string[]): Promise<void> {
     throw err;
   }
   if (!cfg) {
-    process.stdout.write(formatHelp(BIN, "Leases this node's subnet from the weft lease server and programs the VXLAN overlay to every other node.", FLAGS));
+    process.stdout.write(formatHelp(BIN, "Leases this node's subnet from the weft lease server and programs the overlay (VXLAN or host-gw routes) to every other node.", FLAGS));
+    return;
+  }
+  if (cfg.cleanup) {
+    const log = createLogger("agent", cfg.logLevel);
+    const dp = new NetlinkDataplane();
+    try {
+      await cleanupNode(dp, log, (l) => Firewall.removeAll(l));
+    } catch (err) {
+      process.stderr.write(`${BIN} --cleanup: ${errorMessage(err)}\n`);
+      process.exit(1);
+    } finally {
+      dp.close();
+    }
     return;
   }
   const log = createLogger("agent", cfg.logLevel).child({ nodeId: cfg.nodeName });
   if (!cfg.tls) log.warn("lease server connection is plaintext (--insecure)");
   const metrics = createAgentMetrics();
-  const dataplane = new NetlinkDataplane({ onSocketError: (err) => log.error({ err }, "netlink socket failed; reopening, next pass resyncs") });
+  const dataplane = new NetlinkDataplane({
+    onSocketError: (err) => log.error({ err }, "netlink socket failed; reopening, next pass resyncs"),
+    onMonitorError: (err) => log.warn({ err: err.message }, "kernel notification socket overflowed; reopening and checking everything"),
+  });
   let client: LeaseClient;
   try {
     client = new LeaseClient({ servers: cfg.servers, tls: cfg.tls, onConnectivity: (up) => metrics.serverConnected.set(up ? 1 : 0) });
@@ -36,7 +54,8 @@ export async function main(argv: string[]): Promise<void> {
     process.stderr.write(`${BIN}: ${errorMessage(err)}; check --tls-ca/--tls-cert/--tls-key\n`);
     process.exit(2);
   }
-  const agent = new Agent({ config: cfg, dataplane, client, log, metrics });
+  const firewallLog = log.child({ component: "firewall" });
+  const agent = new Agent({ config: cfg, dataplane, client, log, metrics, firewall: (o) => new Firewall(o, firewallLog) });
   const api = buildApi({ view: agent.view(), registry: metrics.registry, log });
 
   let stopping = false;

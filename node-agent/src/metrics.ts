@@ -19,7 +19,10 @@ export function createAgentMetrics() {
     serverConnected: new Gauge({ name: "weft_agent_server_connected", help: "1 when the last exchange with the lease server succeeded, else 0", registers }),
     watchRevision: new Gauge({ name: "weft_agent_watch_revision", help: "Last lease-feed revision applied", registers }),
     leaseRenewals: new Counter({ name: "weft_agent_lease_renewals_total", help: "Lease renew attempts by result", labelNames: ["result"] as const, registers }),
-    ready: new Gauge({ name: "weft_agent_ready", help: "1 once subnet.env is written and all peers are programmed", registers }),
+    ready: new Gauge({ name: "weft_agent_ready", help: "1 while subnet.env is written and every acceptable peer is programmed; 0 while the data plane cannot be programmed", registers }),
+    peersRejected: new Gauge({ name: "weft_agent_peers_rejected", help: "Remote peers the backend refuses to program, by reason (not_on_segment: host-gw peer on another L2 segment)", labelNames: ["reason"] as const, registers }),
+    peersFailed: new Gauge({ name: "weft_agent_peers_failed", help: "Remote peers whose kernel objects failed to program in the last pass", registers }),
+    driftRepairs: new Counter({ name: "weft_agent_drift_repairs_total", help: "Kernel objects put back after something else changed or removed them, by kind", labelNames: ["kind"] as const, registers }),
   };
 }
 

@@ -1,26 +1,38 @@
-// Makes the kernel match the backend's desired state. Each pass lists what the
-// kernel has (routes with our protocol number; neighbours and FDB entries on
-// our own devices only), adds what is missing, replaces what differs and
-// deletes what is ours but no longer wanted. A failed operation is counted and
-// simply retried by the next pass (on the next peer event or the timer), so
-// passes are idempotent and need no rollback.
+// Makes the kernel match a backend's desired state, for any backend. The
+// desired state is a list of stages, each a set of kernel tables (routes, ARP
+// entries, FDB entries, later WireGuard peers) with the entries wanted in
+// them. Each pass lists what the kernel has in every table (ours only), puts
+// what is missing or differs, stage by stage, and then removes what is ours
+// but no longer wanted, in reverse stage order. A failed operation is counted
+// against its peer and simply retried by the next pass (on the next event,
+// notification or timer), so passes are idempotent and need no rollback.
 //
-// Ordering per peer follows Flannel: ARP and FDB first, the route last, so the
-// route never points at a gateway the kernel would have to resolve; on removal
-// the route goes first.
-import type { Lease } from "../../lib/src/lease.js";
+// Stages carry Flannel's ordering: for VXLAN the ARP and FDB entries come
+// before the route, so the kernel never has to resolve a gateway it cannot;
+// a peer whose earlier stage failed gets no later entries this pass. Removal
+// runs backwards, so a departing peer loses its route before its ARP entry.
+//
+// The reconciler also remembers what it last wanted, so a kernel notification
+// can be judged cheaply: only a change that undoes something wanted (a
+// deleted route, a replaced ARP entry) is drift worth a pass.
 import type { Logger } from "../../lib/src/logger.js";
-import type { Backend, DesiredEntry } from "./backends/backend.js";
-import type { Dataplane, FdbEntry, Neighbour, Route } from "./dataplane/dataplane.js";
+import type { DesiredState, Rejection } from "./backends/backend.js";
+import type { KernelChange, KernelTable, ObjectKind } from "./dataplane/dataplane.js";
 
 export interface ReconcileResult {
-  /** Subnets of peers whose objects are all in the kernel after this pass. */
+  /** Peers (by subnet) whose objects are all in the kernel after this pass. */
   readonly programmed: ReadonlySet<string>;
-  /** Peers the backend refused to program (by subnet), with the reason: not failures, and never retried as such. */
-  readonly rejected: ReadonlyMap<string, string>;
+  /** Peers whose objects could not all be programmed this pass, with the first error. */
+  readonly failed: ReadonlyMap<string, string>;
+  /** Peers the backend refused to program: not failures, and never retried as such. */
+  readonly rejected: ReadonlyMap<string, Rejection>;
   readonly added: number;
   readonly deleted: number;
+  /** Objects put back although nothing about them changed since the last pass: drift, by kind. */
+  readonly repaired: ReadonlyMap<ObjectKind, number>;
   readonly errors: number;
+  /** The first few failed operations, for /readyz. */
+  readonly problems: readonly string[];
   readonly durationMs: number;
 }
 
@@ -31,6 +43,7 @@ export interface ReconcilerHooks {
 
 /** Operations in flight per pass: matches the dataplane's bound, so no unbounded queue of closures builds up. */
 const WINDOW = 64;
+const MAX_PROBLEMS = 3;
 
 async function forEachBounded<T>(items: readonly T[], fn: (item: T) => Promise<unknown>): Promise<void> {
   let next = 0;
@@ -40,82 +53,108 @@ async function forEachBounded<T>(items: readonly T[], fn: (item: T) => Promise<u
   await Promise.all(Array.from({ length: Math.min(WINDOW, items.length) }, worker));
 }
 
-const routeKey = (r: Route) => `${r.dst}|${r.gateway}|${r.oif}|${r.onlink}`;
-const neighKey = (n: Neighbour) => `${n.index}|${n.ip}|${n.mac}`;
-const fdbKey = (f: FdbEntry) => `${f.index}|${f.mac}|${f.dst}`;
+const errText = (err: unknown): string => (err instanceof Error ? err.message : String(err));
+
+type AnyTable = KernelTable<unknown>;
 
 export class Reconciler {
-  constructor(
-    private readonly dataplane: Dataplane,
-    private readonly backend: Backend,
-    private readonly log: Logger,
-    private readonly hooks: ReconcilerHooks = {},
-  ) {}
+  /** What the last pass wanted, per kind: id -> key. */
+  private wanted = new Map<ObjectKind, Map<string, string>>();
+  private identify = new Map<ObjectKind, AnyTable>();
+  private lastFailed: ReadonlySet<string> = new Set();
 
-  async reconcile(peers: readonly Lease[]): Promise<ReconcileResult> {
+  constructor(private readonly log: Logger, private readonly hooks: ReconcilerHooks = {}) {}
+
+  async reconcile(want: DesiredState): Promise<ReconcileResult> {
     const t0 = performance.now();
-    const dp = this.dataplane;
-    const want = this.backend.desired(peers);
-    const failed = new Set<string>();
+    const stages = want.stages as ReadonlyArray<ReadonlyArray<{ table: AnyTable; entries: ReadonlyArray<{ peer: string; value: unknown }> }>>;
+    const failed = new Map<string, string>();
+    const problems: string[] = [];
+    const repaired = new Map<ObjectKind, number>();
     let added = 0;
     let deleted = 0;
     let errors = 0;
 
-    const attempt = async (op: string, peer: string | undefined, fn: () => Promise<void>): Promise<boolean> => {
+    const attempt = async (op: string, peer: string | undefined, fn: () => Promise<void>): Promise<void> => {
       try {
         await fn();
-        return true;
       } catch (err) {
         errors++;
-        if (peer) failed.add(peer);
+        const text = errText(err);
+        if (peer && !failed.has(peer)) failed.set(peer, text);
+        if (problems.length < MAX_PROBLEMS) problems.push(text);
         this.hooks.onError?.(op, err);
-        this.log.warn({ err, op, peer }, "dataplane operation failed; will retry");
-        return false;
+        this.log.warn({ err: text, op, peer }, "dataplane operation failed; will retry");
       }
     };
 
-    const [routes, neighLists, fdbLists] = await Promise.all([
-      dp.listRoutes(),
-      Promise.all(want.ownedLinks.map((i) => dp.listNeighbours(i))),
-      Promise.all(want.ownedLinks.map((i) => dp.listFdb(i))),
-    ]);
-    const haveRoutes = new Set(routes.map(routeKey));
-    const haveNeigh = new Set(neighLists.flat().map(neighKey));
-    const haveFdb = new Set(fdbLists.flat().map(fdbKey));
+    const all = stages.flat();
+    const have = await Promise.all(all.map((s) => s.table.list()));
+    const haveById = all.map((s, i) => new Map(have[i]!.map((o) => [s.table.id(o), o])));
+    const previous = this.wanted;
+    const nextWanted = new Map<ObjectKind, Map<string, string>>();
+    for (const s of all) {
+      this.identify.set(s.table.kind, s.table);
+      const m = nextWanted.get(s.table.kind) ?? new Map<string, string>();
+      for (const e of s.entries) m.set(s.table.id(e.value), s.table.key(e.value));
+      nextWanted.set(s.table.kind, m);
+    }
 
-    // 1. Routes that are ours but not wanted (a replaced route keeps its dst, so it is not stale).
-    const wantRouteDsts = new Set(want.routes.map((e) => e.value.dst));
-    await forEachBounded(routes.filter((r) => !wantRouteDsts.has(r.dst)), (r) =>
-      attempt("route_delete", undefined, async () => { await dp.deleteRoute(r); deleted++; }));
+    // 1. Puts, stage by stage; a peer that failed an earlier stage waits for the next pass.
+    let at = 0;
+    for (const stage of stages) {
+      const puts: Array<() => Promise<void>> = [];
+      for (const s of stage) {
+        const { table } = s;
+        const current = haveById[at++]!;
+        const before = previous.get(table.kind);
+        for (const e of s.entries) {
+          if (failed.has(e.peer)) continue;
+          const id = table.id(e.value);
+          const key = table.key(e.value);
+          const cur = current.get(id);
+          if (cur !== undefined && table.key(cur) === key) continue;
+          const drift = before?.get(id) === key && !this.lastFailed.has(e.peer);
+          puts.push(() => attempt(`${table.kind}_put`, e.peer, async () => {
+            await table.put(e.value);
+            added++;
+            if (drift) repaired.set(table.kind, (repaired.get(table.kind) ?? 0) + 1);
+          }));
+        }
+      }
+      await forEachBounded(puts, (f) => f());
+    }
 
-    // 2. ARP and FDB: add missing or changed, then drop unwanted ones on our devices.
-    const missing = <T>(list: readonly DesiredEntry<T>[], have: Set<string>, key: (v: T) => string) => list.filter((e) => !have.has(key(e.value)));
-    const l2Adds: Array<() => Promise<boolean>> = [
-      ...missing(want.neighbours, haveNeigh, neighKey).map((e) => () =>
-        attempt("neigh_replace", e.peer, async () => { await dp.replaceNeighbour(e.value); added++; })),
-      ...missing(want.fdb, haveFdb, fdbKey).map((e) => () =>
-        attempt("fdb_replace", e.peer, async () => { await dp.replaceFdb(e.value); added++; })),
-    ];
-    await forEachBounded(l2Adds, (f) => f());
-    const wantNeighIps = new Set(want.neighbours.map((e) => `${e.value.index}|${e.value.ip}`));
-    const wantFdb = new Set(want.fdb.map((e) => fdbKey(e.value)));
-    const l2Deletes: Array<() => Promise<boolean>> = [
-      ...neighLists.flat().filter((n) => !wantNeighIps.has(`${n.index}|${n.ip}`)).map((n) => () =>
-        attempt("neigh_delete", undefined, async () => { await dp.deleteNeighbour(n); deleted++; })),
-      ...fdbLists.flat().filter((f) => !wantFdb.has(fdbKey(f))).map((f) => () =>
-        attempt("fdb_delete", undefined, async () => { await dp.deleteFdb(f); deleted++; })),
-    ];
-    await forEachBounded(l2Deletes, (f) => f());
-
-    // 3. Routes last, only for peers whose ARP and FDB entries are in place.
-    await forEachBounded(missing(want.routes, haveRoutes, routeKey).filter((e) => !failed.has(e.peer)), (e) =>
-      attempt("route_replace", e.peer, async () => { await dp.replaceRoute(e.value); added++; }));
+    // 2. Removals of ours-but-unwanted, last stage first.
+    for (let si = stages.length - 1, end = all.length; si >= 0; si--) {
+      const stage = stages[si]!;
+      end -= stage.length;
+      const removes: Array<() => Promise<void>> = [];
+      stage.forEach((s, j) => {
+        const wantedIds = nextWanted.get(s.table.kind)!;
+        for (const [id, o] of haveById[end + j]!) {
+          if (!wantedIds.has(id)) removes.push(() => attempt(`${s.table.kind}_remove`, undefined, async () => { await s.table.remove(o); deleted++; }));
+        }
+      });
+      await forEachBounded(removes, (f) => f());
+    }
 
     const programmed = new Set<string>();
-    for (const e of want.routes) if (!failed.has(e.peer)) programmed.add(e.peer);
-    const result: ReconcileResult = { programmed, rejected: want.rejected, added, deleted, errors, durationMs: performance.now() - t0 };
+    for (const s of all) for (const e of s.entries) if (!failed.has(e.peer)) programmed.add(e.peer);
+    this.wanted = nextWanted;
+    this.lastFailed = new Set(failed.keys());
+    const result: ReconcileResult = { programmed, failed, rejected: want.rejected, added, deleted, repaired, errors, problems, durationMs: performance.now() - t0 };
     this.hooks.onPass?.(result);
     if (added || deleted || errors) this.log.info({ added, deleted, errors, peers: programmed.size, ms: Math.round(result.durationMs) }, "reconciled");
     return result;
+  }
+
+  /** Whether a kernel change undoes something the last pass wanted (so a pass should put it back). */
+  affectedBy(c: KernelChange): boolean {
+    if (c.kind !== "route" && c.kind !== "neighbour" && c.kind !== "fdb") return false;
+    const table = this.identify.get(c.kind);
+    const want = table && this.wanted.get(c.kind)?.get(table.id(c.value));
+    if (want === undefined) return false;
+    return c.deleted || !c.ours || table!.key(c.value) !== want;
   }
 }

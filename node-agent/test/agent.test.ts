@@ -8,8 +8,9 @@ import { describe, expect, it } from "vitest";
 import { WeftError } from "../../lib/src/errors.js";
 import type { Lease } from "../../lib/src/lease.js";
 import { Agent } from "../src/agent.js";
-import { loadAgentConfig } from "../src/config.js";
-import { FakeDataplane } from "../src/dataplane/fake-dataplane.js";
+import { loadAgentConfig, type AgentConfig } from "../src/config.js";
+import type { FirewallOptions, RuleSet } from "../src/firewall/firewall.js";
+import { FakeDataplane } from "./helpers/fake-dataplane.js";
 import type { AcquireRequest, LeaseApi, WatchMessage } from "../src/lease-client.js";
 import { createAgentMetrics } from "../src/metrics.js";
 import { network, peer, silentLog } from "./helpers/fixtures.js";
@@ -69,15 +70,36 @@ class ScriptedApi implements LeaseApi {
   close() {}
 }
 
-function setup(api: ScriptedApi, dp = new FakeDataplane(), dir = mkdtempSync(join(tmpdir(), "weft-agent-"))) {
-  dp.links.set("eth0", { index: 2, name: "eth0", mac: "0e:00:00:00:aa:01", mtu: 1500, up: true, kind: undefined });
-  dp.addresses.push({ index: 2, ip: "198.18.0.1", prefix: 24 });
-  const config = loadAgentConfig(["--server", "198.18.0.254:7600", "--node-name", "node-1", "--iface", "eth0", "--insecure",
-    "--subnet-file", join(dir, "run", "subnet.env"), "--state-dir", join(dir, "state"), "--resync-interval", "1s"])!;
-  const metrics = createAgentMetrics();
-  const agent = new Agent({ config, dataplane: dp, client: api, log: silentLog, metrics });
-  return { agent, dp, dir, config, metrics };
+/** Records what the agent asks of the host firewall (unit tests run in the root namespace: no real nft). */
+class FakeFirewall implements RuleSet {
+  opts: FirewallOptions | undefined;
+  ensures = 0;
+  checkError: Error | undefined;
+  ensureError: Error | undefined;
+  repaired: string[] = [];
+  async check() { if (this.checkError) throw this.checkError; }
+  async ensure() {
+    this.ensures++;
+    if (this.ensureError) throw this.ensureError;
+    return this.repaired.splice(0);
+  }
 }
+
+function setup(api: ScriptedApi, dp = new FakeDataplane(), dir = mkdtempSync(join(tmpdir(), "weft-agent-")), extra: string[] = []) {
+  if (!dp.links.has("eth0")) {
+    dp.links.set("eth0", { index: 2, name: "eth0", mac: "0e:00:00:00:aa:01", mtu: 1500, up: true, kind: undefined });
+    dp.addresses.push({ index: 2, ip: "198.18.0.1", prefix: 24 });
+  }
+  const config = loadAgentConfig(["--server", "198.18.0.254:7600", "--node-name", "node-1", "--iface", "eth0", "--insecure",
+    "--subnet-file", join(dir, "run", "subnet.env"), "--state-dir", join(dir, "state"), "--resync-interval", "1s", ...extra]) as AgentConfig;
+  const metrics = createAgentMetrics();
+  const fw = new FakeFirewall();
+  const agent = new Agent({ config, dataplane: dp, client: api, log: silentLog, metrics, firewall: (o) => { fw.opts = o; return fw; } });
+  return { agent, dp, dir, config, metrics, fw };
+}
+
+const metricValue = async (m: ReturnType<typeof createAgentMetrics>, name: string, labels: Record<string, string> = {}) =>
+  (await m.registry.getSingleMetric(name)!.get()).values.find((v) => Object.entries(labels).every(([k, x]) => v.labels[k] === x))?.value;
 
 async function until(what: string, fn: () => boolean, ms = 3000): Promise<void> {
   const end = Date.now() + ms;
@@ -88,7 +110,7 @@ async function until(what: string, fn: () => boolean, ms = 3000): Promise<void> 
 }
 
 const broken = () => new WeftError("SERVER_UNAVAILABLE", "stream broke");
-const routeDsts = (dp: FakeDataplane) => [...dp.routes.keys()].sort();
+const routeDsts = (dp: FakeDataplane) => [...dp.routeMap.keys()].sort();
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -98,14 +120,14 @@ describe("Agent", () => {
     const { agent, dp, config } = setup(api);
     await agent.start();
     expect(readFileSync(config.subnetFile, "utf8")).toContain("FLANNEL_SUBNET=10.244.1.1/24");
-    expect(dp.calls.indexOf("ensureVxlan weft.1")).toBeLessThan(dp.calls.indexOf("addAddress 10.244.1.0"));
+    expect(dp.calls.indexOf("createLink weft.1")).toBeLessThan(dp.calls.indexOf("addAddress 10.244.1.0"));
     expect(api.acquires[0]).toMatchObject({ nodeName: "node-1", publicIP: "198.18.0.1", attrs: { type: "vxlan", vni: 1 } });
     await sleep(100);
-    expect(agent.view().ready()).toBe(true);
+    expect(agent.view().status()).toEqual({ ready: true, reasons: [] });
     expect(agent.view().peers().map((p) => p.programmed)).toEqual([true, true]);
-    expect(dp.routes.size).toBe(2);
+    expect(dp.routeMap.size).toBe(2);
     await agent.stop();
-    expect(dp.routes.size).toBe(2);
+    expect(dp.routeMap.size).toBe(2);
     expect(dp.links.has("weft.1")).toBe(true);
   });
 
@@ -117,7 +139,7 @@ describe("Agent", () => {
     // A fresh dataplane: no device to adopt the MAC from, only the state dir.
     const rebooted = setup(api, new FakeDataplane(), first.dir);
     await rebooted.agent.start();
-    expect(rebooted.dp.calls).toContain("ensureVxlan weft.1");
+    expect(rebooted.dp.calls).toContain("createLink weft.1");
     expect(api.acquires[1]!.previousSubnet).toBe("10.244.1.0/24");
     expect(api.acquires[1]!.attrs).toEqual(api.acquires[0]!.attrs);
     expect(rebooted.dp.links.get("weft.1")!.mac).toBe((api.acquires[0]!.attrs as { vtepMac: string }).vtepMac);
@@ -129,13 +151,14 @@ describe("Agent", () => {
     api.feeds.push(new Feed().push({ kind: "snapshot", leases: [peer(2), peer(3, { attrs: { type: "vxlan", vni: 9, vtepMac: "0e:00:00:00:00:03" } })], resync: false }, { kind: "complete", revision: 3 }));
     const { agent, dp, metrics } = setup(api);
     await agent.start();
-    await until("ready", () => agent.view().ready());
+    await until("ready", () => agent.view().status().ready);
     expect(agent.view().peers()).toEqual([
-      { nodeName: "node-2", subnet: "10.244.2.0/24", publicIP: "198.18.0.2", programmed: true },
-      { nodeName: "node-3", subnet: "10.244.3.0/24", publicIP: "198.18.0.3", programmed: false, reason: "VNI 9, want 1" },
+      { nodeName: "node-2", subnet: "10.244.2.0/24", publicIP: "198.18.0.2", programmed: true, state: "programmed", path: "vxlan" },
+      { nodeName: "node-3", subnet: "10.244.3.0/24", publicIP: "198.18.0.3", programmed: false, state: "rejected", reason: "VNI 9, want 1" },
     ]);
     expect(routeDsts(dp)).toEqual(["10.244.2.0/24"]);
-    expect((await metrics.registry.getSingleMetric("weft_agent_ready")!.get()).values[0]!.value).toBe(1);
+    expect(await metricValue(metrics, "weft_agent_ready")).toBe(1);
+    expect(await metricValue(metrics, "weft_agent_peers_rejected", { reason: "invalid" })).toBe(1);
     await agent.stop();
   });
 
@@ -159,7 +182,7 @@ describe("Agent", () => {
     const t0 = Date.now();
     await agent.start();
     await sleep(100);
-    const routes = [...dp.routes.values()];
+    const routes = [...dp.routeMap.values()];
     await sleep(1400);
     await agent.stop();
     expect(api.renews[0]! - t0).toBeGreaterThanOrEqual(TTL / 2 - 60);
@@ -169,11 +192,11 @@ describe("Agent", () => {
     expect(api.acquires.length).toBe(2);
     expect(api.acquires[1]!.previousSubnet).toBe("10.244.1.0/24");
     expect(api.renews.length).toBeGreaterThanOrEqual(4);
-    expect([...dp.routes.values()]).toEqual(routes);
-    expect(dp.calls.filter((c) => c.startsWith("delete"))).toEqual([]);
+    expect([...dp.routeMap.values()]).toEqual(routes);
+    expect(dp.calls.filter((c) => c.startsWith("delete") || c.startsWith("remove"))).toEqual([]);
     // The re-acquire publishes the start-up attributes; the device is not set up a second time.
     expect(api.acquires[1]!.attrs).toEqual(api.acquires[0]!.attrs);
-    expect(dp.calls.filter((c) => c.startsWith("ensureVxlan"))).toEqual(["ensureVxlan weft.1"]);
+    expect(dp.calls.filter((c) => c.startsWith("createLink"))).toEqual(["createLink weft.1"]);
   });
 });
 
@@ -181,7 +204,7 @@ describe("Agent watch loop", () => {
   async function started(api = new ScriptedApi(), peers = 2) {
     const s = setup(api);
     await s.agent.start();
-    await until("initial peers programmed", () => s.dp.routes.size === peers);
+    await until("initial peers programmed", () => s.dp.routeMap.size === peers);
     return { ...s, api };
   }
 
@@ -190,7 +213,7 @@ describe("Agent watch loop", () => {
     api.feeds.push(initialFeed(), new Feed());
     const { agent, dp } = await started(api);
     api.feed!.push({ kind: "events", events: [{ type: "added", lease: peer(4), revision: 5 }], revision: 5 });
-    await until("peer 4 programmed", () => dp.routes.size === 3);
+    await until("peer 4 programmed", () => dp.routeMap.size === 3);
     api.feed!.push(broken());
     await until("second watch", () => api.froms.length === 2);
     expect(api.froms).toEqual([0, 5]);
@@ -221,7 +244,7 @@ describe("Agent watch loop", () => {
     expect(routeDsts(dp)).toEqual(["10.244.2.0/24", "10.244.3.0/24"]);
     expect(agent.view().peers().length).toBe(2);
     resync.push({ kind: "complete", revision: 7 });
-    await until("peer 3 pruned", () => dp.routes.size === 1);
+    await until("peer 3 pruned", () => dp.routeMap.size === 1);
     expect(routeDsts(dp)).toEqual(["10.244.2.0/24"]);
     await agent.stop();
   });
@@ -241,7 +264,7 @@ describe("Agent watch loop", () => {
     expect(routeDsts(dp)).toEqual(["10.244.2.0/24", "10.244.3.0/24"]);
     expect(agent.view().peers().map((p) => p.subnet)).toEqual(["10.244.2.0/24", "10.244.3.0/24"]);
     third.push({ kind: "snapshot", leases: [peer(3)], resync: true }, { kind: "complete", revision: 10 });
-    await until("snapshot applied", () => dp.routes.size === 1);
+    await until("snapshot applied", () => dp.routeMap.size === 1);
     expect(routeDsts(dp)).toEqual(["10.244.3.0/24"]);
     await agent.stop();
   });
@@ -250,9 +273,9 @@ describe("Agent watch loop", () => {
     const { agent, dp, api } = await started();
     api.feed!.push({ kind: "events", events: [{ type: "removed", lease: peer(2), revision: 3 }], revision: 3 });
     await sleep(150);
-    expect(dp.routes.size).toBe(2);
+    expect(dp.routeMap.size).toBe(2);
     api.feed!.push({ kind: "events", events: [{ type: "removed", lease: peer(2), revision: 4 }], revision: 4 });
-    await until("peer 2 removed", () => dp.routes.size === 1);
+    await until("peer 2 removed", () => dp.routeMap.size === 1);
     expect(routeDsts(dp)).toEqual(["10.244.3.0/24"]);
     await agent.stop();
   });
@@ -277,5 +300,96 @@ describe("Agent watch loop", () => {
     await until("second watch", () => api.froms.length === 2);
     expect(api.froms).toEqual([0, 0]);
     await agent.stop();
+  });
+});
+
+describe("Agent data plane health", () => {
+  async function started(extra: string[] = [], dp = new FakeDataplane()) {
+    const api = new ScriptedApi();
+    const s = setup(api, dp, undefined, extra);
+    await s.agent.start();
+    await until("ready", () => s.agent.view().status().ready);
+    return { ...s, api };
+  }
+
+  it("puts back what a kernel notification says was removed, without waiting for the timer", async () => {
+    const { agent, dp, metrics } = await started(["--resync-interval", "1h"]);
+    const route = dp.routeMap.get("10.244.2.0/24")!;
+    dp.routeMap.delete(route.dst);
+    const t0 = Date.now();
+    dp.emit({ kind: "route", deleted: true, value: route, ours: true });
+    await until("route back", () => dp.routeMap.has(route.dst), 1000);
+    expect(Date.now() - t0).toBeLessThan(500);
+    expect(await metricValue(metrics, "weft_agent_drift_repairs_total", { kind: "route" })).toBe(1);
+    // Our own changes echo back as notifications; they start no pass.
+    dp.calls.length = 0;
+    dp.emit({ kind: "route", deleted: false, value: route, ours: true });
+    await sleep(100);
+    expect(dp.calls).toEqual([]);
+    await agent.stop();
+  });
+
+  it("repairs its device on a notification and after lost notifications", async () => {
+    const { agent, dp, metrics } = await started(["--resync-interval", "1h"]);
+    const dev = dp.links.get("weft.1")!;
+    await dp.deleteLink(dev.index);
+    dp.emit({ kind: "link", deleted: true, link: dev });
+    await until("device and routes back", () => dp.links.has("weft.1") && dp.routeMap.size === 2, 1000);
+    expect(dp.links.get("weft.1")!.mac).toBe(dev.mac);
+    expect(await metricValue(metrics, "weft_agent_drift_repairs_total", { kind: "device" })).toBe(1);
+    dp.addresses.splice(dp.addresses.findIndex((a) => a.ip === "10.244.1.0"), 1);
+    dp.emit({ kind: "lost" });
+    await until("address back", () => dp.addresses.some((a) => a.ip === "10.244.1.0"), 1000);
+    await agent.stop();
+  });
+
+  it("turns not ready, saying why, while the data plane cannot be programmed, and ready again after", async () => {
+    const { agent, dp, metrics } = await started();
+    dp.failing.add("putRoute");
+    dp.routeMap.clear();
+    dp.emit({ kind: "route", deleted: true, value: { dst: "10.244.2.0/24", gateway: "10.244.2.0", oif: dp.links.get("weft.1")!.index, onlink: true }, ours: true });
+    await until("not ready", () => !agent.view().status().ready, 1000);
+    expect(agent.view().status().reasons).toEqual([expect.stringMatching(/^dataplane: 2 of 2 peers not programmed \(2 failed operations\): putRoute .*injected failure/)]);
+    expect(agent.view().peers().map((p) => p.state)).toEqual(["failed", "failed"]);
+    expect(agent.view().peers()[0]!.reason).toMatch(/injected failure/);
+    expect(await metricValue(metrics, "weft_agent_ready")).toBe(0);
+    expect(await metricValue(metrics, "weft_agent_peers_failed")).toBe(2);
+    dp.failing.clear();
+    await until("ready again (timer pass)", () => agent.view().status().ready, 3000);
+    expect(await metricValue(metrics, "weft_agent_peers_failed")).toBe(0);
+    await agent.stop();
+  });
+
+  it("removes weft devices of another backend at start-up, and leaves foreign ones", async () => {
+    const dp = new FakeDataplane();
+    dp.links.set("weft.9", { index: 40, name: "weft.9", mac: "0e:00:00:00:09:09", mtu: 1450, up: true, kind: "vxlan", alias: "weft:vxlan" });
+    dp.links.set("flannel.1", { index: 41, name: "flannel.1", mac: "0e:00:00:00:09:0a", mtu: 1450, up: true, kind: "vxlan" });
+    const { agent } = await started([], dp);
+    expect([...dp.links.keys()].sort()).toEqual(["eth0", "flannel.1", "weft.1"]);
+    await agent.stop();
+  });
+
+  it("installs the firewall rules before writing FLANNEL_IPMASQ=true, checks them on the timer, and reports a failure", async () => {
+    const { agent, fw, config, metrics } = await started(["--ip-masq"]);
+    expect(fw.opts).toMatchObject({ masquerade: true, forward: true, subnet: { prefix: 24 } });
+    expect(readFileSync(config.subnetFile, "utf8")).toContain("FLANNEL_IPMASQ=true");
+    const before = fw.ensures;
+    await until("timer re-checks the rules", () => fw.ensures > before, 2500);
+    fw.repaired = ["nftables"];
+    await until("the timer pass reports a repair", () => fw.repaired.length === 0, 2500);
+    expect(await metricValue(metrics, "weft_agent_drift_repairs_total", { kind: "nftables" })).toBe(1);
+    fw.ensureError = new WeftError("DATAPLANE_OP_FAILED", "nft could not install table ip weft: boom");
+    await until("not ready", () => !agent.view().status().ready, 2500);
+    expect(agent.view().status().reasons).toEqual(["firewall: nft could not install table ip weft: boom"]);
+    await agent.stop();
+  });
+
+  it("fails start-up with the fix when --ip-masq cannot be honoured, before writing subnet.env", async () => {
+    const api = new ScriptedApi();
+    const s = setup(api, undefined, undefined, ["--ip-masq"]);
+    s.fw.checkError = new WeftError("CONFIG_INVALID", "--ip-masq needs the nft command");
+    await expect(s.agent.start()).rejects.toThrow(/--ip-masq needs the nft command/);
+    expect(() => readFileSync(s.config.subnetFile)).toThrow();
+    await s.agent.stop();
   });
 });

@@ -5,7 +5,14 @@ describe("agent flags", () => {
   it("parses the documented flags with defaults", () => {
     const c = loadAgentConfig(["--server", "10.0.0.1:7600,10.0.0.2:7600", "--node-name", "n1", "--insecure"])!;
     expect(c).toMatchObject({ servers: ["10.0.0.1:7600", "10.0.0.2:7600"], nodeName: "n1", subnetFile: "/run/flannel/subnet.env", stateDir: "/var/lib/weft", httpListen: { host: "127.0.0.1", port: 9464 }, tls: undefined });
+    expect(c).toMatchObject({ cleanup: false, ipMasq: false, forwardRules: true });
+    expect(loadAgentConfig(["--server", "a:1", "--insecure", "--ip-masq", "--forward-rules=false"])).toMatchObject({ ipMasq: true, forwardRules: false });
     expect(loadAgentConfig(["--help"])).toBeUndefined();
+  });
+
+  it("--cleanup needs no server or TLS flags", () => {
+    expect(loadAgentConfig(["--cleanup"])).toEqual({ cleanup: true, logLevel: "info" });
+    expect(() => loadAgentConfig(["--cleanup", "--log-level", "loud"])).toThrow(/--log-level/);
   });
 
   it.each([
@@ -19,6 +26,7 @@ describe("agent flags", () => {
     [["--server", "a:1", "--insecure", "--resync-interval", "soon"], /--resync-interval/],
     [["--server", "a:1", "--insecure", "--resync-interval", "25d"], /--resync-interval.*1s to 1h/],
     [["--server", "a:1", "--insecure", "--resync-interval", "200ms"], /--resync-interval.*1s to 1h/],
+    [["--server", "a:1", "--insecure", "--forward-rules=maybe"], /--forward-rules takes no value \(or =true\/=false\)/],
     [["--server", "a:1", "--tls-ca", "/nonexistent/ca.crt"], /--tls-ca: cannot read \/nonexistent\/ca.crt \(ENOENT\)/],
   ])("rejects %j with a clear CONFIG_INVALID message", (argv, re) => {
     let err: unknown;

@@ -1,96 +1,159 @@
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { parseNetworkConfig } from "../../lib/src/net-config.js";
+import type { DesiredState } from "../src/backends/backend.js";
+import type { KernelTable } from "../src/dataplane/dataplane.js";
 import { Reconciler } from "../src/reconciler.js";
 import { peer, silentLog, vxlanOnFake } from "./helpers/fixtures.js";
 
-const tmp = () => mkdtempSync(join(tmpdir(), "weft-rec-"));
+const mutations = (calls: string[]) => calls.filter((c) => !c.startsWith("list"));
 
 describe("Reconciler on a FakeDataplane", () => {
   it("programs ARP, FDB and route per peer, routes last, and is idempotent", async () => {
-    const { dp, backend } = await vxlanOnFake(tmp());
-    const rec = new Reconciler(dp, backend, silentLog);
+    const { dp, backend } = await vxlanOnFake();
+    const rec = new Reconciler(silentLog);
     dp.calls.length = 0;
-    const r = await rec.reconcile([peer(2), peer(3)]);
+    const r = await rec.reconcile(backend.desired([peer(2), peer(3)]));
     expect(r).toMatchObject({ added: 6, deleted: 0, errors: 0 });
     expect([...r.programmed].sort()).toEqual(["10.244.2.0/24", "10.244.3.0/24"]);
-    const kinds = dp.calls.filter((c) => !c.startsWith("list")).map((c) => c.split(" ")[0]);
-    expect(kinds.lastIndexOf("replaceNeighbour")).toBeLessThan(kinds.indexOf("replaceRoute"));
-    expect(kinds.lastIndexOf("replaceFdb")).toBeLessThan(kinds.indexOf("replaceRoute"));
-    expect(dp.routes.get("10.244.2.0/24")).toEqual({ dst: "10.244.2.0/24", gateway: "10.244.2.0", oif: backend.deviceIndex, onlink: true });
-    expect(dp.neighbours.get(`${backend.deviceIndex}|10.244.2.0`)?.mac).toBe("0e:00:00:00:00:02");
-    expect([...dp.fdb.values()].find((f) => f.mac === "0e:00:00:00:00:02")?.dst).toBe("198.18.0.2");
+    const kinds = mutations(dp.calls).map((c) => c.split(" ")[0]);
+    expect(kinds.lastIndexOf("putNeighbour")).toBeLessThan(kinds.indexOf("putRoute"));
+    expect(kinds.lastIndexOf("putFdb")).toBeLessThan(kinds.indexOf("putRoute"));
+    expect(dp.routeMap.get("10.244.2.0/24")).toEqual({ dst: "10.244.2.0/24", gateway: "10.244.2.0", oif: backend.deviceIndex, onlink: true });
+    expect(dp.neighbourMap.get(`${backend.deviceIndex}|10.244.2.0`)?.mac).toBe("0e:00:00:00:00:02");
+    expect([...dp.fdbMap.values()].find((f) => f.mac === "0e:00:00:00:00:02")?.dst).toBe("198.18.0.2");
     dp.calls.length = 0;
-    const again = await rec.reconcile([peer(2), peer(3)]);
+    const again = await rec.reconcile(backend.desired([peer(2), peer(3)]));
     expect(again).toMatchObject({ added: 0, deleted: 0, errors: 0 });
-    expect(dp.calls.filter((c) => !c.startsWith("list"))).toEqual([]);
+    expect(mutations(dp.calls)).toEqual([]);
   });
 
   it("prunes a vanished peer (route first) and touches nothing it does not own", async () => {
-    const { dp, backend } = await vxlanOnFake(tmp());
-    const rec = new Reconciler(dp, backend, silentLog);
+    const { dp, backend } = await vxlanOnFake();
+    const rec = new Reconciler(silentLog);
     dp.foreignRoutes.set("10.99.0.0/24", { dst: "10.99.0.0/24", gateway: "198.18.0.9", oif: 2, onlink: false });
-    dp.neighbours.set("2|198.18.0.9", { index: 2, ip: "198.18.0.9", mac: "0e:99:00:00:00:01" });
-    await rec.reconcile([peer(2), peer(3)]);
+    dp.neighbourMap.set("2|198.18.0.9", { index: 2, ip: "198.18.0.9", mac: "0e:99:00:00:00:01" });
+    await rec.reconcile(backend.desired([peer(2), peer(3)]));
     dp.calls.length = 0;
-    const r = await rec.reconcile([peer(2)]);
+    const r = await rec.reconcile(backend.desired([peer(2)]));
     expect(r.deleted).toBe(3);
-    const muts = dp.calls.filter((c) => !c.startsWith("list"));
-    expect(muts[0]).toBe("deleteRoute 10.244.3.0/24");
-    expect(dp.routes.has("10.244.3.0/24")).toBe(false);
-    // The fake's deleteRoute would remove a foreign route too, so this fails if the reconciler ever deletes one.
-    expect(muts).not.toContain("deleteRoute 10.99.0.0/24");
+    const muts = mutations(dp.calls);
+    expect(muts[0]).toBe("removeRoute 10.244.3.0/24");
+    expect(dp.routeMap.has("10.244.3.0/24")).toBe(false);
+    // The fake's route removal would delete a foreign route too, so this fails if the reconciler ever removes one.
+    expect(muts).not.toContain("removeRoute 10.99.0.0/24");
     expect(dp.foreignRoutes.size).toBe(1);
-    expect(dp.neighbours.has("2|198.18.0.9")).toBe(true);
+    expect(dp.neighbourMap.has("2|198.18.0.9")).toBe(true);
   });
 
   it("follows a peer whose MAC and public IP changed", async () => {
-    const { dp, backend } = await vxlanOnFake(tmp());
-    const rec = new Reconciler(dp, backend, silentLog);
-    await rec.reconcile([peer(2)]);
+    const { dp, backend } = await vxlanOnFake();
+    const rec = new Reconciler(silentLog);
+    await rec.reconcile(backend.desired([peer(2)]));
     const moved = peer(2, { publicIP: "198.18.0.77", attrs: { type: "vxlan", vni: 1, vtepMac: "0e:00:00:00:77:77" } });
-    await rec.reconcile([moved]);
-    expect([...dp.fdb.values()]).toEqual([{ index: backend.deviceIndex, mac: "0e:00:00:00:77:77", dst: "198.18.0.77" }]);
-    expect([...dp.neighbours.values()].map((n) => n.mac)).toEqual(["0e:00:00:00:77:77"]);
-    expect(dp.routes.size).toBe(1);
+    await rec.reconcile(backend.desired([moved]));
+    expect([...dp.fdbMap.values()]).toEqual([{ index: backend.deviceIndex, mac: "0e:00:00:00:77:77", dst: "198.18.0.77" }]);
+    expect([...dp.neighbourMap.values()].map((n) => n.mac)).toEqual(["0e:00:00:00:77:77"]);
+    expect(dp.routeMap.size).toBe(1);
   });
 
-  it("withholds the route when ARP/FDB fail, and the next pass retries", async () => {
-    const { dp, backend } = await vxlanOnFake(tmp());
+  it("withholds the route when ARP/FDB fail, reports why, and the next pass retries", async () => {
+    const { dp, backend } = await vxlanOnFake();
     const errors: string[] = [];
-    const rec = new Reconciler(dp, backend, silentLog, { onError: (op) => errors.push(op) });
-    dp.failing.add("replaceFdb");
-    const r = await rec.reconcile([peer(2)]);
+    const rec = new Reconciler(silentLog, { onError: (op) => errors.push(op) });
+    dp.failing.add("putFdb");
+    const r = await rec.reconcile(backend.desired([peer(2)]));
     expect(r.errors).toBe(1);
     expect(r.programmed.size).toBe(0);
-    expect(dp.routes.size).toBe(0);
-    expect(errors).toEqual(["fdb_replace"]);
+    expect(r.failed.get("10.244.2.0/24")).toMatch(/putFdb .*injected failure/);
+    expect(r.problems).toEqual([expect.stringMatching(/injected failure/)]);
+    expect(dp.routeMap.size).toBe(0);
+    expect(errors).toEqual(["fdb_put"]);
     dp.failing.clear();
-    const r2 = await rec.reconcile([peer(2)]);
+    const r2 = await rec.reconcile(backend.desired([peer(2)]));
     expect(r2.programmed.has("10.244.2.0/24")).toBe(true);
-    expect(dp.routes.size).toBe(1);
+    expect(r2.failed.size).toBe(0);
+    expect(dp.routeMap.size).toBe(1);
+    // Not drift: the entries were never in place.
+    expect(r2.repaired.size).toBe(0);
   });
 
   it("rejects peers with another VNI or backend without failing others", async () => {
-    const { dp, backend } = await vxlanOnFake(tmp());
-    const rec = new Reconciler(dp, backend, silentLog);
-    const r = await rec.reconcile([peer(2), peer(3, { attrs: { type: "vxlan", vni: 9, vtepMac: "0e:00:00:00:00:03" } }), peer(4, { attrs: { type: "host-gw" } })]);
+    const { dp, backend } = await vxlanOnFake();
+    const rec = new Reconciler(silentLog);
+    const r = await rec.reconcile(backend.desired([peer(2), peer(3, { attrs: { type: "vxlan", vni: 9, vtepMac: "0e:00:00:00:00:03" } }), peer(4, { attrs: { type: "host-gw" } })]));
     expect([...r.programmed]).toEqual(["10.244.2.0/24"]);
     expect(r.errors).toBe(0);
-    expect([...r.rejected.keys()].sort()).toEqual(["10.244.3.0/24", "10.244.4.0/24"]);
-    expect(dp.routes.size).toBe(1);
+    expect(r.rejected.get("10.244.3.0/24")).toMatchObject({ reason: "invalid", detail: "VNI 9, want 1" });
+    expect(r.rejected.get("10.244.4.0/24")).toMatchObject({ reason: "backend_mismatch" });
+    expect(dp.routeMap.size).toBe(1);
   });
 
   it("never clobbers a foreign route to a peer's subnet: reports an error and leaves it", async () => {
-    const { dp, backend } = await vxlanOnFake(tmp());
-    const rec = new Reconciler(dp, backend, silentLog);
+    const { dp, backend } = await vxlanOnFake();
+    const rec = new Reconciler(silentLog);
     const foreign = { dst: "10.244.3.0/24", gateway: "198.18.0.9", oif: 2, onlink: false };
     dp.foreignRoutes.set(foreign.dst, foreign);
-    const r = await rec.reconcile([peer(2), peer(3)]);
+    const r = await rec.reconcile(backend.desired([peer(2), peer(3)]));
     expect(r.errors).toBe(1);
     expect([...r.programmed]).toEqual(["10.244.2.0/24"]);
     expect(dp.foreignRoutes.get(foreign.dst)).toEqual(foreign);
-    expect(dp.routes.has(foreign.dst)).toBe(false);
+    expect(dp.routeMap.has(foreign.dst)).toBe(false);
+  });
+
+  it("counts objects put back after drift, by kind", async () => {
+    const { dp, backend } = await vxlanOnFake();
+    const rec = new Reconciler(silentLog);
+    await rec.reconcile(backend.desired([peer(2), peer(3)]));
+    dp.routeMap.delete("10.244.2.0/24");
+    dp.neighbourMap.delete(`${backend.deviceIndex}|10.244.3.0`);
+    const r = await rec.reconcile(backend.desired([peer(2), peer(3)]));
+    expect(Object.fromEntries(r.repaired)).toEqual({ route: 1, neighbour: 1 });
+    expect(r.added).toBe(2);
+  });
+
+  it("judges kernel notifications: only changes that undo something wanted matter", async () => {
+    const { dp, backend } = await vxlanOnFake();
+    const rec = new Reconciler(silentLog);
+    await rec.reconcile(backend.desired([peer(2)]));
+    const ix = backend.deviceIndex;
+    const route = dp.routeMap.get("10.244.2.0/24")!;
+    // Our own adds echo back: not drift.
+    expect(rec.affectedBy({ kind: "route", deleted: false, value: route, ours: true })).toBe(false);
+    expect(rec.affectedBy({ kind: "neighbour", deleted: false, value: { index: ix, ip: "10.244.2.0", mac: "0e:00:00:00:00:02" }, ours: true })).toBe(false);
+    // Deletions, foreign replacements and changed values of wanted objects are.
+    expect(rec.affectedBy({ kind: "route", deleted: true, value: route, ours: true })).toBe(true);
+    expect(rec.affectedBy({ kind: "route", deleted: false, value: { ...route, gateway: "198.18.0.9", onlink: false }, ours: false })).toBe(true);
+    expect(rec.affectedBy({ kind: "neighbour", deleted: true, value: { index: ix, ip: "10.244.2.0", mac: "" }, ours: false })).toBe(true);
+    expect(rec.affectedBy({ kind: "neighbour", deleted: false, value: { index: ix, ip: "10.244.2.0", mac: "0e:00:00:00:00:99" }, ours: true })).toBe(true);
+    expect(rec.affectedBy({ kind: "fdb", deleted: true, value: { index: ix, mac: "0e:00:00:00:00:02", dst: "198.18.0.2" }, ours: true })).toBe(true);
+    // Anything else is noise: other routes, other devices, removals we made ourselves.
+    expect(rec.affectedBy({ kind: "route", deleted: true, value: { dst: "10.99.0.0/24", oif: 2, onlink: false }, ours: false })).toBe(false);
+    expect(rec.affectedBy({ kind: "neighbour", deleted: true, value: { index: 2, ip: "10.244.2.0", mac: "" }, ours: false })).toBe(false);
+    expect(rec.affectedBy({ kind: "fdb", deleted: true, value: { index: ix, mac: "0e:00:00:00:00:02", dst: "198.18.0.77" }, ours: true })).toBe(false);
+    expect(rec.affectedBy({ kind: "lost" })).toBe(false);
+  });
+
+  it("applies any backend's tables in stage order without knowing them", async () => {
+    // A table the reconciler has never seen (as a WireGuard peer table will be).
+    const kernel = new Map<string, { key: string; v: number }>();
+    const log: string[] = [];
+    const peers: KernelTable<{ key: string; v: number }> = {
+      kind: "fdb",
+      list: async () => [...kernel.values()],
+      id: (o) => o.key,
+      key: (o) => `${o.key}=${o.v}`,
+      put: async (o) => { log.push(`put ${o.key}`); kernel.set(o.key, o); },
+      remove: async (o) => { log.push(`remove ${o.key}`); kernel.delete(o.key); },
+    };
+    const { dp } = await vxlanOnFake(undefined, parseNetworkConfig('{"Network": "10.244.0.0/16"}'));
+    kernel.set("stale", { key: "stale", v: 1 });
+    const want: DesiredState = {
+      stages: [[{ table: peers, entries: [{ peer: "a", value: { key: "k1", v: 1 } }] }], [{ table: dp.routes, entries: [{ peer: "a", value: { dst: "10.244.9.0/24", oif: 5, onlink: false } }] }]],
+      rejected: new Map(),
+    };
+    const r = await new Reconciler(silentLog).reconcile(want);
+    expect(log).toEqual(["put k1", "remove stale"]);
+    expect(dp.routeMap.has("10.244.9.0/24")).toBe(true);
+    expect([...r.programmed]).toEqual(["a"]);
   });
 });

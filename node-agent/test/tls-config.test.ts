@@ -5,12 +5,12 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { loadAgentConfig } from "../src/config.js";
-import { findBin } from "../../test/e2e/netns.js";
+import { requireTools } from "../../test/tools.js";
 
 const ROOT = resolve(import.meta.dirname, "../..");
 const dir = mkdtempSync(join(tmpdir(), "weft-tls-"));
 const f = (name: string) => join(dir, name);
-const hasOpenssl = !!findBin("openssl");
+const hasOpenssl = requireTools({ openssl: "openssl" }, "the TLS flag tests");
 
 function openssl(...args: string[]) {
   const r = spawnSync("openssl", args, { encoding: "utf8" });

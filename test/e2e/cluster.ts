@@ -1,12 +1,16 @@
 // A weft cluster made of network namespaces, for e2e tests, the demo and the
 // benchmarks. Layout (all names `wft-<run>-...`):
-//   <p>sw   switch: bridge br0, one veth port per host
-//   <p>srv  lease server, 198.18.0.254 on the underlay
-//   <p>nI   node I, 198.18.0.(I+1), runs one weft-agent process
+//   <p>sw   switch: bridge br0, one veth port per host (segment 0, 198.18.0.0/24)
+//   <p>swS  switch of underlay segment S > 0 (198.18.S.0/24), when asked for
+//   <p>rt   router joining the segments (198.18.S.253 on each), when there are several
+//   <p>srv  lease server, 198.18.0.254 on segment 0
+//   <p>ext  a host outside the cluster, 198.18.0.200 on segment 0 (addExternalHost)
+//   <p>nI   node I, 198.18.S.(I+1) on its segment S, runs one weft-agent process
 //   <p>nI-pJ pod J of node I, attached by the real CNI bridge + host-local plugins
+//            with the Flannel CNI plugin's semantics (ipMasq = !FLANNEL_IPMASQ, default gateway)
 // Processes run under `ip netns exec`; their logs go to <workDir>/logs.
 import { spawn, type ChildProcess } from "node:child_process";
-import { createWriteStream, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createWriteStream, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { addNetns, cleanupNetns, ip, NS_PREFIX, nsExec, sh, staleRunIds, waitFor } from "./netns.js";
 
@@ -14,6 +18,7 @@ export const ROOT = resolve(import.meta.dirname, "../..");
 export const SERVER_IP = "198.18.0.254";
 export const GRPC_PORT = 7600;
 export const AGENT_API_PORT = 9464;
+export const EXTERNAL_IP = "198.18.0.200";
 const WORK_MARKER = "/tmp/wft-";
 
 export interface ClusterOptions {
@@ -21,15 +26,20 @@ export interface ClusterOptions {
   readonly nodes: number;
   readonly leaseTtl?: string;
   readonly resyncInterval?: string;
-  /** "tsx" runs the TypeScript sources (tests); "dist" runs bin/ (demo, benchmarks). */
+  /** "dist" (default) runs bin/ with its Node flags, as production does; "tsx" runs the TypeScript sources. */
   readonly runner?: "tsx" | "dist";
   readonly network?: string;
+  /** The network config's Backend object; default {"Type": "vxlan"}. */
+  readonly backend?: Record<string, unknown>;
+  /** Underlay segment of each node (default all 0); nodes on different segments talk through the router. */
+  readonly segments?: readonly number[];
   /** Serve gRPC with TLS and require client certificates (certs from makeCerts()). */
   readonly mtls?: boolean;
 }
 
 export interface NodeInfo {
   readonly index: number;
+  readonly segment: number;
   readonly name: string;
   readonly ns: string;
   readonly underlayIP: string;
@@ -59,8 +69,9 @@ export class Cluster {
     this.sw = `${this.prefix}sw`;
     this.srv = `${this.prefix}srv`;
     for (let i = 0; i < opts.nodes; i++) {
+      const segment = opts.segments?.[i] ?? 0;
       this.nodes.push({
-        index: i, name: `node-${i}`, ns: `${this.prefix}n${i}`, underlayIP: `198.18.0.${i + 1}`,
+        index: i, segment, name: `node-${i}`, ns: `${this.prefix}n${i}`, underlayIP: `198.18.${segment}.${i + 1}`,
         subnetFile: join(this.workDir, `node-${i}`, "run", "subnet.env"), stateDir: join(this.workDir, `node-${i}`, "state"),
       });
     }
@@ -83,34 +94,70 @@ export class Cluster {
     rmSync(this.workDir, { recursive: true, force: true });
   }
 
+  get segments(): number[] {
+    return [...new Set([0, ...this.nodes.map((n) => n.segment)])].sort((a, b) => a - b);
+  }
+
+  switchOf(segment: number): string {
+    return segment === 0 ? this.sw : `${this.prefix}sw${segment}`;
+  }
+
+  get router(): string {
+    return `${this.prefix}rt`;
+  }
+
   async setup(): Promise<void> {
+    if (this.opts.runner !== "tsx") assertBuilt();
     mkdirSync(join(this.workDir, "logs"), { recursive: true });
-    await addNetns(this.sw);
-    await ip("-n", this.sw, "link", "add", "br0", "type", "bridge");
-    await ip("-n", this.sw, "link", "set", "br0", "up");
+    for (const seg of this.segments) {
+      const sw = this.switchOf(seg);
+      await addNetns(sw);
+      await ip("-n", sw, "link", "add", "br0", "type", "bridge");
+      await ip("-n", sw, "link", "set", "br0", "up");
+    }
     await this.attach(this.srv, "srv", `${SERVER_IP}/24`);
+    if (this.segments.length > 1) {
+      await addNetns(this.router);
+      for (const seg of this.segments) await this.attach(this.router, "rt", `198.18.${seg}.253/24`, seg, `eth${seg}`);
+      await nsExec(this.router, "sysctl", "-qw", "net.ipv4.ip_forward=1");
+    }
     for (const n of this.nodes) {
-      await this.attach(n.ns, `n${n.index}`, `${n.underlayIP}/24`);
+      await this.attach(n.ns, `n${n.index}`, `${n.underlayIP}/24`, n.segment);
       await nsExec(n.ns, "sysctl", "-qw", "net.ipv4.ip_forward=1");
+    }
+    if (this.segments.length > 1) {
+      // Every host reaches the other segments through the router (inside our namespaces only).
+      for (const [ns, seg] of [[this.srv, 0], ...this.nodes.map((n) => [n.ns, n.segment] as const)] as const) {
+        for (const other of this.segments) if (other !== seg) await ip("-n", ns, "route", "add", `198.18.${other}.0/24`, "via", `198.18.${seg}.253`);
+      }
     }
   }
 
-  /** A host namespace with eth0 plugged into the switch. */
-  private async attach(ns: string, port: string, cidr: string): Promise<void> {
-    await addNetns(ns);
-    await ip("-n", this.sw, "link", "add", port, "type", "veth", "peer", "name", "eth0", "netns", ns);
-    await ip("-n", this.sw, "link", "set", port, "master", "br0", "up");
-    await ip("-n", ns, "addr", "add", cidr, "dev", "eth0");
-    await ip("-n", ns, "link", "set", "eth0", "up");
+  /** A host namespace with `dev` plugged into a segment's switch; the router's namespace exists already. */
+  private async attach(ns: string, port: string, cidr: string, segment = 0, dev = "eth0"): Promise<void> {
+    const sw = this.switchOf(segment);
+    if (ns !== this.router) await addNetns(ns);
+    await ip("-n", sw, "link", "add", port, "type", "veth", "peer", "name", dev, "netns", ns);
+    await ip("-n", sw, "link", "set", port, "master", "br0", "up");
+    await ip("-n", ns, "addr", "add", cidr, "dev", dev);
+    await ip("-n", ns, "link", "set", dev, "up");
+  }
+
+  /** A host outside the cluster on segment 0 (198.18.0.200), for masquerade checks. */
+  async addExternalHost(): Promise<string> {
+    const ns = `${this.prefix}ext`;
+    await this.attach(ns, "ext", `${EXTERNAL_IP}/24`);
+    return ns;
   }
 
   private nodeCmd(entry: "agent" | "server"): string[] {
-    if (this.opts.runner === "dist") {
+    if (this.opts.runner !== "tsx") {
       const bin = join(ROOT, "bin", entry === "agent" ? "weft-agent" : "weft-lease-server");
       // The same V8 flags as the shebang, so the demo and benchmarks run what production runs.
       return [process.execPath, ...shebangNodeFlags(bin), bin];
     }
     const src = join(ROOT, entry === "agent" ? "node-agent/src/main.ts" : "lease-server/src/main.ts");
+    // (tsx: only when asked for; the default runs what production runs.)
     return [process.execPath, "--import", "tsx", join(ROOT, "test/e2e/run-main.ts"), src];
   }
 
@@ -127,9 +174,10 @@ export class Cluster {
     return p;
   }
 
-  async startServer(): Promise<void> {
+  /** Starts the lease server; `backend` replaces the network config's Backend (a backend switch). */
+  async startServer(backend = this.opts.backend): Promise<void> {
     const conf = join(this.workDir, "net-conf.json");
-    writeFileSync(conf, JSON.stringify({ Network: this.opts.network ?? "10.244.0.0/16", Backend: { Type: "vxlan" } }));
+    writeFileSync(conf, JSON.stringify({ Network: this.opts.network ?? "10.244.0.0/16", Backend: backend ?? { Type: "vxlan" } }));
     this.server = this.spawnIn(this.srv, "lease-server", [...this.nodeCmd("server"),
       "--store", `sqlite:${join(this.workDir, "leases.db")}`, "--network-config", conf, "--listen", `${SERVER_IP}:${GRPC_PORT}`,
       "--http-listen", "127.0.0.1:7601", "--lease-ttl", this.opts.leaseTtl ?? "30s",
@@ -213,8 +261,12 @@ export class Cluster {
     return out;
   }
 
-  /** Creates a pod namespace and wires it with the CNI bridge plugin as Flannel's CNI plugin would. */
-  async addPod(node: number, podIndex: number): Promise<Pod> {
+  /**
+   * Creates a pod namespace and wires it with the CNI bridge plugin as Flannel's CNI plugin and
+   * kube-flannel's conflist would: the bridge masquerades only when the agent does not
+   * (ipMasq = !FLANNEL_IPMASQ), and the pod's default route is the bridge. `ipMasq` overrides.
+   */
+  async addPod(node: number, podIndex: number, opts: { ipMasq?: boolean } = {}): Promise<Pod> {
     const n = this.nodes[node]!;
     const env = this.subnetEnv(node);
     const ns = `${n.ns}-p${podIndex}`;
@@ -223,7 +275,8 @@ export class Cluster {
     const o = sip!.split(".").map(Number);
     const subnet = `${o[0]}.${o[1]}.${o[2]}.${(o[3]! - 1)}/${len}`; // Flannel's CNI passes the network form
     const conf = {
-      cniVersion: "1.0.0", name: "weft", type: "bridge", bridge: "cni0", isGateway: true, ipMasq: false, mtu: Number(env.FLANNEL_MTU),
+      cniVersion: "1.0.0", name: "weft", type: "bridge", bridge: "cni0", isGateway: true, isDefaultGateway: true,
+      ipMasq: opts.ipMasq ?? env.FLANNEL_IPMASQ !== "true", mtu: Number(env.FLANNEL_MTU),
       ipam: { type: "host-local", ranges: [[{ subnet }]], routes: [{ dst: env.FLANNEL_NETWORK }], dataDir: join(this.workDir, n.name, "cni") },
     };
     const r = await sh("ip", ["netns", "exec", n.ns, "/usr/lib/cni/bridge"], {
@@ -251,6 +304,16 @@ export class Cluster {
   logPath(name: string): string {
     return join(this.workDir, "logs", `${name}.log`);
   }
+}
+
+/** The dist/ build the default runner uses must be at least as new as the sources (npm test builds it first). */
+export function assertBuilt(): void {
+  const built = join(ROOT, "dist/node-agent/src/main.js");
+  if (!existsSync(built)) throw new Error("dist/ is missing: run npm run build (npm test does it for you)");
+  const newest = (dir: string): number => Math.max(0, ...readdirSync(dir, { withFileTypes: true }).map((e) =>
+    e.isDirectory() ? newest(join(dir, e.name)) : e.name.endsWith(".ts") ? statSync(join(dir, e.name)).mtimeMs : 0));
+  const src = Math.max(...["lib/src", "lease-server/src", "node-agent/src"].map((d) => newest(join(ROOT, d))));
+  if (statSync(built).mtimeMs < src) throw new Error("dist/ is older than the sources: run npm run build (npm test does it for you)");
 }
 
 /** The node flags in a script's `#!/usr/bin/env -S node --flag ...` line. */

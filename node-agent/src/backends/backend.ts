@@ -1,9 +1,13 @@
-// The backend seam: how this node's overlay device is set up and which kernel
-// objects each remote peer needs. Backends compute; the Reconciler applies.
-// host-gw and WireGuard (later) implement the same interface.
+// The backend seam. A backend owns this node's overlay device (creates it,
+// adopts it after a restart, repairs it after drift) and computes the kernel
+// objects each remote peer needs; the Reconciler applies them, whatever the
+// backend. Backends register by type in backends/index.ts.
+import { contains, type Ipv4Net } from "../../../lib/src/cidr.js";
 import type { BackendAttrs, Lease } from "../../../lib/src/lease.js";
+import type { Logger } from "../../../lib/src/logger.js";
 import type { BackendType, NetworkConfig } from "../../../lib/src/net-config.js";
-import type { FdbEntry, Neighbour, Route } from "../dataplane/dataplane.js";
+import type { Dataplane, KernelChange, KernelTable } from "../dataplane/dataplane.js";
+import type { AgentState } from "../state.js";
 
 export interface ExternalInterface {
   readonly index: number;
@@ -11,6 +15,8 @@ export interface ExternalInterface {
   readonly mtu: number;
   /** The interface's own IPv4 address (tunnel source). */
   readonly ip: string;
+  /** The connected underlay subnet of that address: peers inside it are one hop away. */
+  readonly net: Ipv4Net;
   /** The address advertised to peers (--public-ip, else ip). */
   readonly publicIP: string;
 }
@@ -21,14 +27,10 @@ export interface LocalNode {
   readonly iface: ExternalInterface;
 }
 
-/** Everything the reconciler may touch: routes with our protocol, and neighbours/FDB on `ownedLinks` only. */
-export interface DesiredState {
-  readonly ownedLinks: readonly number[];
-  readonly routes: readonly DesiredEntry<Route>[];
-  readonly neighbours: readonly DesiredEntry<Neighbour>[];
-  readonly fdb: readonly DesiredEntry<FdbEntry>[];
-  /** Peers (by subnet) the backend could not use, with the reason. */
-  readonly rejected: ReadonlyMap<string, string>;
+/** Why a peer is not programmed on purpose; `reason` is a stable label for metrics. */
+export interface Rejection {
+  readonly reason: "invalid" | "backend_mismatch" | "overlaps_own_subnet" | "duplicate_vtep_mac" | "not_on_segment";
+  readonly detail: string;
 }
 
 export interface DesiredEntry<T> {
@@ -37,14 +39,51 @@ export interface DesiredEntry<T> {
   readonly value: T;
 }
 
+export interface TableState<T> {
+  readonly table: KernelTable<T>;
+  readonly entries: readonly DesiredEntry<T>[];
+}
+
+export interface DesiredState {
+  /**
+   * Applied in order: a peer's entries in one stage wait for its entries in
+   * the earlier ones; removal runs in reverse. Each table appears once, and
+   * the route table always appears (so stale routes are pruned).
+   */
+  readonly stages: readonly (readonly TableState<unknown>[])[];
+  readonly rejected: ReadonlyMap<string, Rejection>;
+}
+
 export interface Backend {
   readonly type: BackendType;
+  /** Device names this backend keeps; weft devices with other names are stale and removed at start-up. */
+  readonly devices: readonly string[];
   /** Create or adopt the device; returns the attributes to publish in our lease. */
   init(local: LocalNode): Promise<BackendAttrs>;
   /** Address the device for our lease (after AcquireLease). */
   configureSubnet(lease: Lease): Promise<void>;
+  /** Puts the device back to its spec if it drifted; returns what it fixed (empty when nothing). */
+  repair(): Promise<string[]>;
+  /** Whether a link or address change touches this backend's device. */
+  concerns(change: KernelChange): boolean;
   /** MTU for pods (FLANNEL_MTU). */
   mtu(): number;
   /** Pure: the kernel objects wanted for these remote peers. */
   desired(peers: readonly Lease[]): DesiredState;
+  /** How traffic to the peer leaves this node ("vxlan", "direct", "host-gw"), for /v1/peers. */
+  pathTo(peer: Lease): string;
+}
+
+export interface BackendDeps {
+  readonly dataplane: Dataplane;
+  readonly state: AgentState;
+  readonly log: Logger;
+  readonly network: NetworkConfig;
+  /** --vxlan-device: the VXLAN device name; default weft.<VNI>. */
+  readonly vxlanDevice?: string;
+}
+
+/** Whether `ip` is on the interface's connected subnet (reachable without a router). */
+export function onSegment(iface: ExternalInterface, ip: number): boolean {
+  return contains(iface.net, ip);
 }

@@ -1,37 +1,37 @@
 // VXLAN backend, as Flannel's. One device `weft.<VNI>` (learning off, source
-// = the external interface's address, UDP port from the config) carries all
+// = the external interface's address, UDP port from the config) carries the
 // overlay traffic. For every remote node we program three kernel objects:
 //   - a permanent ARP entry: peer subnet .0 -> peer VTEP MAC,
 //   - a permanent FDB entry: peer VTEP MAC -> peer public IP (NTF_SELF),
 //   - an onlink route: peer subnet via peer .0 dev weft.<VNI>.
-// The route goes in last (the reconciler orders it), so the kernel never has
-// to ARP for a gateway it cannot resolve. The device's own address is our
-// subnet's network address /32, which adds no connected route. The VTEP MAC
-// is kept in the state dir so restarts do not invalidate peers' FDB entries.
-import { formatIpv4, overlaps, parseCidr, type Ipv4Net } from "../../../lib/src/cidr.js";
+// The route is a later stage than the ARP and FDB entries, so the kernel never
+// has to resolve a gateway it cannot. The device's own address is our
+// subnet's network address /32, which adds no connected route. The VTEP MAC is
+// kept in the state dir so restarts do not invalidate peers' FDB entries.
+//
+// With DirectRouting, a peer whose public IP is on our underlay subnet (the
+// interface address's prefix decides) gets a plain route via that IP on the
+// underlay instead: no encapsulation, no ARP or FDB entry. The others still
+// go through the device.
+import { writeFile } from "node:fs/promises";
+import { formatIpv4, parseCidr, parseIpv4, type Ipv4Net } from "../../../lib/src/cidr.js";
 import { WeftError } from "../../../lib/src/errors.js";
 import { isValidMac, type BackendAttrs, type Lease } from "../../../lib/src/lease.js";
 import type { VxlanBackendConfig } from "../../../lib/src/net-config.js";
-import type { Logger } from "../../../lib/src/logger.js";
-import type { Dataplane, FdbEntry, Link, Neighbour, Route } from "../dataplane/dataplane.js";
-import { randomMac, type AgentState } from "../state.js";
-import type { Backend, DesiredEntry, DesiredState, LocalNode } from "./backend.js";
+import type { FdbEntry, KernelChange, Link, LinkSpec, Neighbour, Route } from "../dataplane/dataplane.js";
+import { randomMac } from "../state.js";
+import { onSegment, type Backend, type BackendDeps, type DesiredEntry, type DesiredState, type LocalNode, type Rejection } from "./backend.js";
+import { ensureOwnedLink, ownerAlias } from "./owned-devices.js";
+import { screenPeers } from "./screen-peers.js";
 
 /** Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14). */
 export const VXLAN_OVERHEAD = 50;
 
-export interface VxlanBackendDeps {
-  readonly dataplane: Dataplane;
-  readonly state: AgentState;
-  readonly log: Logger;
-  readonly config: VxlanBackendConfig;
-  /** Device name; default weft.<VNI>. */
-  readonly deviceName?: string;
-}
-
 export class VxlanBackend implements Backend {
   readonly type = "vxlan" as const;
   readonly deviceName: string;
+  readonly devices: readonly string[];
+  private readonly config: VxlanBackendConfig;
   private link: Link | undefined;
   private local: LocalNode | undefined;
   /** Our own VTEP MAC and lease subnet: peers clashing with either are rejected. */
@@ -40,8 +40,10 @@ export class VxlanBackend implements Backend {
   /** Device operations (start-up, repair) run one at a time. */
   private deviceOps: Promise<unknown> = Promise.resolve();
 
-  constructor(private readonly deps: VxlanBackendDeps) {
-    this.deviceName = deps.deviceName ?? `weft.${deps.config.vni}`;
+  constructor(private readonly deps: BackendDeps) {
+    this.config = deps.network.backend as VxlanBackendConfig;
+    this.deviceName = deps.vxlanDevice ?? `weft.${this.config.vni}`;
+    this.devices = [this.deviceName];
   }
 
   get deviceIndex(): number {
@@ -50,7 +52,7 @@ export class VxlanBackend implements Backend {
   }
 
   mtu(): number {
-    const base = this.deps.config.mtu || this.local?.iface.mtu || 1500;
+    const base = this.config.mtu || this.local?.iface.mtu || 1500;
     return base - VXLAN_OVERHEAD;
   }
 
@@ -60,81 +62,157 @@ export class VxlanBackend implements Backend {
     return p;
   }
 
+  private spec(local: LocalNode, mac: string): LinkSpec {
+    const c = this.config;
+    return {
+      name: this.deviceName, kind: "vxlan", mtu: this.mtu(), mac, alias: ownerAlias("vxlan"),
+      vxlan: { vni: c.vni, localIP: local.iface.ip, parentIndex: local.iface.index, port: c.port, learning: c.learning, gbp: c.gbp },
+    };
+  }
+
+  /** Flannel's vxlanLinksIncompat: what cannot be changed on a live device. */
+  private static incompatibility(l: Link, spec: LinkSpec): string | undefined {
+    const v = l.vxlan;
+    const want = spec.vxlan!;
+    if (!v) return "has no VXLAN settings";
+    if (v.vni !== want.vni) return `has VNI ${v.vni}, want ${want.vni}`;
+    if (v.localIP !== want.localIP) return `has local ${v.localIP || "none"}, want ${want.localIP}`;
+    if (v.parentIndex && v.parentIndex !== want.parentIndex) return `is on ifindex ${v.parentIndex}, want ${want.parentIndex}`;
+    if (v.port !== want.port) return `has port ${v.port}, want ${want.port}`;
+    if (v.learning !== want.learning) return `has learning ${v.learning}, want ${want.learning}`;
+    if (v.gbp !== want.gbp) return `has gbp ${v.gbp}, want ${want.gbp}`;
+    return undefined;
+  }
+
   init(local: LocalNode): Promise<BackendAttrs> {
     return this.serialized(() => this.initDevice(local));
   }
 
   private async initDevice(local: LocalNode): Promise<BackendAttrs> {
-    const { dataplane, state, log, config } = this.deps;
+    const { dataplane, state, log } = this.deps;
     if (this.deviceName === local.iface.name) {
       throw new WeftError("CONFIG_INVALID", `--vxlan-device ${this.deviceName} is the underlay interface itself; pick another device name (default weft.<VNI>)`);
     }
     this.local = local;
     const existing = await dataplane.getLink(this.deviceName);
-    // The stored MAC wins; with no state (wiped dir) we adopt the live device's MAC rather than break peers.
+    // The stored MAC wins; with no state (wiped dir) we adopt our live device's MAC rather than break peers.
     const stored = await state.vtepMac(this.deviceName);
     let mac = stored;
-    if (!mac && existing?.kind === "vxlan" && isValidMac(existing.mac)) mac = existing.mac;
+    if (!mac && existing?.kind === "vxlan" && existing.alias === ownerAlias("vxlan") && isValidMac(existing.mac)) mac = existing.mac;
     mac ??= randomMac();
+    const spec = this.spec(local, mac);
+    const { link, outcome } = await ensureOwnedLink(dataplane, spec, (l) => VxlanBackend.incompatibility(l, spec), "--vxlan-device");
     if (mac !== stored) await state.saveVtepMac(this.deviceName, mac);
     this.mac = mac;
-    const { link, outcome } = await dataplane.ensureVxlan({
-      name: this.deviceName, vni: config.vni, localIP: local.iface.ip, parentIndex: local.iface.index,
-      port: config.port, learning: config.learning, gbp: config.gbp, mtu: this.mtu(), mac,
-    });
     this.link = link;
-    log.info({ device: this.deviceName, outcome, vtepMac: mac, mtu: link.mtu, vni: config.vni, local: local.iface.ip }, "vxlan device ready");
-    return { type: "vxlan", vni: config.vni, vtepMac: mac };
+    // Flannel does the same: router advertisements must not give the overlay device addresses.
+    await writeFile(`/proc/sys/net/ipv6/conf/${this.deviceName}/accept_ra`, "0").catch(() => undefined);
+    log.info({ device: this.deviceName, outcome, vtepMac: mac, mtu: link.mtu, vni: this.config.vni, local: local.iface.ip, directRouting: this.config.directRouting }, "vxlan device ready");
+    return { type: "vxlan", vni: this.config.vni, vtepMac: mac };
   }
 
   configureSubnet(lease: Lease): Promise<void> {
-    return this.serialized(() => this.addressDevice(lease));
-  }
-
-  private async addressDevice(lease: Lease): Promise<void> {
     const net = parseCidr(lease.subnet);
     if (!net) throw new WeftError("INTERNAL", `lease subnet ${lease.subnet} is not a CIDR`);
     this.ownSubnet = net;
+    return this.serialized(async () => { await this.addressDevice(net); });
+  }
+
+  /** Gives the device its one address; returns ["address"] if it had to. */
+  private async addressDevice(net: Ipv4Net): Promise<string[]> {
     const want = { index: this.deviceIndex, ip: formatIpv4(net.ip), prefix: 32 };
+    let present = false;
     // Only one address belongs on the device: a stale one from an old lease would attract traffic.
     for (const a of await this.deps.dataplane.listAddresses(want.index)) {
-      if (a.ip !== want.ip || a.prefix !== want.prefix) await this.deps.dataplane.deleteAddress(a);
+      if (a.ip === want.ip && a.prefix === want.prefix) present = true;
+      else await this.deps.dataplane.deleteAddress(a);
     }
+    if (present) return [];
     await this.deps.dataplane.addAddress(want);
+    return ["address"];
+  }
+
+  repair(): Promise<string[]> {
+    return this.serialized(async () => {
+      if (!this.local || !this.mac) return [];
+      const spec = this.spec(this.local, this.mac);
+      const cur = await this.deps.dataplane.getLink(this.deviceName);
+      const drift = !cur ? "device" : cur.index !== this.link?.index ? "device" : !cur.up ? "state"
+        : cur.mtu !== spec.mtu ? "mtu" : cur.mac !== spec.mac ? "mac" : cur.alias !== spec.alias ? "alias" : undefined;
+      const fixed: string[] = [];
+      if (drift) {
+        this.deps.log.warn({ device: this.deviceName, drift }, "vxlan device drifted; repairing");
+        const { link } = await ensureOwnedLink(this.deps.dataplane, spec, (l) => VxlanBackend.incompatibility(l, spec), "--vxlan-device");
+        this.link = link;
+        fixed.push(drift);
+      }
+      if (this.ownSubnet) fixed.push(...await this.addressDevice(this.ownSubnet));
+      return fixed;
+    });
+  }
+
+  concerns(c: KernelChange): boolean {
+    if (c.kind === "link") {
+      if (c.link.name !== this.deviceName && c.link.index !== this.link?.index) return false;
+      if (c.deleted) return true;
+      const l = c.link;
+      return l.index !== this.link?.index || !l.up || l.mtu !== this.mtu() || l.mac !== this.mac || l.alias !== ownerAlias("vxlan");
+    }
+    if (c.kind === "address") return c.deleted && c.address.index === this.link?.index;
+    return false;
+  }
+
+  private direct(publicIP: string): boolean {
+    if (!this.config.directRouting || !this.local) return false;
+    const ip = parseIpv4(publicIP);
+    return ip !== undefined && onSegment(this.local.iface, ip);
+  }
+
+  pathTo(peer: Lease): string {
+    return this.direct(peer.publicIP) ? "direct" : "vxlan";
   }
 
   desired(peers: readonly Lease[]): DesiredState {
     const index = this.deviceIndex;
+    const dp = this.deps.dataplane;
     const routes: DesiredEntry<Route>[] = [];
     const neighbours: DesiredEntry<Neighbour>[] = [];
     const fdb: DesiredEntry<FdbEntry>[] = [];
-    const rejected = new Map<string, string>();
-    const usable: Array<{ p: Lease; net: Ipv4Net; mac: string }> = [];
+    const { usable, rejected } = screenPeers(peers, "vxlan", this.ownSubnet);
+    const tunnelled: Array<{ p: Lease; net: Ipv4Net; mac: string }> = [];
     const byMac = new Map<string, Lease[]>();
-    for (const p of peers) {
+    const reject = (p: Lease, detail: string, reason: Rejection["reason"] = "invalid") => rejected.set(p.subnet, { reason, detail });
+    for (const { lease: p, net } of usable) {
+      if (p.attrs.type !== "vxlan") continue;
       const a = p.attrs;
-      const net = parseCidr(p.subnet);
-      if (!net) { rejected.set(p.subnet, "subnet is not a CIDR"); continue; }
-      if (this.ownSubnet && overlaps(net, this.ownSubnet)) { rejected.set(p.subnet, `subnet overlaps our own lease ${formatIpv4(this.ownSubnet.ip)}/${this.ownSubnet.prefix}`); continue; }
-      if (a.type !== "vxlan") { rejected.set(p.subnet, `backend ${a.type}, not vxlan`); continue; }
-      if (a.vni !== this.deps.config.vni) { rejected.set(p.subnet, `VNI ${a.vni}, want ${this.deps.config.vni}`); continue; }
-      if (!isValidMac(a.vtepMac)) { rejected.set(p.subnet, `VTEP MAC ${a.vtepMac} is not unicast`); continue; }
+      if (this.direct(p.publicIP)) {
+        routes.push({ peer: p.subnet, value: { dst: p.subnet, gateway: p.publicIP, oif: this.local!.iface.index, onlink: false } });
+        continue;
+      }
+      if (a.vni !== this.config.vni) { reject(p, `VNI ${a.vni}, want ${this.config.vni}`); continue; }
+      if (!isValidMac(a.vtepMac)) { reject(p, `VTEP MAC ${a.vtepMac} is not unicast`); continue; }
       // A cloned state dir gives two nodes one VTEP MAC; their FDB entries would flap between the two.
-      if (a.vtepMac === this.mac) { rejected.set(p.subnet, `VTEP MAC ${a.vtepMac} is our own (state dir cloned from this node?)`); continue; }
-      usable.push({ p, net, mac: a.vtepMac });
+      if (a.vtepMac === this.mac) { reject(p, `VTEP MAC ${a.vtepMac} is our own (state dir cloned from this node?)`, "duplicate_vtep_mac"); continue; }
+      tunnelled.push({ p, net, mac: a.vtepMac });
       byMac.set(a.vtepMac, [...(byMac.get(a.vtepMac) ?? []), p]);
     }
-    for (const { p, net, mac } of usable) {
+    for (const { p, net, mac } of tunnelled) {
       const sharing = byMac.get(mac)!;
       if (sharing.length > 1) {
-        rejected.set(p.subnet, `VTEP MAC ${mac} is also advertised by ${sharing.filter((x) => x !== p).map((x) => x.nodeName).join(", ")} (state dir cloned?)`);
+        reject(p, `VTEP MAC ${mac} is also advertised by ${sharing.filter((x) => x !== p).map((x) => x.nodeName).join(", ")} (state dir cloned?)`, "duplicate_vtep_mac");
         continue;
       }
       const gw = formatIpv4(net.ip);
-      neighbours.push({ peer: p.subnet, value: { index, ip: gw, mac: mac } });
-      fdb.push({ peer: p.subnet, value: { index, mac: mac, dst: p.publicIP } });
+      neighbours.push({ peer: p.subnet, value: { index, ip: gw, mac } });
+      fdb.push({ peer: p.subnet, value: { index, mac, dst: p.publicIP } });
       routes.push({ peer: p.subnet, value: { dst: p.subnet, gateway: gw, oif: index, onlink: true } });
     }
-    return { ownedLinks: [index], routes, neighbours, fdb, rejected };
+    return {
+      stages: [
+        [{ table: dp.neighbours(index), entries: neighbours }, { table: dp.fdb(index), entries: fdb }],
+        [{ table: dp.routes, entries: routes }],
+      ],
+      rejected,
+    };
   }
 }

@@ -1,11 +1,13 @@
 // The kernel seam. Everything the agent changes in the kernel goes through a
 // Dataplane, so the reconciler and backends can be tested against a fake and
-// the real implementation (rtnetlink) stays one file. Every mutating call is
-// idempotent: creating what exists (compatibly) and deleting what is absent
-// both succeed.
+// the real implementation (rtnetlink) stays behind one interface. It knows
+// nothing of VXLAN or host-gw: links are created from a spec, and the objects
+// the reconciler keeps in line (routes, ARP entries, FDB entries) are tables
+// with the same five operations. A WireGuard backend adds its peer table
+// without changing the reconciler. Every mutating call is idempotent:
+// creating what exists (compatibly) and deleting what is absent both succeed.
 
-export interface VxlanLinkSpec {
-  readonly name: string;
+export interface VxlanInfo {
   readonly vni: number;
   /** Underlay source address of the tunnel (the interface's address). */
   readonly localIP: string;
@@ -14,18 +16,25 @@ export interface VxlanLinkSpec {
   readonly port: number;
   readonly learning: boolean;
   readonly gbp: boolean;
-  readonly mtu: number;
-  /** Wanted MAC, "aa:bb:cc:dd:ee:ff". */
-  readonly mac: string;
 }
 
-export interface VxlanInfo {
-  readonly vni: number;
-  readonly localIP: string | undefined;
-  readonly parentIndex: number | undefined;
-  readonly port: number;
-  readonly learning: boolean;
-  readonly gbp: boolean;
+export interface LinkSpec {
+  readonly name: string;
+  /** rtnetlink link kind, e.g. "vxlan". */
+  readonly kind: string;
+  readonly mtu: number;
+  /** "aa:bb:cc:dd:ee:ff"; the kernel picks one when absent. */
+  readonly mac?: string;
+  /** IFLA_IFALIAS: marks the device as weft's (see owned-devices.ts). */
+  readonly alias: string;
+  readonly vxlan?: VxlanInfo;
+}
+
+export interface LinkChange {
+  readonly mtu?: number;
+  readonly mac?: string;
+  readonly up?: boolean;
+  readonly alias?: string;
 }
 
 export interface Link {
@@ -33,15 +42,12 @@ export interface Link {
   readonly name: string;
   readonly mac: string;
   readonly mtu: number;
+  /** IFF_UP (administratively up). */
   readonly up: boolean;
   readonly kind: string | undefined;
+  readonly alias?: string;
+  readonly parentIndex?: number;
   readonly vxlan?: VxlanInfo;
-}
-
-export interface EnsureLinkResult {
-  readonly link: Link;
-  /** "created", "reused" (compatible, untouched or only MTU/MAC fixed) or "recreated" (was incompatible). */
-  readonly outcome: "created" | "reused" | "recreated";
 }
 
 export interface Address {
@@ -50,16 +56,20 @@ export interface Address {
   readonly prefix: number;
 }
 
-/** An onlink IPv4 route in the main table, tagged with our protocol number. */
+/**
+ * An IPv4 route in the main table, tagged with our protocol number: via a
+ * gateway (onlink for VXLAN, where the gateway is the peer's .0 behind our
+ * device) or, without a gateway, straight onto the device.
+ */
 export interface Route {
   /** "10.244.2.0/24" */
   readonly dst: string;
-  readonly gateway: string;
+  readonly gateway?: string;
   readonly oif: number;
   readonly onlink: boolean;
 }
 
-/** A permanent ARP entry on our device. */
+/** A permanent ARP entry on one of our devices. */
 export interface Neighbour {
   readonly index: number;
   readonly ip: string;
@@ -73,32 +83,64 @@ export interface FdbEntry {
   readonly dst: string;
 }
 
+/**
+ * One kind of kernel object the reconciler keeps in line with the desired
+ * state. `list` returns only what is ours (our route protocol, our device);
+ * `put` adds or replaces the object with the same id; `remove` tolerates
+ * absence.
+ */
+export interface KernelTable<T> {
+  /** "route", "neighbour", "fdb": names operations in logs and metrics. */
+  readonly kind: ObjectKind;
+  list(): Promise<T[]>;
+  /** Identity: a put replaces the kernel object with the same id. */
+  id(o: T): string;
+  /** The whole value: objects with equal keys need no change. */
+  key(o: T): string;
+  put(o: T): Promise<void>;
+  remove(o: T): Promise<void>;
+}
+
+export type ObjectKind = "route" | "neighbour" | "fdb";
+
+/** A change the kernel announced (rtnetlink notifications), for drift repair. */
+export type KernelChange =
+  | { readonly kind: "link"; readonly deleted: boolean; readonly link: Link }
+  | { readonly kind: "address"; readonly deleted: boolean; readonly address: Address }
+  | { readonly kind: "route"; readonly deleted: boolean; readonly value: Route; readonly ours: boolean }
+  | { readonly kind: "neighbour"; readonly deleted: boolean; readonly value: Neighbour; readonly ours: boolean }
+  | { readonly kind: "fdb"; readonly deleted: boolean; readonly value: FdbEntry; readonly ours: boolean }
+  /** Notifications were lost (the socket overflowed): assume anything changed. */
+  | { readonly kind: "lost" };
+
 export interface Dataplane {
   getLink(name: string): Promise<Link | undefined>;
   listLinks(): Promise<Link[]>;
-  /** Create, reuse when compatible, recreate an incompatible vxlan link; refuses (CONFIG_INVALID) a non-vxlan link of that name. Fixes MTU and MAC; sets it up. */
-  ensureVxlan(spec: VxlanLinkSpec): Promise<EnsureLinkResult>;
-  deleteLink(name: string): Promise<void>;
+  /** Creates a link; fails with ALREADY_EXISTS when the name is taken (the caller decides whether to adopt it). */
+  createLink(spec: LinkSpec): Promise<void>;
+  setLink(index: number, change: LinkChange): Promise<void>;
+  deleteLink(index: number): Promise<void>;
   listAddresses(index?: number): Promise<Address[]>;
   addAddress(a: Address): Promise<void>;
   deleteAddress(a: Address): Promise<void>;
-  /** Routes carrying our protocol number (all devices), main table, IPv4. */
-  listRoutes(): Promise<Route[]>;
-  /** Adds the route, or replaces one of ours with the same dst; never replaces a route with another protocol (fails instead). */
-  replaceRoute(r: Route): Promise<void>;
-  deleteRoute(r: Route): Promise<void>;
   /** Default-route interface index, if any. */
   defaultRouteIndex(): Promise<number | undefined>;
+  /** Our routes (protocol WEFT_RT_PROTO, main table, any device). A put never replaces a route with another protocol (fails instead). */
+  readonly routes: KernelTable<Route>;
   /** Permanent IPv4 neighbours on the device. */
-  listNeighbours(index: number): Promise<Neighbour[]>;
-  replaceNeighbour(n: Neighbour): Promise<void>;
-  deleteNeighbour(n: Neighbour): Promise<void>;
+  neighbours(index: number): KernelTable<Neighbour>;
   /** Permanent FDB entries with a remote dst on the device. */
-  listFdb(index: number): Promise<FdbEntry[]>;
-  replaceFdb(e: FdbEntry): Promise<void>;
-  deleteFdb(e: FdbEntry): Promise<void>;
+  fdb(index: number): KernelTable<FdbEntry>;
+  /** Calls `listener` for every relevant kernel change until the returned function is called. */
+  watch(listener: (c: KernelChange) => void): () => void;
   close(): void;
 }
 
 /** Our routes carry this rtnetlink protocol number (unassigned in rt_protos), so pruning never touches a route we did not create. */
 export const WEFT_RT_PROTO = 0x57; // 87, 'W'
+
+export const routeId = (r: Route): string => r.dst;
+export const routeKey = (r: Route): string => `${r.dst}|${r.gateway ?? ""}|${r.oif}|${r.onlink}`;
+export const neighbourId = (n: Neighbour): string => `${n.index}|${n.ip}`;
+export const neighbourKey = (n: Neighbour): string => `${n.index}|${n.ip}|${n.mac}`;
+export const fdbKey = (f: FdbEntry): string => `${f.index}|${f.mac}|${f.dst}`;

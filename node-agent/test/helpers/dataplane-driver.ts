@@ -1,22 +1,52 @@
 // Runs a NetlinkDataplane inside a namespace (started under `ip netns exec`)
 // and serves its methods over stdin/stdout JSON lines, so a test in the root
 // namespace can drive the real kernel without switching namespaces itself.
+// Methods: any Dataplane method by name; table operations as "routes.put",
+// "neighbours:7.list", "fdb:7.remove"; "watch" streams kernel changes as
+// {"change": ...} lines; "block" keeps the event loop busy for args[0] ms. argv[2], if given, is the notification socket's
+// receive buffer in bytes.
 import { createInterface } from "node:readline";
+import type { KernelTable } from "../../src/dataplane/dataplane.js";
 import { NetlinkDataplane } from "../../src/dataplane/netlink-dataplane.js";
 
-const dp = new NetlinkDataplane();
+const monitorBufferBytes = process.argv[2] ? Number(process.argv[2]) : undefined;
+const dp = new NetlinkDataplane({ monitorBufferBytes });
+const out = (v: unknown) => process.stdout.write(JSON.stringify(v) + "\n");
+
+function table(spec: string): KernelTable<unknown> {
+  const [name, index] = spec.split(":");
+  if (name === "routes") return dp.routes as KernelTable<unknown>;
+  if (name === "neighbours") return dp.neighbours(Number(index)) as KernelTable<unknown>;
+  if (name === "fdb") return dp.fdb(Number(index)) as KernelTable<unknown>;
+  throw new Error(`no table ${spec}`);
+}
+
 const rl = createInterface({ input: process.stdin });
 rl.on("line", async (line) => {
   const { id, method, args } = JSON.parse(line) as { id: number; method: string; args: unknown[] };
   try {
-    const fn = (dp as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[method];
-    if (typeof fn !== "function") throw new Error(`no method ${method}`);
-    const result = await fn.apply(dp, args);
-    process.stdout.write(JSON.stringify({ id, result: result ?? null }) + "\n");
+    let result: unknown;
+    if (method === "block") {
+      // Keeps the event loop busy, as a long synchronous pass would: notifications pile up unread.
+      const end = Date.now() + Number(args[0]);
+      while (Date.now() < end) { /* busy */ }
+    } else if (method === "watch") {
+      dp.watch((change) => out({ change }));
+    } else if (method.includes(".")) {
+      const [spec, op] = method.split(".");
+      const t = table(spec!);
+      const fn = (t as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[op!];
+      result = await fn!.apply(t, args);
+    } else {
+      const fn = (dp as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[method];
+      if (typeof fn !== "function") throw new Error(`no method ${method}`);
+      result = await fn.apply(dp, args);
+    }
+    out({ id, result: result ?? null });
   } catch (err) {
     const e = err as Error & { code?: string };
-    process.stdout.write(JSON.stringify({ id, error: { message: e.message, code: e.code } }) + "\n");
+    out({ id, error: { message: e.message, code: e.code } });
   }
 });
 rl.on("close", () => { dp.close(); process.exit(0); });
-process.stdout.write(JSON.stringify({ ready: true }) + "\n");
+out({ ready: true });

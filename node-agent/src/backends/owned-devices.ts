@@ -1,0 +1,75 @@
+// Which devices are weft's. A device weft creates carries the interface alias
+// "weft:<backend>" (IFLA_IFALIAS, shown by `ip link`), and weft adopts,
+// repairs or deletes only devices with that mark. A device of the same name
+// without it belongs to someone else (flanneld's flannel.1, an admin's test
+// device) and is refused with an error, never wiped.
+import { WeftError, isWeftError } from "../../../lib/src/errors.js";
+import type { Logger } from "../../../lib/src/logger.js";
+import type { Dataplane, Link, LinkSpec } from "../dataplane/dataplane.js";
+
+const PREFIX = "weft:";
+
+export const ownerAlias = (backend: string): string => `${PREFIX}${backend}`;
+
+export const isOwned = (l: Link): boolean => !!l.alias?.startsWith(PREFIX);
+
+export interface EnsuredLink {
+  readonly link: Link;
+  /** "created", "reused" (compatible; at most MTU, MAC or state fixed) or "recreated" (was incompatible). */
+  readonly outcome: "created" | "reused" | "recreated";
+}
+
+/**
+ * Creates the device, or adopts ours when it is compatible (`why` returns
+ * undefined), or recreates ours when not. Fixes MTU, MAC and state, and
+ * checks the MAC stuck (systemd's MACAddressPolicy may rewrite it, and peers
+ * would then send to the wrong VTEP).
+ */
+export async function ensureOwnedLink(dp: Dataplane, spec: LinkSpec, incompatible: (l: Link) => string | undefined, flag: string): Promise<EnsuredLink> {
+  let outcome: EnsuredLink["outcome"] = "reused";
+  let link = await dp.getLink(spec.name);
+  if (link && !isOwned(link)) {
+    throw new WeftError("CONFIG_INVALID", `interface ${spec.name} exists but was not created by weft (it is a ${link.kind ?? "plain"} link without the "${PREFIX}" alias); weft will not adopt, change or delete it. Pick another name with ${flag}, or delete that interface if it is a leftover`);
+  }
+  const why = link && (link.kind !== spec.kind ? `is a ${link.kind ?? "plain"} link, not ${spec.kind}` : incompatible(link));
+  if (link && why) {
+    await dp.deleteLink(link.index);
+    link = undefined;
+    outcome = "recreated";
+  }
+  if (!link) {
+    try {
+      await dp.createLink(spec);
+      if (outcome === "reused") outcome = "created";
+    } catch (err) {
+      // Someone created it between our look and our create: start over with what is there now.
+      if (isWeftError(err, "ALREADY_EXISTS")) return ensureOwnedLink(dp, spec, incompatible, flag);
+      throw err;
+    }
+    link = await dp.getLink(spec.name);
+    if (!link) throw new WeftError("DATAPLANE_OP_FAILED", `${spec.kind} ${spec.name} vanished right after creation`);
+    const bad = incompatible(link);
+    if (bad) throw new WeftError("DATAPLANE_OP_FAILED", `${spec.kind} ${spec.name} ${bad} right after creation`);
+  }
+  const change = {
+    ...(link.mtu !== spec.mtu ? { mtu: spec.mtu } : {}),
+    ...(spec.mac && link.mac !== spec.mac ? { mac: spec.mac } : {}),
+    ...(link.alias !== spec.alias ? { alias: spec.alias } : {}),
+  };
+  if (Object.keys(change).length) await dp.setLink(link.index, change);
+  if (!link.up) await dp.setLink(link.index, { up: true });
+  const final = await dp.getLink(spec.name);
+  if (!final || (spec.mac && final.mac !== spec.mac)) {
+    throw new WeftError("DATAPLANE_OP_FAILED", `${spec.kind} ${spec.name} has MAC ${final?.mac ?? "?"} after setup, want ${spec.mac}`);
+  }
+  return { link: final, outcome };
+}
+
+/** Deletes weft devices other than `keep` (left by another backend before a config change). */
+export async function removeStaleDevices(dp: Dataplane, keep: readonly string[], log: Logger): Promise<void> {
+  for (const l of await dp.listLinks()) {
+    if (!isOwned(l) || keep.includes(l.name)) continue;
+    log.info({ device: l.name, alias: l.alias }, "removing a device of another backend");
+    await dp.deleteLink(l.index);
+  }
+}

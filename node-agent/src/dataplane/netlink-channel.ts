@@ -1,0 +1,212 @@
+// Request/response over one rtnetlink socket: sequence numbers, ACKs, errors
+// as errno numbers, multipart dumps. The `netlink` package supplies only the
+// raw socket; every message is encoded and parsed in rtnl-codec.ts.
+//
+// Dumps: the kernel sets NLM_F_DUMP_INTR on a dump that raced with a change
+// (its result may be inconsistent), so such a dump is run again, up to
+// DUMP_ATTEMPTS times; an errno in the final DONE message fails the dump. The
+// kernel runs one dump per socket at a time, so dumps are queued.
+//
+// Bounds: at most MAX_IN_FLIGHT requests are outstanding and the socket has an
+// 8 MB receive buffer, so replies never overflow it. Every request has a
+// deadline, checked by one sweep timer (a timer per request doubled the cost
+// of each operation); a request past its deadline means the socket is broken,
+// so it is closed, everything pending on it fails, and the next request opens
+// a new one. The caller's next reconcile pass re-reads everything.
+import { RawNetlinkSocket } from "netlink";
+import { getSystemErrorName } from "node:util";
+import { WeftError } from "../../../lib/src/errors.js";
+import { errnoOf, NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, splitMessages, type RawMessage } from "./rtnl-codec.js";
+
+const NETLINK_ROUTE = 0;
+const MAX_IN_FLIGHT = 64;
+const REQUEST_TIMEOUT_MS = 5000;
+const DUMP_ATTEMPTS = 5;
+export const RECV_BUFFER = 8 << 20;
+
+/** A request the kernel answered with an errno. */
+export class NetlinkError extends Error {
+  constructor(readonly errno: number, what: string) {
+    super(`${what}: ${errnoName(errno)}`);
+    this.name = "NetlinkError";
+  }
+}
+
+export function errnoName(errno: number): string {
+  try {
+    return getSystemErrorName(-errno);
+  } catch {
+    return `errno ${errno}`;
+  }
+}
+
+interface Pending {
+  readonly what: string;
+  readonly deadline: number;
+  readonly replies: RawMessage[];
+  interrupted: boolean;
+  readonly resolve: (r: { replies: RawMessage[]; interrupted: boolean }) => void;
+  readonly reject: (err: Error) => void;
+}
+
+/** The part of the binding's raw socket the channel uses. */
+export interface RawSocket {
+  send(msg: Buffer, options: { port: number }, cb: (err?: Error & { code?: string }) => void): void;
+  on(event: "message", fn: (msg: Buffer) => void): unknown;
+  on(event: "error", fn: (err: Error) => void): unknown;
+  ref(): void;
+  unref(): void;
+  close(): void;
+}
+
+export interface NetlinkChannelOptions {
+  /** Called when the socket fails; the channel opens a new one on the next request. */
+  readonly onSocketError?: (err: Error) => void;
+  /** Opens the socket; tests pass a scripted one to play the kernel's replies. */
+  readonly openSocket?: () => RawSocket;
+}
+
+const openRouteSocket = (): RawSocket => new RawNetlinkSocket(NETLINK_ROUTE, { recvBufferSize: RECV_BUFFER, sendBufferSize: 1 << 20 });
+
+export class NetlinkChannel {
+  private sock: RawSocket | undefined;
+  private seq = Math.floor(Math.random() * 0x7fffffff);
+  private readonly pending = new Map<number, Pending>();
+  private inFlight = 0;
+  private readonly waiting: Array<() => void> = [];
+  private dumps: Promise<unknown> = Promise.resolve();
+  private sweeper: NodeJS.Timeout | undefined;
+  private closed = false;
+
+  constructor(private readonly opts: NetlinkChannelOptions = {}) {}
+
+  private socket(): RawSocket {
+    if (this.closed) throw new WeftError("DATAPLANE_OP_FAILED", "dataplane closed");
+    if (this.sock) return this.sock;
+    const s = (this.opts.openSocket ?? openRouteSocket)();
+    s.unref();
+    s.on("message", (buf) => splitMessages(buf, (m) => this.receive(m)));
+    s.on("error", (err) => {
+      this.fail(s, err);
+      this.opts.onSocketError?.(err);
+    });
+    this.sock = s;
+    this.sweeper ??= setInterval(() => this.sweep(), 500).unref();
+    return s;
+  }
+
+  /** Closes a broken socket and fails whatever still waits on it. */
+  private fail(s: RawSocket, err: Error): void {
+    if (this.sock !== s) return;
+    this.sock = undefined;
+    try { s.close(); } catch { /* already closed */ }
+    for (const [seq, p] of [...this.pending]) {
+      this.settle(seq);
+      p.reject(err);
+    }
+  }
+
+  private sweep(): void {
+    const now = Date.now();
+    for (const p of this.pending.values()) {
+      if (p.deadline <= now && this.sock) {
+        this.fail(this.sock, new WeftError("DATAPLANE_OP_FAILED", `${p.what}: no answer from the kernel within ${REQUEST_TIMEOUT_MS} ms`));
+        return;
+      }
+    }
+  }
+
+  private receive(m: RawMessage): void {
+    const p = this.pending.get(m.seq);
+    if (!p) return; // a late answer to a request that already timed out
+    if (m.flags & NLM_F_DUMP_INTR) p.interrupted = true;
+    if (m.type === NLMSG_ERROR) {
+      const errno = errnoOf(m);
+      this.settle(m.seq);
+      if (errno !== 0) p.reject(new NetlinkError(errno, p.what));
+      else p.resolve({ replies: p.replies, interrupted: p.interrupted });
+    } else if (m.type === NLMSG_DONE) {
+      const errno = errnoOf(m);
+      this.settle(m.seq);
+      // An errno in DONE means the kernel gave up part-way: the list is incomplete.
+      if (errno !== 0) p.reject(new NetlinkError(errno, `${p.what} (dump ended with an error)`));
+      else p.resolve({ replies: p.replies, interrupted: p.interrupted });
+    } else {
+      // Replies are copied out of the datagram only as views; parsers run after the request settles.
+      p.replies.push(m);
+    }
+  }
+
+  private settle(seq: number): void {
+    this.pending.delete(seq);
+    if (this.pending.size === 0) this.sock?.unref();
+    this.release();
+  }
+
+  /** Takes one of the MAX_IN_FLIGHT slots, waiting for one if needed. */
+  private slot(): Promise<void> {
+    if (this.inFlight < MAX_IN_FLIGHT && this.waiting.length === 0) {
+      this.inFlight++;
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve) => this.waiting.push(resolve));
+  }
+
+  /** Hands the slot straight to the oldest waiter, so nobody arriving in between can overtake it. */
+  private release(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.inFlight--;
+  }
+
+  private async send(what: string, msg: Buffer): Promise<{ replies: RawMessage[]; interrupted: boolean }> {
+    await this.slot();
+    let sock: RawSocket;
+    try {
+      sock = this.socket();
+    } catch (err) {
+      this.release();
+      throw err;
+    }
+    const seq = (this.seq = (this.seq + 1) >>> 0 || 1);
+    msg.writeUInt32LE(seq, 8);
+    return new Promise((resolve, reject) => {
+      this.pending.set(seq, { what, deadline: Date.now() + REQUEST_TIMEOUT_MS, replies: [], interrupted: false, resolve, reject });
+      if (this.pending.size === 1) sock.ref();
+      sock.send(msg, { port: 0 }, (err) => {
+        if (!err || !this.pending.has(seq)) return;
+        this.settle(seq);
+        reject(new WeftError("DATAPLANE_OP_FAILED", `${what}: sending failed (${err.code})`, { cause: err }));
+      });
+    });
+  }
+
+  /** Sends a request and waits for its ACK; resolves with any replies that came before it (a GET answers with one). */
+  async request(what: string, msg: Buffer): Promise<RawMessage[]> {
+    return (await this.send(what, msg)).replies;
+  }
+
+  /** Runs a dump to completion, again if the kernel marks it interrupted. */
+  dump(what: string, msg: Buffer): Promise<RawMessage[]> {
+    const run = async (): Promise<RawMessage[]> => {
+      for (let attempt = 1; ; attempt++) {
+        const { replies, interrupted } = await this.send(what, msg);
+        if (!interrupted) return replies;
+        if (attempt >= DUMP_ATTEMPTS) throw new WeftError("DATAPLANE_OP_FAILED", `${what}: the kernel interrupted the dump ${attempt} times in a row (the table changes too fast); will retry`);
+      }
+    };
+    const p = this.dumps.then(run);
+    this.dumps = p.catch(() => undefined);
+    return p;
+  }
+
+  /** Final: pending and later requests fail; no socket is opened again. */
+  close(): void {
+    this.closed = true;
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = undefined;
+    if (this.sock) this.fail(this.sock, new WeftError("DATAPLANE_OP_FAILED", "dataplane closed"));
+    // Waiters wake holding a slot, find the channel closed and fail.
+    for (const w of this.waiting.splice(0)) w();
+  }
+}

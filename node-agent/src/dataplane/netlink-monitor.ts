@@ -1,0 +1,106 @@
+// rtnetlink notifications (links, IPv4 addresses, IPv4 routes, neighbours and
+// FDB entries) on a socket of their own, turned into KernelChange events.
+//
+// Every object the agent itself adds comes back here too (15,000 messages for
+// a full VXLAN pass at 5,000 peers), so parsing stays minimal: neighbour
+// messages are parsed only on the devices a listener asked about, routes only
+// in the main table. If the socket still overflows (the kernel drops
+// notifications and reports ENOBUFS), listeners get a "lost" event and the
+// socket is reopened: the caller resyncs everything, the standard recovery.
+// (scripts/patch-netlink.mjs makes the binding report that as an error
+// instead of aborting the process.)
+import { RawNetlinkSocket } from "netlink";
+import type { KernelChange } from "./dataplane.js";
+import { RECV_BUFFER } from "./netlink-channel.js";
+import {
+  AF_BRIDGE, AF_INET, isMainTable, isOurRoute, neighbourHeader, parseAddress, parseLink, parseNeighbour, parseRoute, RTM, RTNLGRP, splitMessages, type RawMessage,
+} from "./rtnl-codec.js";
+
+const NETLINK_ROUTE = 0;
+const REOPEN_DELAY_MS = 100;
+
+export class NetlinkMonitor {
+  private sock: RawNetlinkSocket | undefined;
+  private readonly listeners = new Set<(c: KernelChange) => void>();
+  private reopen: NodeJS.Timeout | undefined;
+  /** Devices whose neighbour and FDB entries matter; others are skipped before parsing. */
+  readonly watchedLinks = new Set<number>();
+
+  constructor(private readonly onError?: (err: Error) => void, private readonly recvBuffer = RECV_BUFFER) {}
+
+  subscribe(listener: (c: KernelChange) => void): () => void {
+    this.listeners.add(listener);
+    this.open();
+    return () => {
+      this.listeners.delete(listener);
+      if (this.listeners.size === 0) this.close();
+    };
+  }
+
+  private open(): void {
+    if (this.sock || this.reopen) return;
+    const s = new RawNetlinkSocket(NETLINK_ROUTE, { recvBufferSize: this.recvBuffer, sendBufferSize: 4096 });
+    s.unref();
+    for (const g of [RTNLGRP.LINK, RTNLGRP.NEIGH, RTNLGRP.IPV4_IFADDR, RTNLGRP.IPV4_ROUTE]) s.addMembership(g);
+    s.on("message", (buf) => splitMessages(buf, (m) => this.handle(m)));
+    s.on("error", (err) => {
+      if (this.sock !== s) return;
+      this.sock = undefined;
+      try { s.close(); } catch { /* closed by the binding already */ }
+      this.onError?.(err);
+      this.emit({ kind: "lost" });
+      this.reopen = setTimeout(() => {
+        this.reopen = undefined;
+        if (this.listeners.size) this.open();
+      }, REOPEN_DELAY_MS).unref();
+    });
+    this.sock = s;
+  }
+
+  private emit(c: KernelChange): void {
+    for (const l of this.listeners) l(c);
+  }
+
+  private handle(m: RawMessage): void {
+    switch (m.type) {
+      case RTM.NEWLINK:
+      case RTM.DELLINK: {
+        const link = parseLink(m);
+        if (link) this.emit({ kind: "link", deleted: m.type === RTM.DELLINK, link });
+        return;
+      }
+      case RTM.NEWADDR:
+      case RTM.DELADDR: {
+        const address = parseAddress(m);
+        if (address) this.emit({ kind: "address", deleted: m.type === RTM.DELADDR, address });
+        return;
+      }
+      case RTM.NEWROUTE:
+      case RTM.DELROUTE: {
+        const r = parseRoute(m);
+        if (r && isMainTable(r) && r.priority === 0) this.emit({ kind: "route", deleted: m.type === RTM.DELROUTE, value: r.route, ours: isOurRoute(r) });
+        return;
+      }
+      case RTM.NEWNEIGH:
+      case RTM.DELNEIGH: {
+        const h = neighbourHeader(m);
+        if (!h || !this.watchedLinks.has(h.index)) return;
+        const n = parseNeighbour(m);
+        // A deleted ARP entry is announced without its lladdr (no longer valid); its id is index + IP.
+        if (!n || !n.dst) return;
+        const deleted = m.type === RTM.DELNEIGH;
+        if (n.family === AF_INET) this.emit({ kind: "neighbour", deleted, value: { index: n.index, ip: n.dst, mac: n.lladdr }, ours: n.permanent });
+        else if (n.family === AF_BRIDGE && n.lladdr) this.emit({ kind: "fdb", deleted, value: { index: n.index, mac: n.lladdr, dst: n.dst }, ours: n.permanent });
+        return;
+      }
+    }
+  }
+
+  close(): void {
+    if (this.reopen) clearTimeout(this.reopen);
+    this.reopen = undefined;
+    const s = this.sock;
+    this.sock = undefined;
+    try { s?.close(); } catch { /* already closed */ }
+  }
+}

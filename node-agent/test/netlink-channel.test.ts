@@ -1,0 +1,128 @@
+// NetlinkChannel against a scripted socket that plays the kernel's side:
+// ACKs and errno replies, multipart dumps (interrupted, or ending in an
+// error), the in-flight bound and request deadlines.
+import { EventEmitter } from "node:events";
+import { constants } from "node:os";
+import { afterEach, describe, expect, it, vi } from "vitest";
+import { NetlinkChannel, NetlinkError, type RawSocket } from "../src/dataplane/netlink-channel.js";
+import { encodeDump, encodeRoute, NLM_F_DUMP_INTR, NLM_F_MULTI, NLMSG_DONE, NLMSG_ERROR, RTM } from "../src/dataplane/rtnl-codec.js";
+
+function msg(type: number, flags: number, seq: number, payload: Buffer): Buffer {
+  const h = Buffer.alloc(16);
+  h.writeUInt32LE(16 + payload.length, 0);
+  h.writeUInt16LE(type, 4);
+  h.writeUInt16LE(flags, 6);
+  h.writeUInt32LE(seq, 8);
+  return Buffer.concat([h, payload]);
+}
+const int = (v: number) => { const b = Buffer.alloc(4); b.writeInt32LE(v); return b; };
+
+class ScriptedSocket extends EventEmitter implements RawSocket {
+  readonly sent: Buffer[] = [];
+  closed = false;
+  /** Answers each request; default: ACK. */
+  answer: (req: Buffer, seq: number) => Buffer[] | undefined = (_r, seq) => [msg(NLMSG_ERROR, 0, seq, int(0))];
+  send(m: Buffer, _o: { port: number }, cb: (err?: Error) => void): void {
+    this.sent.push(Buffer.from(m));
+    const seq = m.readUInt32LE(8);
+    const replies = this.answer(m, seq);
+    queueMicrotask(() => {
+      cb();
+      for (const r of replies ?? []) this.emit("message", r);
+    });
+  }
+  ref() {}
+  unref() {}
+  close() { this.closed = true; }
+}
+
+const route = encodeRoute(RTM.NEWROUTE, 0, { dst: "10.0.0.0/24", gateway: "10.0.0.1", oif: 2, onlink: true });
+const entry = (seq: number, flags = NLM_F_MULTI) => msg(RTM.NEWROUTE, flags, seq, Buffer.alloc(12));
+
+afterEach(() => vi.useRealTimers());
+
+describe("NetlinkChannel", () => {
+  it("resolves on ACK and rejects with the kernel's errno as a number", async () => {
+    const sock = new ScriptedSocket();
+    const ch = new NetlinkChannel({ openSocket: () => sock });
+    await expect(ch.request("add route", Buffer.from(route))).resolves.toEqual([]);
+    sock.answer = (_r, seq) => [msg(NLMSG_ERROR, 0, seq, int(-constants.errno.EEXIST))];
+    const err = await ch.request("add route", Buffer.from(route)).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(NetlinkError);
+    expect(err).toMatchObject({ errno: constants.errno.EEXIST, message: "add route: EEXIST" });
+    ch.close();
+  });
+
+  it("runs an interrupted dump again and returns the consistent one", async () => {
+    const sock = new ScriptedSocket();
+    let n = 0;
+    sock.answer = (_r, seq) => {
+      n++;
+      // The first attempt raced with a change: the kernel flags it.
+      const flags = n === 1 ? NLM_F_MULTI | NLM_F_DUMP_INTR : NLM_F_MULTI;
+      return [Buffer.concat([entry(seq, flags), entry(seq, flags)]), msg(NLMSG_DONE, flags, seq, int(0))];
+    };
+    const ch = new NetlinkChannel({ openSocket: () => sock });
+    const replies = await ch.dump("list routes", encodeDump(RTM.GETROUTE, 2));
+    expect(replies.length).toBe(2);
+    expect(n).toBe(2);
+    ch.close();
+  });
+
+  it("gives up on a dump interrupted every time, saying why", async () => {
+    const sock = new ScriptedSocket();
+    sock.answer = (_r, seq) => [msg(NLMSG_DONE, NLM_F_MULTI | NLM_F_DUMP_INTR, seq, int(0))];
+    const ch = new NetlinkChannel({ openSocket: () => sock });
+    await expect(ch.dump("list routes", encodeDump(RTM.GETROUTE, 2))).rejects.toThrow(/interrupted the dump 5 times/);
+    expect(sock.sent.length).toBe(5);
+    ch.close();
+  });
+
+  it("fails a dump whose DONE message carries an error: the list is incomplete", async () => {
+    const sock = new ScriptedSocket();
+    sock.answer = (_r, seq) => [entry(seq), msg(NLMSG_DONE, NLM_F_MULTI, seq, int(-constants.errno.EINTR))];
+    const ch = new NetlinkChannel({ openSocket: () => sock });
+    await expect(ch.dump("list routes", encodeDump(RTM.GETROUTE, 2))).rejects.toMatchObject({ errno: constants.errno.EINTR, message: expect.stringMatching(/dump ended with an error/) });
+    ch.close();
+  });
+
+  it("keeps at most 64 requests in flight", async () => {
+    const sock = new ScriptedSocket();
+    const held: Array<() => void> = [];
+    let outstanding = 0;
+    let peak = 0;
+    sock.answer = (_r, seq) => {
+      outstanding++;
+      peak = Math.max(peak, outstanding);
+      held.push(() => { outstanding--; sock.emit("message", msg(NLMSG_ERROR, 0, seq, int(0))); });
+      return undefined;
+    };
+    const ch = new NetlinkChannel({ openSocket: () => sock });
+    const all = Promise.all(Array.from({ length: 200 }, () => ch.request("add", Buffer.from(route))));
+    for (let done = 0; done < 200;) {
+      await new Promise((r) => setTimeout(r, 0));
+      const batch = held.splice(0);
+      batch.forEach((f) => f());
+      done += batch.length;
+    }
+    await all;
+    expect(peak).toBe(64);
+    ch.close();
+  });
+
+  it("fails requests the kernel never answers, drops the socket and opens a new one", async () => {
+    vi.useFakeTimers();
+    const stuck = new ScriptedSocket();
+    stuck.answer = () => undefined;
+    const opened: ScriptedSocket[] = [];
+    const ch = new NetlinkChannel({ openSocket: () => { const s = opened.length ? new ScriptedSocket() : stuck; opened.push(s); return s; } });
+    const p = ch.request("add route", Buffer.from(route)).catch((e: Error) => e);
+    await vi.advanceTimersByTimeAsync(6000);
+    expect(await p).toMatchObject({ code: "DATAPLANE_OP_FAILED", message: expect.stringMatching(/no answer from the kernel within 5000 ms/) });
+    expect(stuck.closed).toBe(true);
+    await expect(ch.request("add route", Buffer.from(route))).resolves.toEqual([]);
+    expect(opened.length).toBe(2);
+    ch.close();
+    await expect(ch.request("add route", Buffer.from(route))).rejects.toThrow(/dataplane closed/);
+  });
+});

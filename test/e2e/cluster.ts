@@ -289,6 +289,19 @@ export class Cluster {
     return pod;
   }
 
+  /** An HTTP server in `ns` that answers each request with the client address it sees (masquerade checks). */
+  async startWhoami(ns: string, ip: string, port = 8080): Promise<void> {
+    const code = `require("http").createServer((q, r) => r.end(q.socket.remoteAddress.replace(/^::ffff:/, ""))).listen(${port}, "${ip}")`;
+    this.spawnIn(ns, `whoami-${ns.replace(this.prefix, "")}`, [process.execPath, "-e", code]);
+    await waitFor(`whoami server in ${ns}`, async () => (await this.curl(ns, `http://${ip}:${port}/`)).code === 200, 10_000, 100);
+  }
+
+  /** The address `to`'s whoami server saw for a request from `fromNs`, or undefined when unreachable. */
+  async whoami(fromNs: string, to: string, port = 8080): Promise<string | undefined> {
+    const r = await this.curl(fromNs, `http://${to}:${port}/`);
+    return r.code === 200 ? r.body : undefined;
+  }
+
   async ping(from: Pod, to: string, count = 1): Promise<boolean> {
     const r = await sh("ip", ["netns", "exec", from.ns, "ping", "-c", String(count), "-W", "1", "-i", "0.2", to], { allowFail: true });
     return r.code === 0;

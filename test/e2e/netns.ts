@@ -123,3 +123,10 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
 }
 
 export type { ChildProcess };
+
+/** Milliseconds until `fn` holds, polling every `stepMs`; throws after `timeoutMs`. */
+export async function timeUntil(what: string, fn: () => Promise<boolean>, timeoutMs = 5000, stepMs = 10): Promise<number> {
+  const t0 = performance.now();
+  await waitFor(what, async () => (await fn()) || undefined, timeoutMs, stepMs);
+  return Math.round(performance.now() - t0);
+}

@@ -1,58 +1,157 @@
-// npm run bench:iperf — pod-to-pod TCP throughput over the VXLAN overlay next
-// to node-to-node throughput on the underlay, measured in the same run with
-// iperf3 (2 nodes, 1 pod each, wft-iperf-* namespaces). Ends with one JSON line.
-import { existsSync } from "node:fs";
-import { join } from "node:path";
+// npm run bench:iperf — pod-to-pod TCP throughput through weft's data plane
+// against the same data plane configured by hand with iproute2, in the same
+// run and topology (2 nodes on a veth+bridge underlay, 1 pod each through the
+// real CNI bridge + host-local plugins, wft-iperf-* namespaces):
+//   underlay            node -> node over eth0
+//   vxlan   hand / weft a VXLAN device (VNI 1, port 8472, learning off, MTU
+//                       underlay-50) with ARP + FDB + onlink route per peer
+//   host-gw hand / weft a route per peer subnet via the peer's address
+// Pods get the MTU the agent writes in subnet.env (FLANNEL_MTU) in both the
+// weft and the hand-made runs of a mode, as a user would set by hand. For
+// each mode the rounds alternate weft and hand (the agent is stopped, its
+// device and routes are removed, the same objects are made with ip/bridge).
+// The firewall rules the agent installs stay in place in both, so the only
+// difference is how the data path was configured. Ends with one JSON line.
+import { existsSync, readFileSync } from "node:fs";
 import { cpus, loadavg } from "node:os";
-import { Cluster, ROOT } from "../test/e2e/cluster.js";
-import { sh } from "../test/e2e/netns.js";
+import { Cluster, type Pod } from "../test/e2e/cluster.js";
+import { ip, ipJson, nsExec, sh } from "../test/e2e/netns.js";
 
 const SECONDS = Number(process.env.WEFT_IPERF_SECONDS ?? 5);
 const ROUNDS = Number(process.env.WEFT_IPERF_ROUNDS ?? 3);
 
 async function iperf(serverNs: string, clientNs: string, target: string): Promise<number> {
   const server = sh("ip", ["netns", "exec", serverNs, "iperf3", "-s", "-1", "-B", target], { allowFail: true, timeoutMs: (SECONDS + 20) * 1000 });
-  await new Promise((r) => setTimeout(r, 500));
+  await new Promise((r) => setTimeout(r, 400));
   const r = await sh("ip", ["netns", "exec", clientNs, "iperf3", "-c", target, "-t", String(SECONDS), "-J"], { timeoutMs: (SECONDS + 20) * 1000 });
   await server;
   const j = JSON.parse(r.stdout) as { end: { sum_received: { bits_per_second: number } } };
   return Math.round(j.end.sum_received.bits_per_second / 1e6);
 }
 
+interface NodeFacts { subnet: string; gw: string }
+
+async function facts(c: Cluster, i: number): Promise<NodeFacts> {
+  const subnet = (await c.agentApi<{ subnet: string }>(i, "/v1/lease")).json.subnet;
+  return { subnet, gw: subnet.split("/")[0]! };
+}
+
+/** Stops the agents and removes what they programmed (not the firewall rules): a clean slate for the hand-made data path. */
+async function weftOff(c: Cluster): Promise<void> {
+  for (const i of [0, 1]) {
+    await c.stopAgent(i);
+    await ip("-n", c.nodes[i]!.ns, "route", "flush", "proto", "87");
+    await ip("-n", c.nodes[i]!.ns, "link", "del", "weft.1").catch(() => undefined);
+  }
+}
+
+async function weftOn(c: Cluster): Promise<void> {
+  for (const i of [0, 1]) c.startAgent(i);
+  for (const i of [0, 1]) await c.waitPeers(i, 1, 60_000);
+}
+
+/** VXLAN as an admin would type it: the same objects the agent makes. */
+async function handVxlan(c: Cluster, f: NodeFacts[]): Promise<() => Promise<void>> {
+  const macs = ["0e:aa:00:00:00:01", "0e:aa:00:00:00:02"];
+  for (const i of [0, 1]) {
+    const n = c.nodes[i]!.ns;
+    const j = 1 - i;
+    await ip("-n", n, "link", "add", "vxh", "address", macs[i]!, "mtu", "1450", "type", "vxlan", "id", "1", "local", c.nodes[i]!.underlayIP, "dev", "eth0", "dstport", "8472", "nolearning");
+    await ip("-n", n, "addr", "add", `${f[i]!.gw}/32`, "dev", "vxh");
+    await ip("-n", n, "link", "set", "vxh", "up");
+    await ip("-n", n, "neigh", "add", f[j]!.gw, "lladdr", macs[j]!, "dev", "vxh", "nud", "permanent");
+    await nsExec(n, "bridge", "fdb", "append", macs[j]!, "dev", "vxh", "dst", c.nodes[j]!.underlayIP, "self", "permanent");
+    await ip("-n", n, "route", "add", f[j]!.subnet, "via", f[j]!.gw, "dev", "vxh", "onlink");
+  }
+  return async () => { for (const i of [0, 1]) await ip("-n", c.nodes[i]!.ns, "link", "del", "vxh"); };
+}
+
+async function handHostGw(c: Cluster, f: NodeFacts[]): Promise<() => Promise<void>> {
+  for (const i of [0, 1]) await ip("-n", c.nodes[i]!.ns, "route", "add", f[1 - i]!.subnet, "via", c.nodes[1 - i]!.underlayIP, "dev", "eth0");
+  return async () => { for (const i of [0, 1]) await ip("-n", c.nodes[i]!.ns, "route", "del", f[1 - i]!.subnet); };
+}
+
+/** Pods for a mode, with the MTU the agent wrote (FLANNEL_MTU). */
+async function pods(c: Cluster, mode: string): Promise<[Pod, Pod]> {
+  for (const i of [0, 1]) {
+    await sh("ip", ["netns", "del", `${c.nodes[i]!.ns}-p0`], { allowFail: true });
+    await ip("-n", c.nodes[i]!.ns, "link", "del", "cni0").catch(() => undefined);
+    await sh("rm", ["-rf", `${c.workDir}/${c.nodes[i]!.name}/cni`]);
+  }
+  const a = await c.addPod(0, 0);
+  const b = await c.addPod(1, 0);
+  const mtu = (await ipJson<Array<{ mtu: number }>>(a.ns, "link", "show", "eth0"))[0]!.mtu;
+  process.stderr.write(`${mode}: pods ${a.ip} and ${b.ip}, pod MTU ${mtu}\n`);
+  return [a, b];
+}
+
+/** utime + stime of both agent processes, in ms. */
+function agentCpuMs(c: Cluster): number {
+  let ms = 0;
+  for (const n of c.nodes) {
+    if (!n.agent?.pid) continue;
+    // ip netns exec execs the agent, so the child's pid is the agent's.
+    const f = readFileSync(`/proc/${n.agent.pid}/stat`, "utf8").split(") ")[1]!.split(" ");
+    ms += ((Number(f[11]) + Number(f[12])) * 1000) / 100;
+  }
+  return ms;
+}
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error("bench:iperf needs root (network namespaces)");
   for (const bin of ["/usr/bin/iperf3", "/usr/lib/cni/bridge"]) if (!existsSync(bin)) throw new Error(`bench:iperf needs ${bin}`);
-  const runner = existsSync(join(ROOT, "dist/node-agent/src/main.js")) && existsSync(join(ROOT, "dist/lease-server/src/main.js")) ? "dist" : "tsx";
   await new Cluster({ runId: "iperf", nodes: 0 }).cleanupPrevious();
-  const c = new Cluster({ runId: "iperf", nodes: 2, runner });
-  const rounds: Array<{ underlayMbps: number; overlayMbps: number }> = [];
+  // The production resync interval: the agents' periodic checks are part of what is measured.
+  const c = new Cluster({ runId: "iperf", nodes: 2, leaseTtl: "10m", resyncInterval: "10s" });
+  const results: Record<string, number[]> = { underlay: [], "vxlan weft": [], "vxlan hand": [], "host-gw weft": [], "host-gw hand": [] };
+  const mtus: Record<string, string> = {};
+  /** CPU the two agents used while iperf ran through their data plane (ms, all rounds). */
+  const agentCpu: Record<string, number> = {};
   try {
     await c.setup();
-    await c.startServer();
-    c.startAgent(0);
-    c.startAgent(1);
-    for (const i of [0, 1]) await c.waitReady(i, 60_000);
-    for (const i of [0, 1]) await c.waitPeers(i, 1, 60_000);
-    const a = await c.addPod(0, 0);
-    const b = await c.addPod(1, 0);
-    // Alternate so drift in machine load hits both paths alike.
-    for (let i = 0; i < ROUNDS; i++) {
-      const underlayMbps = await iperf(c.nodes[1]!.ns, c.nodes[0]!.ns, c.nodes[1]!.underlayIP);
-      const overlayMbps = await iperf(b.ns, a.ns, b.ip);
-      rounds.push({ underlayMbps, overlayMbps });
-      process.stderr.write(`round ${i + 1}: underlay ${underlayMbps} Mbit/s, overlay ${overlayMbps} Mbit/s\n`);
+    for (const mode of ["vxlan", "host-gw"] as const) {
+      await c.stopServer();
+      await c.startServer({ Type: mode });
+      for (const i of [0, 1]) await c.stopAgent(i);
+      await weftOn(c);
+      mtus[mode] = c.subnetEnv(0).FLANNEL_MTU!;
+      const f = [await facts(c, 0), await facts(c, 1)];
+      const [a, b] = await pods(c, mode);
+      const weft = async () => {
+        const cpu0 = agentCpuMs(c);
+        results[`${mode} weft`]!.push(await iperf(b.ns, a.ns, b.ip));
+        agentCpu[mode] = (agentCpu[mode] ?? 0) + agentCpuMs(c) - cpu0;
+        await weftOff(c);
+      };
+      const hand = async () => {
+        const undo = mode === "vxlan" ? await handVxlan(c, f) : await handHostGw(c, f);
+        results[`${mode} hand`]!.push(await iperf(b.ns, a.ns, b.ip));
+        await undo();
+      };
+      // Alternate which goes first, so drift in machine load hits both alike.
+      for (let r = 0; r < ROUNDS; r++) {
+        if (r > 0) await weftOn(c);
+        if (r % 2 === 0) { await weft(); await hand(); } else { await weftOff(c); await hand(); await weftOn(c); await weft(); }
+        results.underlay!.push(await iperf(c.nodes[1]!.ns, c.nodes[0]!.ns, c.nodes[1]!.underlayIP));
+        process.stderr.write(`${mode} round ${r + 1}: weft ${results[`${mode} weft`]!.at(-1)}, hand ${results[`${mode} hand`]!.at(-1)}, underlay ${results.underlay!.at(-1)} Mbit/s\n`);
+      }
+      await weftOn(c);
     }
   } finally {
     await c.destroy();
   }
   const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)]!;
-  const underlay = median(rounds.map((r) => r.underlayMbps));
-  const overlay = median(rounds.map((r) => r.overlayMbps));
-  process.stdout.write(`\nTCP throughput, iperf3 -t ${SECONDS}, ${ROUNDS} rounds (median), veth underlay MTU 1500, VXLAN MTU 1450\n`);
-  process.stdout.write(`  node -> node (underlay)     ${String(underlay).padStart(7)} Mbit/s\n`);
-  process.stdout.write(`  pod  -> pod  (VXLAN)        ${String(overlay).padStart(7)} Mbit/s  (${Math.round((overlay / underlay) * 100)}% of underlay)\n`);
+  const m = Object.fromEntries(Object.entries(results).map(([k, v]) => [k, median(v)]));
+  const ratio = (mode: string) => Math.round((m[`${mode} weft`]! / m[`${mode} hand`]!) * 100) / 100;
+  process.stdout.write(`\nTCP throughput pod -> pod, iperf3 -t ${SECONDS}, ${ROUNDS} rounds (median), veth underlay MTU 1500\n`);
+  process.stdout.write(`  ${"path".padEnd(26)} ${"Mbit/s".padStart(8)}\n`);
+  process.stdout.write(`  ${"node -> node (underlay)".padEnd(26)} ${String(m.underlay).padStart(8)}\n`);
+  for (const mode of ["vxlan", "host-gw"]) {
+    process.stdout.write(`  ${`${mode}, by hand (iproute2)`.padEnd(26)} ${String(m[`${mode} hand`]).padStart(8)}   pod MTU ${mtus[mode]}\n`);
+    process.stdout.write(`  ${`${mode}, weft`.padEnd(26)} ${String(m[`${mode} weft`]).padStart(8)}   ${ratio(mode)} of by hand, ${Math.round((m[`${mode} weft`]! / m.underlay!) * 100)}% of the underlay; agents used ${Math.round(agentCpu[mode]!)} ms CPU in ${ROUNDS * SECONDS} s of traffic\n`);
+  }
   process.stdout.write(`  load average at the end: ${loadavg().map((x) => x.toFixed(2)).join(" ")} on ${cpus().length} CPUs\n`);
-  process.stdout.write(JSON.stringify({ bench: "iperf", seconds: SECONDS, rounds, underlayMbps: underlay, overlayMbps: overlay, ratio: Math.round((overlay / underlay) * 100) / 100 }) + "\n");
+  process.stdout.write(JSON.stringify({ bench: "iperf", seconds: SECONDS, rounds: results, medians: m, ratios: { vxlan: ratio("vxlan"), "host-gw": ratio("host-gw") }, agentCpuMs: agentCpu, target: 0.97 }) + "\n");
 }
 
 main().catch((err) => {

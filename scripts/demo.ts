@@ -1,6 +1,8 @@
 // npm run demo: a lease server on SQLite and 3 nodes with 2 pods each, all in
-// network namespaces, pings across the VXLAN overlay, the subnet map and each
-// agent's API. Ctrl-C or SIGTERM cleans everything up.
+// network namespaces: the subnet map, pings across the VXLAN overlay, a host
+// outside the cluster seeing the pods' traffic masqueraded (--ip-masq), a
+// deleted route put back by the agent, and each agent's API. Ctrl-C or
+// SIGTERM cleans everything up.
 //   npm run demo -- --duration 30      (or WEFT_DEMO_DURATION=30) for non-interactive runs
 //
 // Each run gets its own id (wft-<pid>r<random>-*), so two demos never collide.
@@ -10,8 +12,8 @@
 // without dist/ it stops and says so rather than run something else.
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { AGENT_API_PORT, Cluster, ROOT, SERVER_IP, GRPC_PORT, type Pod } from "../test/e2e/cluster.js";
-import { findBin, ipJson, newRunId, sh } from "../test/e2e/netns.js";
+import { AGENT_API_PORT, Cluster, EXTERNAL_IP, ROOT, SERVER_IP, GRPC_PORT, type Pod } from "../test/e2e/cluster.js";
+import { findBin, ip, ipJson, newRunId, sh, timeUntil } from "../test/e2e/netns.js";
 
 const NODES = 3;
 const PODS = 2;
@@ -32,7 +34,7 @@ function preflight(): void {
   const missing: string[] = [];
   if (process.getuid?.() !== 0) missing.push("root (run with sudo)");
   for (const f of ["/usr/lib/cni/bridge", "/usr/lib/cni/host-local"]) if (!existsSync(f)) missing.push(`${f} (apt-get install containernetworking-plugins)`);
-  for (const [bin, pkg] of [["ip", "iproute2"], ["bridge", "iproute2"], ["ping", "iputils-ping"], ["curl", "curl"]] as const) {
+  for (const [bin, pkg] of [["ip", "iproute2"], ["bridge", "iproute2"], ["ping", "iputils-ping"], ["curl", "curl"], ["nft", "nftables"], ["iptables", "iptables"]] as const) {
     if (!findBin(bin)) missing.push(`${bin} (apt-get install ${pkg})`);
   }
   for (const f of ["dist/node-agent/src/main.js", "dist/lease-server/src/main.js"]) {
@@ -81,7 +83,7 @@ async function main(): Promise<void> {
     await c.setup();
     await c.startServer();
     process.stdout.write(`lease server: ${SERVER_IP}:${GRPC_PORT} in ${c.srv} (SQLite ${join(c.workDir, "leases.db")})\n`);
-    for (let i = 0; i < NODES; i++) c.startAgent(i);
+    for (let i = 0; i < NODES; i++) c.startAgent(i, ["--ip-masq"]);
     for (let i = 0; i < NODES; i++) await c.waitReady(i, 60_000);
     for (let i = 0; i < NODES; i++) await c.waitPeers(i, NODES - 1, 60_000);
     const pods: Pod[] = [];
@@ -102,7 +104,19 @@ async function main(): Promise<void> {
       process.stdout.write(`\npings across the overlay (${new Date().toISOString()})\n${lines.join("\n")}\n`);
     };
     await round();
-    process.stdout.write(`\nlogs: ${join(c.workDir, "logs")}   kernel state: ip -n ${c.nodes[0]!.ns} route show proto 87; ip netns exec ${c.nodes[0]!.ns} bridge fdb show dev weft.1\n`);
+
+    const ext = await c.addExternalHost();
+    await c.startWhoami(ext, EXTERNAL_IP);
+    const seen = await c.whoami(pods[0]!.ns, EXTERNAL_IP);
+    process.stdout.write(`\nmasquerade (--ip-masq): ${pods[0]!.ns.replace(c.prefix, "")} (${pods[0]!.ip}) -> outside host ${EXTERNAL_IP}: it sees ${seen ?? "nothing (unreachable)"}${seen === c.nodes[0]!.underlayIP ? " (node-0's address)" : ""}\n`);
+
+    const peer = (await c.agentApi<{ subnet: string }>(1, "/v1/lease")).json.subnet;
+    const ns0 = c.nodes[0]!.ns;
+    await ip("-n", ns0, "route", "del", peer);
+    const ms = await timeUntil("route back", async () => (await ipJson<Array<{ dst: string }>>(ns0, "route", "show", "proto", "87")).some((r) => r.dst === peer), 5000);
+    process.stdout.write(`self-healing: deleted node-0's route to ${peer} (ip route del); the agent put it back within ${ms} ms\n`);
+
+    process.stdout.write(`\nlogs: ${join(c.workDir, "logs")}   kernel state: ip -n ${ns0} route show proto 87; ip netns exec ${ns0} bridge fdb show dev weft.1; ip netns exec ${ns0} nft list table ip weft\n`);
     process.stdout.write(duration ? `running for ${duration} s, then cleaning up\n` : "press Ctrl-C to stop and clean up\n");
 
     const end = duration ? Date.now() + duration * 1000 : Infinity;

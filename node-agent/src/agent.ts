@@ -66,6 +66,7 @@ export class Agent {
   /** Peers (by subnet) the backend refused to program, with the reason. */
   private rejected: ReadonlyMap<string, Rejection> = new Map();
   private passDone = false;
+  private lastPassMs = 0;
   /** Why the data plane is not as wanted right now; empty when it is. */
   private readonly problems = new Map<Problem, string>();
   private wasReady = false;
@@ -128,7 +129,7 @@ export class Agent {
     await writeSubnetEnv(config.subnetFile, { network: this.network.network, subnet, mtu: backend.mtu(), ipMasq: config.ipMasq });
     log.info({ path: config.subnetFile, mtu: backend.mtu(), ipMasq: config.ipMasq }, "subnet.env written");
 
-    this.unwatch = dataplane.watch((c) => this.onKernelChange(c));
+    if (config.watchKernel) this.unwatch = dataplane.watch((c) => this.onKernelChange(c));
     void this.renewLoop().catch((err) => this.die(err));
     void this.watchLoop().catch((err) => this.die(err));
     this.timer = setInterval(() => this.requestPass({ repair: true, firewall: true }), clampTimerMs(config.resyncIntervalMs));
@@ -337,6 +338,7 @@ export class Agent {
         this.failed = r.failed;
         this.rejected = r.rejected;
         this.passDone = true;
+        this.lastPassMs = r.durationMs;
         if (r.errors) this.problems.set("dataplane", `${r.failed.size} of ${peers.length - r.rejected.size} peers not programmed (${r.errors} failed operations): ${r.problems.join("; ")}`);
         else this.problems.delete("dataplane");
         this.updatePeerMetrics();
@@ -391,7 +393,7 @@ export class Agent {
     const reasons = this.notReadyReasons();
     const ready = reasons.length === 0;
     this.deps.metrics.ready.set(ready ? 1 : 0);
-    if (ready && !this.wasReady) this.deps.log.info({ peers: this.programmed.size, rejected: this.rejected.size }, "ready");
+    if (ready && !this.wasReady) this.deps.log.info({ peers: this.programmed.size, rejected: this.rejected.size, ms: Math.round(this.lastPassMs) }, "ready");
     if (!ready && this.wasReady) this.deps.log.warn({ reasons }, "not ready");
     this.wasReady = ready;
   }

@@ -25,6 +25,7 @@ export const FLAGS = {
   "ip-masq": { type: "boolean", help: "masquerade pod traffic leaving the cluster network with the node's address (nftables table ip weft); writes FLANNEL_IPMASQ=true" },
   "forward-rules": { type: "boolean", default: "true", help: "accept forwarding to and from the cluster network (nftables, and iptables FORWARD where iptables exists: Docker sets its policy to DROP); --forward-rules=false to leave forwarding alone" },
   cleanup: { type: "boolean", help: "remove all of weft's kernel state from this node (weft devices, weft routes, firewall rules) and exit" },
+  "watch-kernel": { type: "boolean", default: "true", help: "repair drift (a deleted route, ARP or FDB entry, address, device, a changed MTU) as soon as the kernel announces it; =false leaves repairs to the resync timer" },
   "resync-interval": { type: "string", value: "DURATION", default: "10s", help: "how often the kernel state is compared with the peers even without changes (1s to 1h)" },
   insecure: { type: "boolean", help: "talk to the lease server in plaintext (trusted networks and tests only)" },
   "tls-ca": { type: "string", value: "FILE", help: "CA (PEM) that signed the lease server's certificate" },
@@ -52,6 +53,7 @@ export interface AgentConfig {
   readonly vxlanDevice?: string;
   readonly ipMasq: boolean;
   readonly forwardRules: boolean;
+  readonly watchKernel: boolean;
   readonly resyncIntervalMs: number;
   /** undefined = insecure. */
   readonly tls?: TlsFiles;
@@ -149,6 +151,6 @@ export function loadAgentConfig(argv: readonly string[]): AgentConfig | CleanupC
 
   return deepFreeze({
     cleanup: false as const, servers, nodeName, iface: f.iface, publicIP: f["public-ip"], subnetFile: f["subnet-file"], stateDir: f["state-dir"],
-    httpListen: { host, port }, vxlanDevice: f["vxlan-device"], ipMasq: f["ip-masq"], forwardRules: f["forward-rules"], resyncIntervalMs: resync, tls, logLevel: f["log-level"],
+    httpListen: { host, port }, vxlanDevice: f["vxlan-device"], ipMasq: f["ip-masq"], forwardRules: f["forward-rules"], watchKernel: f["watch-kernel"], resyncIntervalMs: resync, tls, logLevel: f["log-level"],
   });
 }

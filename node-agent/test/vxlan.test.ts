@@ -2,6 +2,7 @@ import { readdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { pino } from "pino";
+import { WeftError } from "../../lib/src/errors.js";
 import { parseNetworkConfig } from "../../lib/src/net-config.js";
 import { VxlanBackend } from "../src/backends/vxlan.js";
 import type { Route } from "../src/dataplane/dataplane.js";
@@ -145,5 +146,17 @@ describe("VxlanBackend", () => {
     const { backend: plain } = await vxlanOnFake();
     expect(count(plain.desired([peer(2), far]), "fdb")).toBe(2);
     expect(plain.pathTo(peer(2))).toBe("vxlan");
+  });
+});
+
+describe("VxlanBackend device conflicts", () => {
+  it("fails with the reason, without looping, when the kernel refuses a VXLAN device whose VNI and port another device uses", async () => {
+    const dp = new FakeDataplane();
+    let creates = 0;
+    dp.createLink = async () => { creates++; throw new WeftError("ALREADY_EXISTS", "create vxlan weft.1: an interface of that name exists"); };
+    await expect(make(dp, new AgentState(tmpDir())).init(localNode)).rejects.toMatchObject({
+      code: "CONFIG_INVALID", message: expect.stringMatching(/cannot create vxlan weft.1: .*same VNI and UDP port.*change VNI\/Port in the network config/),
+    });
+    expect(creates).toBe(1);
   });
 });

@@ -25,7 +25,7 @@ export interface EnsuredLink {
  * checks the MAC stuck (systemd's MACAddressPolicy may rewrite it, and peers
  * would then send to the wrong VTEP).
  */
-export async function ensureOwnedLink(dp: Dataplane, spec: LinkSpec, incompatible: (l: Link) => string | undefined, flag: string): Promise<EnsuredLink> {
+export async function ensureOwnedLink(dp: Dataplane, spec: LinkSpec, incompatible: (l: Link) => string | undefined, flag: string, raced = false): Promise<EnsuredLink> {
   let outcome: EnsuredLink["outcome"] = "reused";
   let link = await dp.getLink(spec.name);
   if (link && !isOwned(link)) {
@@ -42,9 +42,12 @@ export async function ensureOwnedLink(dp: Dataplane, spec: LinkSpec, incompatibl
       await dp.createLink(spec);
       if (outcome === "reused") outcome = "created";
     } catch (err) {
-      // Someone created it between our look and our create: start over with what is there now.
-      if (isWeftError(err, "ALREADY_EXISTS")) return ensureOwnedLink(dp, spec, incompatible, flag);
-      throw err;
+      if (!isWeftError(err, "ALREADY_EXISTS")) throw err;
+      // Someone created it between our look and our create: start over, once, with what is there now.
+      if (!raced && await dp.getLink(spec.name)) return ensureOwnedLink(dp, spec, incompatible, flag, true);
+      // No device of that name: the kernel refuses for another reason, e.g. another VXLAN device
+      // (flannel.1?) already has this VNI and port. Retrying cannot help.
+      throw new WeftError("CONFIG_INVALID", `cannot create ${spec.kind} ${spec.name}: the kernel says it exists although no interface has that name; another ${spec.kind} device probably uses the same settings (for VXLAN: the same VNI and UDP port). Remove that device, or change VNI/Port in the network config`, { cause: err });
     }
     link = await dp.getLink(spec.name);
     if (!link) throw new WeftError("DATAPLANE_OP_FAILED", `${spec.kind} ${spec.name} vanished right after creation`);

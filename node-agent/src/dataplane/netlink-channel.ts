@@ -13,7 +13,7 @@
 // of each operation); a request past its deadline means the socket is broken,
 // so it is closed, everything pending on it fails, and the next request opens
 // a new one. The caller's next reconcile pass re-reads everything.
-import { RawNetlinkSocket } from "netlink";
+import { RawNetlinkSocket } from "netlink/dist/raw.js";
 import { getSystemErrorName } from "node:util";
 import { WeftError } from "../../../lib/src/errors.js";
 import { errnoOf, NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, splitMessages, type RawMessage } from "./rtnl-codec.js";

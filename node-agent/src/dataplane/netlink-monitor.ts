@@ -9,15 +9,17 @@
 // socket is reopened: the caller resyncs everything, the standard recovery.
 // (scripts/patch-netlink.mjs makes the binding report that as an error
 // instead of aborting the process.)
-import { RawNetlinkSocket } from "netlink";
+import { RawNetlinkSocket } from "netlink/dist/raw.js";
 import type { KernelChange } from "./dataplane.js";
 import { RECV_BUFFER } from "./netlink-channel.js";
 import {
-  AF_BRIDGE, AF_INET, isMainTable, isOurRoute, neighbourHeader, parseAddress, parseLink, parseNeighbour, parseRoute, RTM, RTNLGRP, splitMessages, type RawMessage,
+  AF_BRIDGE, AF_INET, isMainTable, isOurRoute, isOurRouteHeader, neighbourHeader, parseAddress, parseLink, parseNeighbour, parseRoute, RTM, RTNLGRP, splitMessages, type RawMessage,
 } from "./rtnl-codec.js";
 
 const NETLINK_ROUTE = 0;
 const REOPEN_DELAY_MS = 100;
+/** Larger than any single notification (a link with all its attributes is a few KiB). */
+const MSG_BUFFER = 16 << 10;
 
 export class NetlinkMonitor {
   private sock: RawNetlinkSocket | undefined;
@@ -39,8 +41,11 @@ export class NetlinkMonitor {
 
   private open(): void {
     if (this.sock || this.reopen) return;
-    const s = new RawNetlinkSocket(NETLINK_ROUTE, { recvBufferSize: this.recvBuffer, sendBufferSize: 4096 });
+    // No peeking: one recvmsg per notification into a buffer big enough for any of them (peeking
+    // first doubles the syscalls, and a full pass makes thousands of notifications).
+    const s = new RawNetlinkSocket(NETLINK_ROUTE, { recvBufferSize: this.recvBuffer, sendBufferSize: 4096, messagePeeking: false, msgBufferSize: MSG_BUFFER });
     s.unref();
+    s.on("truncatedMessage", () => this.emit({ kind: "lost" }));
     for (const g of [RTNLGRP.LINK, RTNLGRP.NEIGH, RTNLGRP.IPV4_IFADDR, RTNLGRP.IPV4_ROUTE]) s.addMembership(g);
     s.on("message", (buf) => splitMessages(buf, (m) => this.handle(m)));
     s.on("error", (err) => {
@@ -77,6 +82,8 @@ export class NetlinkMonitor {
       }
       case RTM.NEWROUTE:
       case RTM.DELROUTE: {
+        // A new route with our protocol is the echo of our own put: not drift, not worth parsing.
+        if (m.type === RTM.NEWROUTE && isOurRouteHeader(m)) return;
         const r = parseRoute(m);
         if (r && isMainTable(r) && r.priority === 0) this.emit({ kind: "route", deleted: m.type === RTM.DELROUTE, value: r.route, ours: isOurRoute(r) });
         return;

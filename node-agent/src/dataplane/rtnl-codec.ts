@@ -379,6 +379,11 @@ export function isOurRoute(p: ParsedRoute): boolean {
   return p.table === RT_TABLE_MAIN && p.protocol === WEFT_RT_PROTO;
 }
 
+/** Our protocol in the main table, read from the rtmsg header alone (RTA_TABLE only matters above 255). */
+export function isOurRouteHeader(m: RawMessage): boolean {
+  return m.end - m.start >= 12 && m.buf[m.start] === AF_INET && m.buf[m.start + 4] === RT_TABLE_MAIN && m.buf[m.start + 5] === WEFT_RT_PROTO;
+}
+
 export function isMainTable(p: ParsedRoute): boolean {
   return p.table === RT_TABLE_MAIN;
 }

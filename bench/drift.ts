@@ -97,7 +97,9 @@ async function vxlanKinds(c: Cluster): Promise<Kind[]> {
     { name: "address", damage: () => ip("-n", ns, "addr", "del", `${own}/32`, "dev", "weft.1"), damaged: new RegExp(`^\\[ADDR\\]Deleted \\d+: weft.1 +inet ${esc(own)}/32`), repaired: new RegExp(`^\\[ADDR\\]\\d+: weft.1 +inet ${esc(own)}/32`) },
     { name: "mtu", damage: () => ip("-n", ns, "link", "set", "weft.1", "mtu", "1300"), damaged: /^\[LINK\]\d+: weft.1: .* mtu 1300 /, repaired: /^\[LINK\]\d+: weft.1: .* mtu 1450 / },
     // The whole device: back with its address and the peer's ARP, FDB and route (the route comes last).
-    { name: "device", damage: () => ip("-n", ns, "link", "del", "weft.1"), damaged: /^\[LINK\]Deleted \d+: weft.1:/, repaired: new RegExp(`^\\[ROUTE\\]${esc(peer)} via ${esc(gw)} dev weft.1 proto 87`) },
+    // A device's teardown announces its addresses, routes and entries going before the device itself
+    // (whose deletion waits for its last references): the damage starts at the first of them.
+    { name: "device", damage: () => ip("-n", ns, "link", "del", "weft.1"), damaged: /^\[(LINK|ADDR|ROUTE|NEIGH)\].*\bweft\.1\b/, repaired: new RegExp(`^\\[ROUTE\\]${esc(peer)} via ${esc(gw)} dev weft.1 proto 87`) },
   ];
 }
 

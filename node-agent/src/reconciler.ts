@@ -99,6 +99,8 @@ export class Reconciler {
       for (const e of s.entries) m.set(s.table.id(e.value), s.table.key(e.value));
       nextWanted.set(s.table.kind, m);
     }
+    // From now on notifications are judged against this pass: the echoes of its own removals are not drift.
+    this.wanted = nextWanted;
 
     // 1. Puts, stage by stage; a peer that failed an earlier stage waits for the next pass.
     let at = 0;
@@ -141,7 +143,6 @@ export class Reconciler {
 
     const programmed = new Set<string>();
     for (const s of all) for (const e of s.entries) if (!failed.has(e.peer)) programmed.add(e.peer);
-    this.wanted = nextWanted;
     this.lastFailed = new Set(failed.keys());
     const result: ReconcileResult = { programmed, failed, rejected: want.rejected, added, deleted, repaired, errors, problems, durationMs: performance.now() - t0 };
     this.hooks.onPass?.(result);

@@ -133,6 +133,20 @@ describe("Reconciler on a FakeDataplane", () => {
     expect(rec.affectedBy({ kind: "lost" })).toBe(false);
   });
 
+  it("does not take the echoes of its own removals for drift, even while the pass still runs", async () => {
+    const { dp, backend } = await vxlanOnFake();
+    const rec = new Reconciler(silentLog);
+    await rec.reconcile(backend.desired([peer(2), peer(3)]));
+    const judged: boolean[] = [];
+    const remove = dp.routes.remove;
+    (dp.routes as { remove: typeof remove }).remove = async (r) => {
+      await remove(r);
+      judged.push(rec.affectedBy({ kind: "route", deleted: true, value: r, ours: true }));
+    };
+    await rec.reconcile(backend.desired([peer(2)]));
+    expect(judged).toEqual([false]);
+  });
+
   it("applies any backend's tables in stage order without knowing them", async () => {
     // A table the reconciler has never seen (as a WireGuard peer table will be).
     const kernel = new Map<string, { key: string; v: number }>();

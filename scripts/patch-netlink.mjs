@@ -31,15 +31,12 @@ if (text.includes(BROKEN)) {
 
 if (existsSync(built) && readFileSync(built).includes(FIXED_MARK)) process.exit(0);
 
-// npm sets npm_config_node_gyp for scripts it runs; fall back to npm's bundled copy.
-const gyp = process.env.npm_config_node_gyp
-  ?? join(dirname(dirname(process.execPath)), "lib/node_modules/npm/node_modules/node-gyp/bin/node-gyp.js");
-if (!existsSync(gyp)) {
-  console.error("patch-netlink: node-gyp not found; run this through npm (npm ci or npm run prepare)");
-  process.exit(1);
-}
+// npm tells the scripts it runs where its node-gyp is (and puts a node-gyp shim on PATH).
+const gyp = [process.env.npm_config_node_gyp, join(dirname(dirname(process.execPath)), "lib/node_modules/npm/node_modules/node-gyp/bin/node-gyp.js")]
+  .find((p) => p && existsSync(p));
+const [cmd, args] = gyp ? [process.execPath, [gyp, "rebuild", "--release"]] : ["node-gyp", ["rebuild", "--release"]];
 try {
-  execFileSync(process.execPath, [gyp, "rebuild", "--release"], { cwd: pkgDir, stdio: ["ignore", "pipe", "pipe"] });
+  execFileSync(cmd, args, { cwd: pkgDir, stdio: ["ignore", "pipe", "pipe"] });
 } catch (err) {
   process.stderr.write(String(err.stderr ?? ""));
   console.error(`patch-netlink: building the netlink binding failed (${err.message.split("\n")[0]}); it needs python3, make and g++ (scripts/setup.sh installs them)`);

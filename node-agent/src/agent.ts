@@ -5,10 +5,10 @@
 //   - renew: at half the remaining TTL, retried with backoff and jitter;
 //     re-acquires when the server no longer knows the lease;
 //   - watch: WatchLeases into the PeerTable, resuming from the last revision;
-//   - reconcile: on every peer change, on kernel notifications that undo
-//     something we want (a deleted route, ARP or FDB entry, address, device, a
-//     changed MTU: repaired within a second), and on a timer that also checks
-//     the device and the firewall rules.
+//   - reconcile (dataplane-sync.ts): on every peer change, on kernel
+//     notifications that undo something we want (a deleted route, ARP or FDB
+//     entry, address, device, a changed MTU: repaired within a second), and on
+//     a timer that also checks the device and the firewall rules.
 // Losing the lease server changes nothing in the kernel: the last known peers
 // stay programmed. stop() (SIGTERM) leaves the device, routes and lease in
 // place, so a restarted agent adopts everything without a dropped packet.
@@ -18,12 +18,13 @@ import type { Logger } from "../../lib/src/logger.js";
 import type { NetworkConfig } from "../../lib/src/net-config.js";
 import { parseCidr } from "../../lib/src/cidr.js";
 import type { AgentView, LeaseView, PeerView } from "./api.js";
-import type { Backend, LocalNode, Rejection } from "./backends/backend.js";
+import type { LocalNode } from "./backends/backend.js";
 import { createBackend } from "./backends/index.js";
 import { removeStaleDevices } from "./backends/owned-devices.js";
 import { backoffDelay, clampTimerMs, sleep } from "./backoff.js";
 import type { AgentConfig } from "./config.js";
-import type { Dataplane, KernelChange } from "./dataplane/dataplane.js";
+import type { Dataplane } from "./dataplane/dataplane.js";
+import { DataplaneSync } from "./dataplane-sync.js";
 import type { FirewallOptions, RuleSet } from "./firewall/firewall.js";
 import { selectInterface } from "./iface.js";
 import type { LeaseApi } from "./lease-client.js";
@@ -45,36 +46,17 @@ export interface AgentDeps {
 
 /** Errors that retrying cannot fix. */
 const PERMANENT = new Set(["CONFIG_INVALID", "INVALID_ARGUMENT", "PERMISSION_DENIED"]);
-/** Kernel notifications come in bursts (a deleted device takes its routes with it): one pass after the burst. */
-const DRIFT_DEBOUNCE_MS = 20;
-
-type Problem = "device" | "firewall" | "dataplane";
 
 export class Agent {
   private readonly ac = new AbortController();
   private readonly peers: PeerTable;
-  private readonly reconciler: Reconciler;
-  private backend: Backend | undefined;
-  private firewall: RuleSet | undefined;
+  private sync: DataplaneSync | undefined;
   private network: NetworkConfig | undefined;
   private local: LocalNode | undefined;
   private lease: Lease | undefined;
   /** Attributes published at start-up; a re-acquire reuses them (no second device set-up). */
   private attrs: BackendAttrs | undefined;
-  private programmed: ReadonlySet<string> = new Set();
-  private failed: ReadonlyMap<string, string> = new Map();
-  /** Peers (by subnet) the backend refused to program, with the reason. */
-  private rejected: ReadonlyMap<string, Rejection> = new Map();
-  private passDone = false;
-  private lastPassMs = 0;
-  /** Why the data plane is not as wanted right now; empty when it is. */
-  private readonly problems = new Map<Problem, string>();
   private wasReady = false;
-  private reconciling: Promise<void> | undefined;
-  private dirty = false;
-  private repairPending = false;
-  private firewallPending = false;
-  private driftTimer: NodeJS.Timeout | undefined;
   private timer: NodeJS.Timeout | undefined;
   private unwatch: (() => void) | undefined;
   private renewKick: (() => void) | undefined;
@@ -84,10 +66,6 @@ export class Agent {
 
   constructor(private readonly deps: AgentDeps) {
     this.peers = new PeerTable(deps.config.nodeName);
-    this.reconciler = new Reconciler(deps.log.child({ component: "reconciler" }), {
-      onError: (op) => deps.metrics.reconcileErrors.inc({ op }),
-      onPass: (r) => deps.metrics.reconcileDuration.observe(r.durationMs / 1000),
-    });
     this.fatal = new Promise<never>((_, reject) => (this.fatalReject = reject));
     this.fatal.catch(() => { /* observed by main */ });
   }
@@ -98,7 +76,7 @@ export class Agent {
 
   /** Runs start-up; resolves once subnet.env is written and the loops run. */
   async start(): Promise<void> {
-    const { config, dataplane, client, log } = this.deps;
+    const { config, dataplane, client, log, metrics } = this.deps;
     this.network = await this.retry("get network config", () => client.getNetworkConfig());
     const iface = await selectInterface(dataplane, { iface: config.iface, publicIP: config.publicIP });
     log.info({ iface: iface.name, ip: iface.ip, publicIP: iface.publicIP, mtu: iface.mtu }, "external interface selected");
@@ -108,7 +86,6 @@ export class Agent {
       dataplane, network: this.network, vxlanDevice: config.vxlanDevice,
       state: new AgentState(config.stateDir, log.child({ component: "state" })), log: log.child({ component: this.network.backend.type }),
     });
-    this.backend = backend;
     // A backend change in the network config takes effect here: the old backend's devices go.
     await removeStaleDevices(dataplane, backend.devices, log);
     const attrs = await backend.init(this.local);
@@ -122,17 +99,26 @@ export class Agent {
 
     // Flannel's order: the rules are in place before subnet.env says FLANNEL_IPMASQ=true.
     const subnet = parseCidr(this.lease.subnet)!;
-    this.firewall = this.deps.firewall({ network: this.network.network, subnet, masquerade: config.ipMasq, forward: config.forwardRules });
-    await this.firewall.check();
-    await this.firewall.ensure();
+    const firewall = this.deps.firewall({ network: this.network.network, subnet, masquerade: config.ipMasq, forward: config.forwardRules });
+    await firewall.check();
+    await firewall.ensure();
 
     await writeSubnetEnv(config.subnetFile, { network: this.network.network, subnet, mtu: backend.mtu(), ipMasq: config.ipMasq });
     log.info({ path: config.subnetFile, mtu: backend.mtu(), ipMasq: config.ipMasq }, "subnet.env written");
 
-    if (config.watchKernel) this.unwatch = dataplane.watch((c) => this.onKernelChange(c));
+    const reconciler = new Reconciler(log.child({ component: "reconciler" }), {
+      onError: (op) => metrics.reconcileErrors.inc({ op }),
+      onPass: (r) => metrics.reconcileDuration.observe(r.durationMs / 1000),
+    });
+    const sync = new DataplaneSync({
+      backend, firewall, reconciler, peers: () => (this.peers.synced ? this.peers.list() : undefined), underlayIndex: iface.index,
+      resyncIntervalMs: config.resyncIntervalMs, log, metrics, signal: this.signal, onPass: () => this.updateReady(),
+    });
+    this.sync = sync;
+    if (config.watchKernel) this.unwatch = dataplane.watch((c) => sync.onKernelChange(c));
     void this.renewLoop().catch((err) => this.die(err));
     void this.watchLoop().catch((err) => this.die(err));
-    this.timer = setInterval(() => this.requestPass({ repair: true, firewall: true }), clampTimerMs(config.resyncIntervalMs));
+    this.timer = setInterval(() => sync.request({ repair: true, firewall: true }), clampTimerMs(config.resyncIntervalMs));
   }
 
   private die(err: unknown): void {
@@ -231,7 +217,7 @@ export class Agent {
               revision = m.revision;
               storeId = m.storeId ?? storeId;
               log.info({ revision, peers: this.peers.size }, "lease snapshot complete");
-              this.requestPass({});
+              this.sync?.request();
               break;
             case "events": {
               let changed = false;
@@ -245,7 +231,7 @@ export class Agent {
                 changed = this.peers.applyEvent(e) || changed;
               }
               revision = Math.max(revision, m.revision);
-              if (changed) this.requestPass({});
+              if (changed) this.sync?.request();
               break;
             }
             case "progress":
@@ -274,126 +260,18 @@ export class Agent {
     }
   }
 
-  /** Drift: only what touches our device, our underlay or an object we want starts a pass. */
-  private onKernelChange(c: KernelChange): void {
-    const backend = this.backend!;
-    if (c.kind === "lost") {
-      this.deps.log.warn("kernel notifications were lost; checking everything");
-      this.requestPass({ repair: true }, DRIFT_DEBOUNCE_MS);
-    } else if (backend.concerns(c)) {
-      this.requestPass({ repair: true }, DRIFT_DEBOUNCE_MS);
-    } else if (c.kind === "link" && c.link.index === this.local!.iface.index) {
-      // The underlay went down or up: routes via it vanished with it, or can come back now.
-      this.requestPass({}, DRIFT_DEBOUNCE_MS);
-    } else if (this.reconciler.affectedBy(c)) {
-      this.requestPass({}, DRIFT_DEBOUNCE_MS);
-    }
-  }
-
-  /** Coalesces requests: at most one pass runs, and one more follows if anything asked meanwhile. */
-  private requestPass(what: { repair?: boolean; firewall?: boolean }, delayMs = 0): void {
-    if (this.signal.aborted) return;
-    if (what.repair) this.repairPending = true;
-    if (what.firewall) this.firewallPending = true;
-    if (delayMs > 0) {
-      this.driftTimer ??= setTimeout(() => {
-        this.driftTimer = undefined;
-        this.requestPass({});
-      }, delayMs);
-      return;
-    }
-    // Nothing is pruned until we have seen one complete snapshot.
-    if (!this.peers.synced) return;
-    if (this.reconciling) {
-      this.dirty = true;
-      return;
-    }
-    this.reconciling = this.runReconcile().finally(() => (this.reconciling = undefined));
-  }
-
-  private async runReconcile(): Promise<void> {
-    const { log, metrics } = this.deps;
-    let failures = 0;
-    do {
-      this.dirty = false;
-      try {
-        if (this.repairPending) {
-          this.repairPending = false;
-          await this.guard("device", async () => this.countRepairs(await this.backend!.repair()));
-        }
-        if (this.firewallPending) {
-          this.firewallPending = false;
-          await this.guard("firewall", async () => this.countRepairs(await this.firewall!.ensure()));
-        }
-        const peers = this.peers.list();
-        const r = await this.reconciler.reconcile(this.backend!.desired(peers));
-        for (const [subnet, rej] of r.rejected) {
-          if (this.rejected.get(subnet)?.detail !== rej.detail) log.error({ peer: peers.find((p) => p.subnet === subnet)?.nodeName, subnet, reason: rej.reason, detail: rej.detail }, "peer rejected; not programming it");
-        }
-        for (const [kind, n] of r.repaired) {
-          metrics.driftRepairs.inc({ kind }, n);
-          log.warn({ kind, count: n }, "kernel objects were changed or removed; put them back");
-        }
-        this.programmed = r.programmed;
-        this.failed = r.failed;
-        this.rejected = r.rejected;
-        this.passDone = true;
-        this.lastPassMs = r.durationMs;
-        if (r.errors) this.problems.set("dataplane", `${r.failed.size} of ${peers.length - r.rejected.size} peers not programmed (${r.errors} failed operations): ${r.problems.join("; ")}`);
-        else this.problems.delete("dataplane");
-        this.updatePeerMetrics();
-        failures = 0;
-      } catch (err) {
-        metrics.reconcileErrors.inc({ op: "pass" });
-        this.problems.set("dataplane", `reconcile pass failed: ${(err as Error).message}`);
-        const delay = backoffDelay(failures++, 250, this.deps.config.resyncIntervalMs);
-        log.warn({ err, retryInMs: delay }, "reconcile pass failed; will retry");
-        this.repairPending = true;
-        await sleep(delay, this.signal);
-        this.dirty = true;
-      }
-      this.updateReady();
-    } while (this.dirty && !this.signal.aborted);
-  }
-
-  /** Runs one repair step; a failure is a readiness problem, not a reason to skip the peers. */
-  private async guard(what: Problem, fn: () => Promise<void>): Promise<void> {
-    try {
-      await fn();
-      this.problems.delete(what);
-    } catch (err) {
-      const msg = (err as Error).message;
-      if (this.problems.get(what) !== msg) this.deps.log.error({ err: msg }, `${what} cannot be put in order; will retry`);
-      this.problems.set(what, msg);
-      if (what === "device") this.repairPending = true;
-      else this.firewallPending = true;
-    }
-  }
-
-  private countRepairs(kinds: readonly string[]): void {
-    for (const kind of kinds) this.deps.metrics.driftRepairs.inc({ kind });
-  }
-
-  private updatePeerMetrics(): void {
-    const m = this.deps.metrics;
-    m.peers.set(this.programmed.size);
-    m.peersFailed.set(this.failed.size);
-    m.peersRejected.reset();
-    for (const r of this.rejected.values()) m.peersRejected.inc({ reason: r.reason });
-  }
-
   private notReadyReasons(): string[] {
     if (!this.lease) return ["no lease yet"];
     if (!this.peers.synced) return ["waiting for the lease server's peer snapshot"];
-    if (!this.passDone) return ["peers not programmed yet"];
-    return [...this.problems].map(([k, v]) => `${k}: ${v}`);
+    if (!this.sync?.passDone) return ["peers not programmed yet"];
+    return this.sync.problemList();
   }
 
   private updateReady(): void {
     const reasons = this.notReadyReasons();
     const ready = reasons.length === 0;
     this.deps.metrics.ready.set(ready ? 1 : 0);
-    if (ready && !this.wasReady) this.deps.log.info({ peers: this.programmed.size, rejected: this.rejected.size, ms: Math.round(this.lastPassMs) }, "ready");
+    if (ready && !this.wasReady) this.deps.log.info({ ...this.sync!.counts, ms: Math.round(this.sync!.lastPassMs) }, "ready");
     if (!ready && this.wasReady) this.deps.log.warn({ reasons }, "not ready");
     this.wasReady = ready;
   }
@@ -408,17 +286,7 @@ export class Agent {
         subnet: this.lease.subnet, publicIP: this.lease.publicIP, backendType: this.lease.attrs.type,
         expiresAt: new Date(this.lease.expiresAt || 0).toISOString(),
       },
-      peers: (): PeerView[] => this.peers.list().map((p) => {
-        const rej = this.rejected.get(p.subnet);
-        const fail = this.failed.get(p.subnet);
-        const programmed = !rej && this.programmed.has(p.subnet);
-        const state = rej ? "rejected" : programmed ? "programmed" : fail ? "failed" : "pending";
-        const reason = rej?.detail ?? fail;
-        return {
-          nodeName: p.nodeName, subnet: p.subnet, publicIP: p.publicIP, programmed, state,
-          ...(programmed && this.backend ? { path: this.backend.pathTo(p) } : {}), ...(reason ? { reason } : {}),
-        };
-      }),
+      peers: (): PeerView[] => this.peers.list().map((p) => this.sync?.peerView(p) ?? { nodeName: p.nodeName, subnet: p.subnet, publicIP: p.publicIP, programmed: false, state: "pending" }),
     };
   }
 
@@ -426,10 +294,9 @@ export class Agent {
   async stop(): Promise<void> {
     this.ac.abort();
     if (this.timer) clearInterval(this.timer);
-    if (this.driftTimer) clearTimeout(this.driftTimer);
     this.unwatch?.();
     this.renewKick?.();
-    await Promise.race([this.reconciling, sleep(3000)]);
+    await this.sync?.stop();
     this.deps.client.close();
     this.deps.dataplane.close();
   }

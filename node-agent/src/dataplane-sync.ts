@@ -1,0 +1,190 @@
+// Keeps the kernel in line with the peers. Passes run one at a time and are
+// coalesced: a request during a pass makes one more pass follow it. A pass may
+// first repair the backend's device and the firewall rules (the timer asks for
+// both; a kernel notification about our device asks for the device), then
+// reconciles the peers' objects. What the last pass found (programmed, failed,
+// rejected peers, and why the data plane is not as wanted) feeds readiness,
+// /v1/peers and the metrics.
+//
+// Kernel notifications: only what touches our device, our underlay interface
+// or an object the last pass wanted starts a pass, after a short debounce,
+// since a deleted device announces its addresses, routes and entries in one
+// burst.
+import type { Lease } from "../../lib/src/lease.js";
+import type { Logger } from "../../lib/src/logger.js";
+import type { PeerView } from "./api.js";
+import type { Backend, Rejection } from "./backends/backend.js";
+import { backoffDelay, sleep } from "./backoff.js";
+import type { KernelChange } from "./dataplane/dataplane.js";
+import type { RuleSet } from "./firewall/firewall.js";
+import type { AgentMetrics } from "./metrics.js";
+import type { Reconciler } from "./reconciler.js";
+
+const DRIFT_DEBOUNCE_MS = 20;
+
+type Problem = "device" | "firewall" | "dataplane";
+
+export interface DataplaneSyncDeps {
+  readonly backend: Backend;
+  readonly firewall: RuleSet;
+  readonly reconciler: Reconciler;
+  /** The current remote peers; undefined until a complete snapshot arrived (nothing is pruned before). */
+  readonly peers: () => readonly Lease[] | undefined;
+  readonly underlayIndex: number;
+  readonly resyncIntervalMs: number;
+  readonly log: Logger;
+  readonly metrics: AgentMetrics;
+  readonly signal: AbortSignal;
+  /** Called after every pass, failed or not. */
+  readonly onPass: () => void;
+}
+
+export class DataplaneSync {
+  private programmed: ReadonlySet<string> = new Set();
+  private failed: ReadonlyMap<string, string> = new Map();
+  private rejected: ReadonlyMap<string, Rejection> = new Map();
+  private readonly problems = new Map<Problem, string>();
+  /** True once one pass over a complete snapshot finished. */
+  passDone = false;
+  lastPassMs = 0;
+  private running: Promise<void> | undefined;
+  private dirty = false;
+  private repairPending = false;
+  private firewallPending = false;
+  private debounce: NodeJS.Timeout | undefined;
+
+  constructor(private readonly deps: DataplaneSyncDeps) {}
+
+  /** Asks for a pass (after `delayMs`); `repair`/`firewall` also check the device or the rules first. */
+  request(what: { repair?: boolean; firewall?: boolean } = {}, delayMs = 0): void {
+    if (this.deps.signal.aborted) return;
+    if (what.repair) this.repairPending = true;
+    if (what.firewall) this.firewallPending = true;
+    if (delayMs > 0) {
+      this.debounce ??= setTimeout(() => {
+        this.debounce = undefined;
+        this.request();
+      }, delayMs);
+      return;
+    }
+    if (!this.deps.peers()) return;
+    if (this.running) {
+      this.dirty = true;
+      return;
+    }
+    this.running = this.run().finally(() => (this.running = undefined));
+  }
+
+  onKernelChange(c: KernelChange): void {
+    if (c.kind === "lost") {
+      this.deps.log.warn("kernel notifications were lost; checking everything");
+      this.request({ repair: true }, DRIFT_DEBOUNCE_MS);
+    } else if (this.deps.backend.concerns(c)) {
+      this.request({ repair: true }, DRIFT_DEBOUNCE_MS);
+    } else if (c.kind === "link" && c.link.index === this.deps.underlayIndex) {
+      // The underlay went down or up: routes via it vanished with it, or can come back now.
+      this.request({}, DRIFT_DEBOUNCE_MS);
+    } else if (this.deps.reconciler.affectedBy(c)) {
+      this.request({}, DRIFT_DEBOUNCE_MS);
+    }
+  }
+
+  private async run(): Promise<void> {
+    const { log, metrics, backend, firewall, reconciler } = this.deps;
+    let failures = 0;
+    do {
+      this.dirty = false;
+      try {
+        if (this.repairPending) {
+          this.repairPending = false;
+          await this.guard("device", async () => this.countRepairs(await backend.repair()));
+        }
+        if (this.firewallPending) {
+          this.firewallPending = false;
+          await this.guard("firewall", async () => this.countRepairs(await firewall.ensure()));
+        }
+        const peers = this.deps.peers() ?? [];
+        const r = await reconciler.reconcile(backend.desired(peers));
+        for (const [subnet, rej] of r.rejected) {
+          if (this.rejected.get(subnet)?.detail !== rej.detail) log.error({ peer: peers.find((p) => p.subnet === subnet)?.nodeName, subnet, reason: rej.reason, detail: rej.detail }, "peer rejected; not programming it");
+        }
+        for (const [kind, n] of r.repaired) {
+          metrics.driftRepairs.inc({ kind }, n);
+          log.warn({ kind, count: n }, "kernel objects were changed or removed; put them back");
+        }
+        this.programmed = r.programmed;
+        this.failed = r.failed;
+        this.rejected = r.rejected;
+        this.passDone = true;
+        this.lastPassMs = r.durationMs;
+        if (r.errors) this.problems.set("dataplane", `${r.failed.size} of ${peers.length - r.rejected.size} peers not programmed (${r.errors} failed operations): ${r.problems.join("; ")}`);
+        else this.problems.delete("dataplane");
+        this.updateMetrics();
+        failures = 0;
+      } catch (err) {
+        metrics.reconcileErrors.inc({ op: "pass" });
+        this.problems.set("dataplane", `reconcile pass failed: ${(err as Error).message}`);
+        const delay = backoffDelay(failures++, 250, this.deps.resyncIntervalMs);
+        log.warn({ err, retryInMs: delay }, "reconcile pass failed; will retry");
+        this.repairPending = true;
+        await sleep(delay, this.deps.signal);
+        this.dirty = true;
+      }
+      this.deps.onPass();
+    } while (this.dirty && !this.deps.signal.aborted);
+  }
+
+  /** Runs one repair step; a failure is a readiness problem, not a reason to skip the peers. */
+  private async guard(what: Problem, fn: () => Promise<void>): Promise<void> {
+    try {
+      await fn();
+      this.problems.delete(what);
+    } catch (err) {
+      const msg = (err as Error).message;
+      if (this.problems.get(what) !== msg) this.deps.log.error({ err: msg }, `${what} cannot be put in order; will retry`);
+      this.problems.set(what, msg);
+      if (what === "device") this.repairPending = true;
+      else this.firewallPending = true;
+    }
+  }
+
+  private countRepairs(kinds: readonly string[]): void {
+    for (const kind of kinds) this.deps.metrics.driftRepairs.inc({ kind });
+  }
+
+  private updateMetrics(): void {
+    const m = this.deps.metrics;
+    m.peers.set(this.programmed.size);
+    m.peersFailed.set(this.failed.size);
+    m.peersRejected.reset();
+    for (const r of this.rejected.values()) m.peersRejected.inc({ reason: r.reason });
+  }
+
+  /** Why the data plane is not as wanted, e.g. "dataplane: 1 of 2 peers not programmed ...". */
+  problemList(): string[] {
+    return [...this.problems].map(([k, v]) => `${k}: ${v}`);
+  }
+
+  get counts(): { programmed: number; rejected: number } {
+    return { programmed: this.programmed.size, rejected: this.rejected.size };
+  }
+
+  /** A peer as /v1/peers shows it. */
+  peerView(p: Lease): PeerView {
+    const rej = this.rejected.get(p.subnet);
+    const fail = this.failed.get(p.subnet);
+    const programmed = !rej && this.programmed.has(p.subnet);
+    const state = rej ? "rejected" : programmed ? "programmed" : fail ? "failed" : "pending";
+    const reason = rej?.detail ?? fail;
+    return {
+      nodeName: p.nodeName, subnet: p.subnet, publicIP: p.publicIP, programmed, state,
+      ...(programmed ? { path: this.deps.backend.pathTo(p) } : {}), ...(reason ? { reason } : {}),
+    };
+  }
+
+  /** Stops asking for passes and waits (a while) for the one running. */
+  async stop(): Promise<void> {
+    if (this.debounce) clearTimeout(this.debounce);
+    await Promise.race([this.running, sleep(3000)]);
+  }
+}

@@ -8,7 +8,7 @@ export function createAgentMetrics() {
   const registers = [registry];
   return {
     registry,
-    peers: new Gauge({ name: "weft_agent_peers", help: "Remote peers whose routes, ARP and FDB entries are programmed", registers }),
+    peers: new Gauge({ name: "weft_agent_peers", help: "Remote peers whose kernel objects (routes; for VXLAN also ARP and FDB entries) are all programmed", registers }),
     knownPeers: new Gauge({ name: "weft_agent_known_peers", help: "Remote leases known from the lease server", registers }),
     reconcileDuration: new Histogram({
       name: "weft_agent_reconcile_duration_seconds", help: "Duration of reconcile passes", registers,

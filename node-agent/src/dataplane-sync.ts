@@ -81,8 +81,9 @@ export class DataplaneSync {
       this.request({ repair: true }, DRIFT_DEBOUNCE_MS);
     } else if (this.deps.backend.concerns(c)) {
       this.request({ repair: true }, DRIFT_DEBOUNCE_MS);
-    } else if (c.kind === "link" && c.link.index === this.deps.underlayIndex) {
-      // The underlay went down or up: routes via it vanished with it, or can come back now.
+    } else if ((c.kind === "link" && c.link.index === this.deps.underlayIndex) || (c.kind === "address" && c.address.index === this.deps.underlayIndex)) {
+      // The underlay went down or up, or its address changed: routes via it vanished without a
+      // notification of their own, or can come back now.
       this.request({}, DRIFT_DEBOUNCE_MS);
     } else if (this.deps.reconciler.affectedBy(c)) {
       this.request({}, DRIFT_DEBOUNCE_MS);

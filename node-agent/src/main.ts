@@ -44,7 +44,8 @@ export async function main(argv: string[]): Promise<void> {
   const metrics = createAgentMetrics();
   const dataplane = new NetlinkDataplane({
     onSocketError: (err) => log.error({ err }, "netlink socket failed; reopening, next pass resyncs"),
-    onMonitorError: (err) => log.warn({ err: err.message }, "kernel notification socket overflowed; reopening and checking everything"),
+    // An overflow shows as POLLERR, which the binding reports as "bad file descriptor".
+    onMonitorError: (err) => log.warn({ err: err.message }, "kernel notification socket failed (overflowed?); reopening it and checking everything"),
   });
   let client: LeaseClient;
   try {

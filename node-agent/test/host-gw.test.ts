@@ -65,3 +65,11 @@ describe("HostGwBackend", () => {
     expect(() => createBackend(backendDeps(new FakeDataplane(), { net: wg }))).toThrow(/backend wireguard is not supported by this agent yet; .*one of: vxlan, host-gw/);
   });
 });
+
+describe("peer screening", () => {
+  it("rejects a lease whose public IP is not IPv4 instead of failing the pass", async () => {
+    const { b } = await setup();
+    const d = b.desired([hgPeer(2, "not-an-ip")]);
+    expect(d.rejected.get("10.244.2.0/24")).toEqual({ reason: "invalid", detail: 'public IP "not-an-ip" is not an IPv4 address' });
+  });
+});

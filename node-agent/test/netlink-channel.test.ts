@@ -110,6 +110,23 @@ describe("NetlinkChannel", () => {
     ch.close();
   });
 
+  it("does not time out answers that wait unread because the event loop was blocked", async () => {
+    vi.useFakeTimers();
+    const sock = new ScriptedSocket();
+    let answer: (() => void) | undefined;
+    sock.answer = (_r, seq) => { answer = () => sock.emit("message", msg(NLMSG_ERROR, 0, seq, int(0))); return undefined; };
+    const ch = new NetlinkChannel({ openSocket: () => sock });
+    const p = ch.request("add route", Buffer.from(route));
+    await vi.advanceTimersByTimeAsync(0);
+    // The loop was stuck for 6 s (say, behind the kernel's RTNL lock): the first sweep after it is late.
+    vi.setSystemTime(Date.now() + 6000);
+    await vi.advanceTimersByTimeAsync(500);
+    answer!();
+    await expect(p).resolves.toEqual([]);
+    expect(sock.closed).toBe(false);
+    ch.close();
+  });
+
   it("fails requests the kernel never answers, drops the socket and opens a new one", async () => {
     vi.useFakeTimers();
     const stuck = new ScriptedSocket();
@@ -119,6 +136,7 @@ describe("NetlinkChannel", () => {
     const p = ch.request("add route", Buffer.from(route)).catch((e: Error) => e);
     await vi.advanceTimersByTimeAsync(6000);
     expect(await p).toMatchObject({ code: "DATAPLANE_OP_FAILED", message: expect.stringMatching(/no answer from the kernel within 5000 ms/) });
+    await vi.advanceTimersByTimeAsync(0);
     expect(stuck.closed).toBe(true);
     await expect(ch.request("add route", Buffer.from(route))).resolves.toEqual([]);
     expect(opened.length).toBe(2);

@@ -70,6 +70,20 @@ describe("VxlanBackend", () => {
     expect(dp.links.get("weft.1")).toMatchObject({ mac: cur.mac, mtu: 1450, up: true });
   });
 
+  it("knows its own device when the mark is gone (alias cleared, or a crash between creating and marking it)", async () => {
+    const dir = tmpDir();
+    const { dp, backend } = await vxlanOnFake(dir);
+    const l = dp.links.get("weft.1")!;
+    dp.links.set("weft.1", { ...l, alias: undefined });
+    expect(backend.concerns({ kind: "link", deleted: false, link: { ...l, alias: undefined } })).toBe(true);
+    expect(await backend.repair()).toEqual(["alias"]);
+    expect(dp.links.get("weft.1")).toMatchObject({ index: l.index, alias: "weft:vxlan" });
+    // A restart finds an unmarked device with the VTEP MAC it stored: ours, adopted and marked.
+    dp.links.set("weft.1", { ...l, alias: undefined });
+    await make(dp, new AgentState(dir)).init(localNode);
+    expect(dp.links.get("weft.1")).toMatchObject({ index: l.index, alias: "weft:vxlan" });
+  });
+
   it("does not rewrite the state file when the MAC is unchanged, and warns about a corrupt one", async () => {
     const dir = tmpDir();
     const saves: string[] = [];
@@ -108,12 +122,25 @@ describe("VxlanBackend", () => {
       peer(4, { attrs: { type: "vxlan", vni: 1, vtepMac: "0e:00:00:00:00:44" } }), peer(5, { attrs: { type: "vxlan", vni: 1, vtepMac: "0e:00:00:00:00:44" } }),
       peer(6, { subnet: "10.244.0.0/16" }),
     ]);
-    expect(routesOf(d).map((r) => r.dst)).toEqual(["10.244.2.0/24"]);
+    expect(routesOf(d).map((r) => r.dst)).toEqual(["10.244.2.0/24", "10.244.4.0/24"]);
     expect(d.rejected.get("10.244.1.0/24")).toMatchObject({ reason: "overlaps_own_subnet", detail: expect.stringMatching(/overlaps our own lease 10.244.1.0\/24/) });
     expect(d.rejected.get("10.244.0.0/16")?.reason).toBe("overlaps_own_subnet");
     expect(d.rejected.get("10.244.3.0/24")).toMatchObject({ reason: "duplicate_vtep_mac", detail: expect.stringMatching(/is our own/) });
-    expect(d.rejected.get("10.244.4.0/24")?.detail).toMatch(/also advertised by node-5/);
-    expect(d.rejected.get("10.244.5.0/24")?.detail).toMatch(/also advertised by node-4/);
+    // Of two nodes with one MAC, the oldest lease change keeps it; the other is rejected.
+    expect(d.rejected.has("10.244.4.0/24")).toBe(false);
+    expect(d.rejected.get("10.244.5.0/24")).toMatchObject({ reason: "duplicate_vtep_mac", detail: expect.stringMatching(/VTEP MAC 0e:00:00:00:00:44 is already used by node-4 \(state dir cloned from it\?\)/) });
+  });
+
+  it("keeps a node that had a MAC first when a clone with the same MAC joins", async () => {
+    const { backend } = await vxlanOnFake();
+    const mac = { type: "vxlan" as const, vni: 1, vtepMac: "0e:00:00:00:00:77" };
+    const original = peer(7, { attrs: mac, revision: 900 });
+    expect(routesOf(backend.desired([original])).map((r) => r.dst)).toEqual(["10.244.7.0/24"]);
+    // The clone's lease is older in revision terms (the original just renewed), yet the original keeps its MAC.
+    const clone = peer(8, { attrs: mac, revision: 10 });
+    const d = backend.desired([original, clone]);
+    expect(routesOf(d).map((r) => r.dst)).toEqual(["10.244.7.0/24"]);
+    expect(d.rejected.get("10.244.8.0/24")?.detail).toMatch(/already used by node-7/);
   });
 
   it("adopts the live device's MAC when the state dir was wiped", async () => {

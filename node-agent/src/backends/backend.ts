@@ -68,7 +68,7 @@ export interface Backend {
   concerns(change: KernelChange): boolean;
   /** MTU for pods (FLANNEL_MTU). */
   mtu(): number;
-  /** Pure: the kernel objects wanted for these remote peers. */
+  /** The kernel objects wanted for these remote peers (no kernel access; VXLAN remembers who held each VTEP MAC). */
   desired(peers: readonly Lease[]): DesiredState;
   /** How traffic to the peer leaves this node ("vxlan", "direct", "host-gw"), for /v1/peers. */
   pathTo(peer: Lease): string;

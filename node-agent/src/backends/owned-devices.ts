@@ -25,10 +25,23 @@ export interface EnsuredLink {
  * checks the MAC stuck (systemd's MACAddressPolicy may rewrite it, and peers
  * would then send to the wrong VTEP).
  */
-export async function ensureOwnedLink(dp: Dataplane, spec: LinkSpec, incompatible: (l: Link) => string | undefined, flag: string, raced = false): Promise<EnsuredLink> {
+export interface EnsureOptions {
+  /** Why an existing device cannot be reused as it is (undefined: compatible). */
+  readonly incompatible: (l: Link) => string | undefined;
+  /** The flag that names the device, for the error about a foreign one. */
+  readonly flag: string;
+  /**
+   * Recognises our device when its mark is gone (someone cleared the alias, or the agent died between
+   * creating the device and marking it): e.g. the VTEP MAC from the state dir. It is marked again.
+   */
+  readonly ours?: (l: Link) => boolean;
+}
+
+export async function ensureOwnedLink(dp: Dataplane, spec: LinkSpec, o: EnsureOptions, raced = false): Promise<EnsuredLink> {
+  const { incompatible, flag } = o;
   let outcome: EnsuredLink["outcome"] = "reused";
   let link = await dp.getLink(spec.name);
-  if (link && !isOwned(link)) {
+  if (link && !isOwned(link) && !o.ours?.(link)) {
     throw new WeftError("CONFIG_INVALID", `interface ${spec.name} exists but was not created by weft (it is a ${link.kind ?? "plain"} link without the "${PREFIX}" alias); weft will not adopt, change or delete it. Pick another name with ${flag}, or delete that interface if it is a leftover`);
   }
   const why = link && (link.kind !== spec.kind ? `is a ${link.kind ?? "plain"} link, not ${spec.kind}` : incompatible(link));
@@ -44,10 +57,10 @@ export async function ensureOwnedLink(dp: Dataplane, spec: LinkSpec, incompatibl
     } catch (err) {
       if (!isWeftError(err, "ALREADY_EXISTS")) throw err;
       // Someone created it between our look and our create: start over, once, with what is there now.
-      if (!raced && await dp.getLink(spec.name)) return ensureOwnedLink(dp, spec, incompatible, flag, true);
-      // No device of that name: the kernel refuses for another reason, e.g. another VXLAN device
-      // (flannel.1?) already has this VNI and port. Retrying cannot help.
-      throw new WeftError("CONFIG_INVALID", `cannot create ${spec.kind} ${spec.name}: the kernel says it exists although no interface has that name; another ${spec.kind} device probably uses the same settings (for VXLAN: the same VNI and UDP port). Remove that device, or change VNI/Port in the network config`, { cause: err });
+      if (!raced && await dp.getLink(spec.name)) return ensureOwnedLink(dp, spec, o, true);
+      // No device of that name (or it raced us twice): the kernel refuses for another reason, e.g.
+      // another VXLAN device (flannel.1?) already has this VNI and port. Retrying cannot help.
+      throw new WeftError("CONFIG_INVALID", `cannot create ${spec.kind} ${spec.name}: the kernel refuses with "exists"; another ${spec.kind} device probably uses the same settings (for VXLAN: the same VNI and UDP port). Remove that device, or change VNI/Port in the network config`, { cause: err });
     }
     link = await dp.getLink(spec.name);
     if (!link) throw new WeftError("DATAPLANE_OP_FAILED", `${spec.kind} ${spec.name} vanished right after creation`);

@@ -37,6 +37,8 @@ export class VxlanBackend implements Backend {
   /** Our own VTEP MAC and lease subnet: peers clashing with either are rejected. */
   private mac: string | undefined;
   private ownSubnet: Ipv4Net | undefined;
+  /** VTEP MAC -> the peer (subnet) programmed with it in the last desired state. */
+  private macOwners = new Map<string, string>();
   /** Device operations (start-up, repair) run one at a time. */
   private deviceOps: Promise<unknown> = Promise.resolve();
 
@@ -101,7 +103,10 @@ export class VxlanBackend implements Backend {
     if (!mac && existing?.kind === "vxlan" && existing.alias === ownerAlias("vxlan") && isValidMac(existing.mac)) mac = existing.mac;
     mac ??= randomMac();
     const spec = this.spec(local, mac);
-    const { link, outcome } = await ensureOwnedLink(dataplane, spec, (l) => VxlanBackend.incompatibility(l, spec), "--vxlan-device");
+    // A device with the VTEP MAC we stored is the one we made, even if its mark got lost.
+    const { link, outcome } = await ensureOwnedLink(dataplane, spec, {
+      incompatible: (l) => VxlanBackend.incompatibility(l, spec), flag: "--vxlan-device", ours: (l) => !!stored && l.kind === "vxlan" && l.mac === stored,
+    });
     if (mac !== stored) await state.saveVtepMac(this.deviceName, mac);
     this.mac = mac;
     this.link = link;
@@ -142,7 +147,9 @@ export class VxlanBackend implements Backend {
       const fixed: string[] = [];
       if (drift) {
         this.deps.log.warn({ device: this.deviceName, drift }, "vxlan device drifted; repairing");
-        const { link } = await ensureOwnedLink(this.deps.dataplane, spec, (l) => VxlanBackend.incompatibility(l, spec), "--vxlan-device");
+        const { link } = await ensureOwnedLink(this.deps.dataplane, spec, {
+          incompatible: (l) => VxlanBackend.incompatibility(l, spec), flag: "--vxlan-device", ours: (l) => l.index === this.link?.index || l.mac === this.mac,
+        });
         this.link = link;
         fixed.push(drift);
       }
@@ -196,10 +203,19 @@ export class VxlanBackend implements Backend {
       tunnelled.push({ p, net, mac: a.vtepMac });
       byMac.set(a.vtepMac, [...(byMac.get(a.vtepMac) ?? []), p]);
     }
+    // Two nodes with one MAC (a cloned state dir): FDB entries for both would flap. The node that
+    // already had the MAC keeps it, so a clone joining cannot cut off the original; with no history,
+    // the oldest lease change wins (the same choice on every node).
+    const owners = new Map<string, string>();
+    for (const [mac, sharing] of byMac) {
+      const kept = sharing.find((x) => x.subnet === this.macOwners.get(mac)) ?? sharing.reduce((a, b) => (b.revision < a.revision ? b : a));
+      owners.set(mac, kept.subnet);
+    }
+    this.macOwners = owners;
     for (const { p, net, mac } of tunnelled) {
-      const sharing = byMac.get(mac)!;
-      if (sharing.length > 1) {
-        reject(p, `VTEP MAC ${mac} is also advertised by ${sharing.filter((x) => x !== p).map((x) => x.nodeName).join(", ")} (state dir cloned?)`, "duplicate_vtep_mac");
+      if (owners.get(mac) !== p.subnet) {
+        const holder = byMac.get(mac)!.find((x) => x.subnet === owners.get(mac))!;
+        reject(p, `VTEP MAC ${mac} is already used by ${holder.nodeName} (state dir cloned from it?); give this node its own state dir`, "duplicate_vtep_mac");
         continue;
       }
       const gw = formatIpv4(net.ip);

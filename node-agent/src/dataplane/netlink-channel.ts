@@ -10,9 +10,12 @@
 // Bounds: at most MAX_IN_FLIGHT requests are outstanding and the socket has an
 // 8 MB receive buffer, so replies never overflow it. Every request has a
 // deadline, checked by one sweep timer (a timer per request doubled the cost
-// of each operation); a request past its deadline means the socket is broken,
-// so it is closed, everything pending on it fails, and the next request opens
-// a new one. The caller's next reconcile pass re-reads everything.
+// of each operation), counted from when it was sent and renewed by every part
+// of its answer; a request past its deadline means the socket is broken, so
+// it is closed, everything pending on it fails, and the next request opens a
+// new one. The caller's next reconcile pass re-reads everything. A sweep that
+// itself ran late (the event loop was blocked, so answers may be waiting
+// unread) judges nothing.
 import { RawNetlinkSocket } from "netlink/dist/raw.js";
 import { getSystemErrorName } from "node:util";
 import { WeftError } from "../../../lib/src/errors.js";
@@ -21,6 +24,7 @@ import { errnoOf, NLM_F_DUMP_INTR, NLMSG_DONE, NLMSG_ERROR, splitMessages, type 
 const NETLINK_ROUTE = 0;
 const MAX_IN_FLIGHT = 64;
 const REQUEST_TIMEOUT_MS = 5000;
+const SWEEP_MS = 500;
 const DUMP_ATTEMPTS = 5;
 export const RECV_BUFFER = 8 << 20;
 
@@ -42,7 +46,7 @@ export function errnoName(errno: number): string {
 
 interface Pending {
   readonly what: string;
-  readonly deadline: number;
+  deadline: number;
   readonly replies: RawMessage[];
   interrupted: boolean;
   readonly resolve: (r: { replies: RawMessage[]; interrupted: boolean }) => void;
@@ -76,6 +80,7 @@ export class NetlinkChannel {
   private readonly waiting: Array<() => void> = [];
   private dumps: Promise<unknown> = Promise.resolve();
   private sweeper: NodeJS.Timeout | undefined;
+  private lastSweep = Date.now();
   private closed = false;
 
   constructor(private readonly opts: NetlinkChannelOptions = {}) {}
@@ -91,7 +96,7 @@ export class NetlinkChannel {
       this.opts.onSocketError?.(err);
     });
     this.sock = s;
-    this.sweeper ??= setInterval(() => this.sweep(), 500).unref();
+    this.sweeper ??= setInterval(() => this.sweep(), SWEEP_MS).unref();
     return s;
   }
 
@@ -99,7 +104,8 @@ export class NetlinkChannel {
   private fail(s: RawSocket, err: Error): void {
     if (this.sock !== s) return;
     this.sock = undefined;
-    try { s.close(); } catch { /* already closed */ }
+    // Not from inside the binding's callbacks (this may run in one, or in a microtask of one).
+    setImmediate(() => { try { s.close(); } catch { /* already closed */ } });
     for (const [seq, p] of [...this.pending]) {
       this.settle(seq);
       p.reject(err);
@@ -108,6 +114,9 @@ export class NetlinkChannel {
 
   private sweep(): void {
     const now = Date.now();
+    const late = now - this.lastSweep > 2 * SWEEP_MS;
+    this.lastSweep = now;
+    if (late) return;
     for (const p of this.pending.values()) {
       if (p.deadline <= now && this.sock) {
         this.fail(this.sock, new WeftError("DATAPLANE_OP_FAILED", `${p.what}: no answer from the kernel within ${REQUEST_TIMEOUT_MS} ms`));
@@ -119,6 +128,7 @@ export class NetlinkChannel {
   private receive(m: RawMessage): void {
     const p = this.pending.get(m.seq);
     if (!p) return; // a late answer to a request that already timed out
+    p.deadline = Date.now() + REQUEST_TIMEOUT_MS;
     if (m.flags & NLM_F_DUMP_INTR) p.interrupted = true;
     if (m.type === NLMSG_ERROR) {
       const errno = errnoOf(m);
@@ -173,11 +183,20 @@ export class NetlinkChannel {
     return new Promise((resolve, reject) => {
       this.pending.set(seq, { what, deadline: Date.now() + REQUEST_TIMEOUT_MS, replies: [], interrupted: false, resolve, reject });
       if (this.pending.size === 1) sock.ref();
-      sock.send(msg, { port: 0 }, (err) => {
-        if (!err || !this.pending.has(seq)) return;
+      const failSend = (err: Error & { code?: string }) => {
+        if (!this.pending.has(seq)) return;
         this.settle(seq);
-        reject(new WeftError("DATAPLANE_OP_FAILED", `${what}: sending failed (${err.code})`, { cause: err }));
-      });
+        reject(new WeftError("DATAPLANE_OP_FAILED", `${what}: sending failed (${err.code ?? err.message})`, { cause: err }));
+      };
+      try {
+        sock.send(msg, { port: 0 }, (err) => {
+          if (err) return failSend(err);
+          const p = this.pending.get(seq);
+          if (p) p.deadline = Date.now() + REQUEST_TIMEOUT_MS;
+        });
+      } catch (err) {
+        failSend(err as Error);
+      }
     });
   }
 

@@ -42,7 +42,7 @@ export class NetlinkDataplane implements Dataplane {
   private readonly ch: NetlinkChannel;
   private readonly monitor: NetlinkMonitor;
   /** One shared dump answers every route-ownership question asked while it runs. */
-  private ownerDump: Promise<Map<string, number>> | undefined;
+  private ownerDump: { started: number; p: Promise<Map<string, number>> } | undefined;
 
   constructor(opts: NetlinkDataplaneOptions = {}) {
     this.ch = new NetlinkChannel(opts);
@@ -145,28 +145,47 @@ export class NetlinkDataplane implements Dataplane {
     });
   }
 
-  /** dst -> protocol of the main-table routes with metric 0 (as ours). */
-  private routeOwners(): Promise<Map<string, number>> {
-    this.ownerDump ??= this.mainRoutes()
-      .then((rs) => new Map(rs.filter((r) => r.priority === 0).map((r) => [r.route.dst, r.protocol])))
-      .finally(() => (this.ownerDump = undefined));
-    return this.ownerDump;
+  /**
+   * dst -> protocol of the main-table routes with metric 0 (as ours), from a dump that started after
+   * `after` (performance.now()): one dump answers every put that hit EEXIST before it began.
+   */
+  private routeOwners(after: number): Promise<Map<string, number>> {
+    if (!this.ownerDump || this.ownerDump.started < after) {
+      const started = performance.now();
+      const p = this.mainRoutes().then((rs) => new Map(rs.filter((r) => r.priority === 0).map((r) => [r.route.dst, r.protocol])));
+      const entry = { started, p };
+      this.ownerDump = entry;
+      void p.finally(() => { if (this.ownerDump === entry) this.ownerDump = undefined; }).catch(() => undefined);
+    }
+    return this.ownerDump.p;
   }
 
+  /**
+   * Adds the route, or replaces ours to the same dst (a peer whose route changed). The kernel's
+   * NLM_F_REPLACE takes the first route to that dst whatever its protocol, so it is used only after a
+   * dump that began after the add failed showed the route there is ours; a foreign one is reported and
+   * left alone.
+   */
   private async putRoute(r: Route): Promise<void> {
-    const what = `replace route ${r.dst}${r.gateway ? ` via ${r.gateway}` : ""} dev ${r.oif}`;
-    try {
-      await this.ch.request(what, encodeRoute(RTM.NEWROUTE, CREATE_EXCL, r));
-      return;
-    } catch (err) {
-      if (!errnoIs(err, EEXIST)) throw opFailed(err);
+    const what = `route ${r.dst}${r.gateway ? ` via ${r.gateway}` : ""} dev ${r.oif}`;
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        await this.ch.request(`add ${what}`, encodeRoute(RTM.NEWROUTE, CREATE_EXCL, r));
+        return;
+      } catch (err) {
+        if (!errnoIs(err, EEXIST)) throw opFailed(err);
+      }
+      const proto = (await this.routeOwners(performance.now())).get(r.dst);
+      if (proto === WEFT_RT_PROTO) {
+        await this.request(`replace ${what}`, encodeRoute(RTM.NEWROUTE, NLM_F_REPLACE, r));
+        return;
+      }
+      if (proto !== undefined) {
+        throw new WeftError("DATAPLANE_OP_FAILED", `add ${what}: a route to ${r.dst} with protocol ${proto} (not weft's ${WEFT_RT_PROTO}) exists; leaving it alone. Remove it if the overlay should own ${r.dst}`);
+      }
+      // It vanished between our add and the dump: add again.
     }
-    // A route to this dst exists. Replace it only if it is ours (a peer's route that changed); never clobber someone else's.
-    const proto = (await this.routeOwners()).get(r.dst);
-    if (proto !== undefined && proto !== WEFT_RT_PROTO) {
-      throw new WeftError("DATAPLANE_OP_FAILED", `${what}: a route to ${r.dst} with protocol ${proto} (not weft's) exists; leaving it alone. Remove it if the overlay should own ${r.dst}`);
-    }
-    await this.request(what, encodeRoute(RTM.NEWROUTE, CREATE_REPLACE, r));
+    throw new WeftError("DATAPLANE_OP_FAILED", `add ${what}: a route to ${r.dst} keeps appearing and vanishing; will retry`);
   }
 
   readonly routes: KernelTable<Route> = {

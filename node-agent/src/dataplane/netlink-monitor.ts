@@ -5,10 +5,11 @@
 // a full VXLAN pass at 5,000 peers), so parsing stays minimal: neighbour
 // messages are parsed only on the devices a listener asked about, routes only
 // in the main table. If the socket still overflows (the kernel drops
-// notifications and reports ENOBUFS), listeners get a "lost" event and the
-// socket is reopened: the caller resyncs everything, the standard recovery.
-// (scripts/patch-netlink.mjs makes the binding report that as an error
-// instead of aborting the process.)
+// notifications and reports ENOBUFS), it is reopened, and then listeners get
+// a "lost" event: the caller resyncs everything, the standard recovery.
+// (scripts/patch-netlink.mjs makes the binding report an overflow as an
+// error instead of aborting the process, and gives the socket the receive
+// buffer asked for even above net.core.rmem_max.)
 import { RawNetlinkSocket } from "netlink/dist/raw.js";
 import type { KernelChange } from "./dataplane.js";
 import { RECV_BUFFER } from "./netlink-channel.js";
@@ -39,27 +40,43 @@ export class NetlinkMonitor {
     };
   }
 
-  private open(): void {
-    if (this.sock || this.reopen) return;
-    // No peeking: one recvmsg per notification into a buffer big enough for any of them (peeking
-    // first doubles the syscalls, and a full pass makes thousands of notifications).
-    const s = new RawNetlinkSocket(NETLINK_ROUTE, { recvBufferSize: this.recvBuffer, sendBufferSize: 4096, messagePeeking: false, msgBufferSize: MSG_BUFFER });
-    s.unref();
-    s.on("truncatedMessage", () => this.emit({ kind: "lost" }));
-    for (const g of [RTNLGRP.LINK, RTNLGRP.NEIGH, RTNLGRP.IPV4_IFADDR, RTNLGRP.IPV4_ROUTE]) s.addMembership(g);
-    s.on("message", (buf) => splitMessages(buf, (m) => this.handle(m)));
-    s.on("error", (err) => {
-      if (this.sock !== s) return;
+  /** Opens the socket; on failure tries again later. True when it is open. */
+  private open(): boolean {
+    if (this.sock) return true;
+    let s: RawNetlinkSocket | undefined;
+    try {
+      // No peeking: one recvmsg per notification into a buffer big enough for any of them (peeking
+      // first doubles the syscalls, and a full pass makes thousands of notifications).
+      s = new RawNetlinkSocket(NETLINK_ROUTE, { recvBufferSize: this.recvBuffer, sendBufferSize: 4096, messagePeeking: false, msgBufferSize: MSG_BUFFER });
+      s.unref();
+      for (const g of [RTNLGRP.LINK, RTNLGRP.NEIGH, RTNLGRP.IPV4_IFADDR, RTNLGRP.IPV4_ROUTE]) s.addMembership(g);
+    } catch (err) {
+      try { s?.close(); } catch { /* never opened */ }
+      this.onError?.(err as Error);
+      this.reopenLater();
+      return false;
+    }
+    const sock = s;
+    sock.on("message", (buf) => splitMessages(buf, (m) => this.handle(m)));
+    sock.on("truncatedMessage", () => this.emit({ kind: "lost" }));
+    sock.on("error", (err) => {
+      if (this.sock !== sock) return;
       this.sock = undefined;
-      try { s.close(); } catch { /* closed by the binding already */ }
+      // Closing inside the binding's own callback is not safe; it closes the socket itself after an error.
+      setImmediate(() => { try { sock.close(); } catch { /* closed by the binding already */ } });
       this.onError?.(err);
-      this.emit({ kind: "lost" });
-      this.reopen = setTimeout(() => {
-        this.reopen = undefined;
-        if (this.listeners.size) this.open();
-      }, REOPEN_DELAY_MS).unref();
+      this.reopenLater();
     });
-    this.sock = s;
+    this.sock = sock;
+    return true;
+  }
+
+  /** After a failure: reopen, then tell the listeners that changes may have been missed meanwhile. */
+  private reopenLater(): void {
+    this.reopen ??= setTimeout(() => {
+      this.reopen = undefined;
+      if (this.listeners.size && this.open()) this.emit({ kind: "lost" });
+    }, REOPEN_DELAY_MS).unref();
   }
 
   private emit(c: KernelChange): void {
@@ -108,6 +125,7 @@ export class NetlinkMonitor {
     this.reopen = undefined;
     const s = this.sock;
     this.sock = undefined;
-    try { s?.close(); } catch { /* already closed */ }
+    // Not inside a binding callback (close() may run in a microtask of one): the next turn.
+    if (s) setImmediate(() => { try { s.close(); } catch { /* already closed */ } });
   }
 }

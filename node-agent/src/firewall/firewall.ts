@@ -49,6 +49,7 @@ export class Firewall implements RuleSet {
   private fullyRandom = true;
   private warnedNoNft = false;
   private forwardApplied = false;
+  private started = false;
 
   constructor(private readonly o: FirewallOptions, private readonly log: Logger) {}
 
@@ -63,11 +64,25 @@ export class Firewall implements RuleSet {
     if (r.missing) throw new WeftError("CONFIG_INVALID", "--ip-masq needs the nft command to install its masquerade rules; install nftables (apt-get install nftables) or drop --ip-masq");
   }
 
-  /** Puts the rules in place if they are missing or changed; returns what it repaired (empty on the first apply or when all was well). */
+  /**
+   * Puts the rules in place if they are missing or changed; returns what it repaired (empty on the
+   * first apply or when all was well). Rules of a feature that is off now (a restart without
+   * --ip-masq or with --forward-rules=false) are removed on the first call.
+   */
   async ensure(): Promise<string[]> {
+    const first = !this.started;
+    this.started = true;
     const fixed: string[] = [];
-    if (this.wantsTable && await this.ensureTable()) fixed.push("nftables");
-    if (this.o.forward && await this.ensureForwardAccept()) fixed.push("iptables");
+    if (this.wantsTable) {
+      if (await this.ensureTable()) fixed.push("nftables");
+    } else if (first) {
+      await removeTable(this.log);
+    }
+    if (this.o.forward) {
+      if (await this.ensureForwardAccept()) fixed.push("iptables");
+    } else if (first) {
+      await removeForwardRules(this.log);
+    }
     return fixed;
   }
 
@@ -135,14 +150,22 @@ export class Firewall implements RuleSet {
 
   /** Removes every firewall rule weft made (for --cleanup); absent ones are fine. */
   static async removeAll(log: Logger): Promise<void> {
-    const del = await run("nft", ["delete", "table", "ip", TABLE]);
-    if (del.code === 0) log.info({ table: `ip ${TABLE}` }, "removed nftables table");
-    const listed = await run("iptables", ["-w", "5", "-S", "FORWARD"]);
-    if (listed.code !== 0) return;
-    for (const l of listed.stdout.split("\n").filter((x) => x.includes(`"${COMMENT}"`))) {
-      await iptables(["-D", ...splitRule(l).slice(1)]);
-      log.info({ rule: l }, "removed iptables rule");
-    }
+    await removeTable(log);
+    await removeForwardRules(log);
+  }
+}
+
+async function removeTable(log: Logger): Promise<void> {
+  const del = await run("nft", ["delete", "table", "ip", TABLE]);
+  if (del.code === 0) log.info({ table: `ip ${TABLE}` }, "removed nftables table");
+}
+
+async function removeForwardRules(log: Logger): Promise<void> {
+  const listed = await run("iptables", ["-w", "5", "-S", "FORWARD"]);
+  if (listed.code !== 0) return;
+  for (const l of listed.stdout.split("\n").filter((x) => x.includes(`"${COMMENT}"`))) {
+    await iptables(["-D", ...splitRule(l).slice(1)]);
+    log.info({ rule: l }, "removed iptables rule");
   }
 }
 

@@ -27,7 +27,8 @@ const peers: Lease[] = Array.from({ length: n }, (_, i) => ({
   subnet: `10.${(i >> 8) & 255}.${i & 255}.0/24`, nodeName: `p${i}`, publicIP: `198.19.${(i >> 8) & 255}.${(i & 255) || 1}`,
   attrs: { type: "vxlan", vni: 1, vtepMac: `0e:be:00:${hex((i >> 16) & 255)}:${hex((i >> 8) & 255)}:${hex(i & 255)}` }, expiresAt: 0, revision: i,
 }));
-const rec = new Reconciler(log);
+// As the agent: a bulk pass mutes the object notifications and checks once more afterwards.
+const rec = new Reconciler(log, watching ? { onBulk: () => dp.muteObjectChanges() } : {});
 let notifications = 0;
 if (watching) dp.watch((c) => { notifications++; rec.affectedBy(c); });
 const mem = () => Math.round(process.memoryUsage().rss / 2 ** 20);

@@ -109,6 +109,8 @@ export class Agent {
     const reconciler = new Reconciler(log.child({ component: "reconciler" }), {
       onError: (op) => metrics.reconcileErrors.inc({ op }),
       onPass: (r) => metrics.reconcileDuration.observe(r.durationMs / 1000),
+      // A bulk pass would read back thousands of its own changes as notifications; one more pass after it is cheaper.
+      onBulk: () => dataplane.muteObjectChanges(),
     });
     const sync = new DataplaneSync({
       backend, firewall, reconciler, peers: () => (this.peers.synced ? this.peers.list() : undefined), underlayIndex: iface.index,

@@ -39,7 +39,12 @@ export interface ReconcileResult {
 export interface ReconcilerHooks {
   onError?(op: string, err: unknown): void;
   onPass?(r: ReconcileResult): void;
+  /** Called before a pass with more than BULK_OPS changes; what it returns is called when the pass ends. */
+  onBulk?(ops: number): () => void;
 }
+
+/** From this many changes in one pass on, reading back their notifications costs more than one more pass. */
+export const BULK_OPS = 256;
 
 /** Operations in flight per pass: matches the dataplane's bound, so no unbounded queue of closures builds up. */
 const WINDOW = 64;
@@ -90,7 +95,6 @@ export class Reconciler {
 
     const all = stages.flat();
     const have = await Promise.all(all.map((s) => s.table.list()));
-    const haveById = all.map((s, i) => new Map(have[i]!.map((o) => [s.table.id(o), o])));
     const previous = this.wanted;
     const nextWanted = new Map<ObjectKind, Map<string, string>>();
     for (const s of all) {
@@ -102,43 +106,46 @@ export class Reconciler {
     // From now on notifications are judged against this pass: the echoes of its own removals are not drift.
     this.wanted = nextWanted;
 
-    // 1. Puts, stage by stage; a peer that failed an earlier stage waits for the next pass.
-    let at = 0;
-    for (const stage of stages) {
-      const puts: Array<() => Promise<void>> = [];
-      for (const s of stage) {
-        const { table } = s;
-        const current = haveById[at++]!;
-        const before = previous.get(table.kind);
-        for (const e of s.entries) {
-          if (failed.has(e.peer)) continue;
-          const id = table.id(e.value);
-          const key = table.key(e.value);
-          const cur = current.get(id);
-          if (cur !== undefined && table.key(cur) === key) continue;
-          const drift = before?.get(id) === key && !this.lastFailed.has(e.peer);
-          puts.push(() => attempt(`${table.kind}_put`, e.peer, async () => {
-            await table.put(e.value);
-            added++;
-            if (drift) repaired.set(table.kind, (repaired.get(table.kind) ?? 0) + 1);
-          }));
-        }
-      }
-      await forEachBounded(puts, (f) => f());
-    }
-
-    // 2. Removals of ours-but-unwanted, last stage first.
-    for (let si = stages.length - 1, end = all.length; si >= 0; si--) {
-      const stage = stages[si]!;
-      end -= stage.length;
-      const removes: Array<() => Promise<void>> = [];
-      stage.forEach((s, j) => {
-        const wantedIds = nextWanted.get(s.table.kind)!;
-        for (const [id, o] of haveById[end + j]!) {
-          if (!wantedIds.has(id)) removes.push(() => attempt(`${s.table.kind}_remove`, undefined, async () => { await s.table.remove(o); deleted++; }));
-        }
+    // The plan, per table: entries missing or different in the kernel, and our objects no longer wanted.
+    const plan = all.map((s, i) => {
+      const current = new Map(have[i]!.map((o) => [s.table.id(o), o]));
+      const puts = s.entries.filter((e) => {
+        const cur = current.get(s.table.id(e.value));
+        return cur === undefined || s.table.key(cur) !== s.table.key(e.value);
       });
-      await forEachBounded(removes, (f) => f());
+      const wantedIds = nextWanted.get(s.table.kind)!;
+      const removes = [...current].filter(([id]) => !wantedIds.has(id)).map(([, o]) => o);
+      return { table: s.table, puts, removes };
+    });
+    const ops = plan.reduce((n, p) => n + p.puts.length + p.removes.length, 0);
+    const endBulk = ops > BULK_OPS ? this.hooks.onBulk?.(ops) : undefined;
+    try {
+      // 1. Puts, stage by stage; a peer that failed an earlier stage waits for the next pass.
+      let at = 0;
+      for (const stage of stages) {
+        const work: Array<() => Promise<void>> = [];
+        for (const { table, puts } of plan.slice(at, (at += stage.length))) {
+          const before = previous.get(table.kind);
+          for (const e of puts) {
+            const drift = before?.get(table.id(e.value)) === table.key(e.value) && !this.lastFailed.has(e.peer);
+            work.push(() => failed.has(e.peer) ? Promise.resolve() : attempt(`${table.kind}_put`, e.peer, async () => {
+              await table.put(e.value);
+              added++;
+              if (drift) repaired.set(table.kind, (repaired.get(table.kind) ?? 0) + 1);
+            }));
+          }
+        }
+        await forEachBounded(work, (f) => f());
+      }
+      // 2. Removals of ours-but-unwanted, last stage first.
+      for (let si = stages.length - 1; si >= 0; si--) {
+        at -= stages[si]!.length;
+        const work = plan.slice(at, at + stages[si]!.length).flatMap(({ table, removes }) =>
+          removes.map((o) => () => attempt(`${table.kind}_remove`, undefined, async () => { await table.remove(o); deleted++; })));
+        await forEachBounded(work, (f) => f());
+      }
+    } finally {
+      endBulk?.();
     }
 
     const programmed = new Set<string>();

@@ -206,6 +206,22 @@ describe.skipIf(!env.ok)("NetlinkDataplane (kernel, one namespace)", () => {
     await seen((c) => c.kind === "link" && c.deleted && c.link.index === l.index);
   });
 
+  it("mutes route and neighbour notifications for a bulk pass, and reports them as lost afterwards", async () => {
+    await dp.call("routes.put", { dst: "10.244.11.0/24", gateway: "198.18.0.9", oif: ul0, onlink: false });
+    await dp.call("mute");
+    dp.changes.length = 0;
+    await ip("-n", NS, "route", "del", "10.244.11.0/24");
+    await ip("-n", NS, "link", "set", "ul1", "mtu", "1400");
+    await waitFor("link notification while muted", async () => dp.changes.some((c) => c.kind === "link" && c.link.name === "ul1" && c.link.mtu === 1400), 3000, 20);
+    expect(dp.changes.filter((c) => c.kind === "route")).toEqual([]);
+    await dp.call("unmute");
+    await waitFor("lost", async () => dp.changes.some((c) => c.kind === "lost"), 3000, 20);
+    dp.changes.length = 0;
+    await dp.call("routes.put", { dst: "10.244.11.0/24", gateway: "198.18.0.9", oif: ul0, onlink: false });
+    await ip("-n", NS, "route", "del", "10.244.11.0/24");
+    await waitFor("route notifications again", async () => dp.changes.some((c) => c.kind === "route" && c.deleted && c.value.dst === "10.244.11.0/24"), 3000, 20);
+  });
+
   it("finds the default route's interface", async () => {
     expect(await dp.call("defaultRouteIndex")).toBe(null);
     await ip("-n", NS, "route", "add", "default", "via", "198.18.0.9", "dev", "ul0");

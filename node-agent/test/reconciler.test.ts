@@ -147,6 +147,22 @@ describe("Reconciler on a FakeDataplane", () => {
     expect(judged).toEqual([false]);
   });
 
+  it("announces bulk passes (so the agent can mute their echoes) and ends them when the pass ends", async () => {
+    const { dp, backend } = await vxlanOnFake();
+    const bulks: Array<{ ops: number; endedAfterPuts: boolean }> = [];
+    const rec = new Reconciler(silentLog, {
+      onBulk: (ops) => {
+        const b = { ops, endedAfterPuts: false };
+        bulks.push(b);
+        return () => { b.endedAfterPuts = dp.routeMap.size === 100; };
+      },
+    });
+    await rec.reconcile(backend.desired(Array.from({ length: 100 }, (_, i) => peer(i + 2))));
+    expect(bulks).toEqual([{ ops: 300, endedAfterPuts: true }]);
+    await rec.reconcile(backend.desired(Array.from({ length: 99 }, (_, i) => peer(i + 2))));
+    expect(bulks.length).toBe(1);
+  });
+
   it("applies any backend's tables in stage order without knowing them", async () => {
     // A table the reconciler has never seen (as a WireGuard peer table will be).
     const kernel = new Map<string, { key: string; v: number }>();

@@ -133,6 +133,12 @@ export interface Dataplane {
   fdb(index: number): KernelTable<FdbEntry>;
   /** Calls `listener` for every relevant kernel change until the returned function is called. */
   watch(listener: (c: KernelChange) => void): () => void;
+  /**
+   * Stops route, ARP and FDB notifications until the returned function is called, which then tells
+   * watchers that changes may have been missed ("lost"). A bulk pass would otherwise read back
+   * thousands of echoes of its own changes.
+   */
+  muteObjectChanges(): () => void;
   close(): void;
 }
 

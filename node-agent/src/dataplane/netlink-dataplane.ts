@@ -244,6 +244,10 @@ export class NetlinkDataplane implements Dataplane {
     return this.monitor.subscribe(listener);
   }
 
+  muteObjectChanges(): () => void {
+    return this.monitor.mute();
+  }
+
   /** Final: queued and later requests fail; the sockets are not reopened. */
   close(): void {
     this.ch.close();

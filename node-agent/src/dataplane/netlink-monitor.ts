@@ -19,6 +19,8 @@ import {
 
 const NETLINK_ROUTE = 0;
 const REOPEN_DELAY_MS = 100;
+/** Route and neighbour (ARP, FDB) notifications: the ones a bulk pass floods itself with. */
+const OBJECT_GROUPS = [RTNLGRP.NEIGH, RTNLGRP.IPV4_ROUTE];
 /** Larger than any single notification (a link with all its attributes is a few KiB). */
 const MSG_BUFFER = 16 << 10;
 
@@ -26,6 +28,7 @@ export class NetlinkMonitor {
   private sock: RawNetlinkSocket | undefined;
   private readonly listeners = new Set<(c: KernelChange) => void>();
   private reopen: NodeJS.Timeout | undefined;
+  private muted = false;
   /** Devices whose neighbour and FDB entries matter; others are skipped before parsing. */
   readonly watchedLinks = new Set<number>();
 
@@ -49,7 +52,7 @@ export class NetlinkMonitor {
       // first doubles the syscalls, and a full pass makes thousands of notifications).
       s = new RawNetlinkSocket(NETLINK_ROUTE, { recvBufferSize: this.recvBuffer, sendBufferSize: 4096, messagePeeking: false, msgBufferSize: MSG_BUFFER });
       s.unref();
-      for (const g of [RTNLGRP.LINK, RTNLGRP.NEIGH, RTNLGRP.IPV4_IFADDR, RTNLGRP.IPV4_ROUTE]) s.addMembership(g);
+      for (const g of [RTNLGRP.LINK, RTNLGRP.IPV4_IFADDR, ...(this.muted ? [] : OBJECT_GROUPS)]) s.addMembership(g);
     } catch (err) {
       try { s?.close(); } catch { /* never opened */ }
       this.onError?.(err as Error);
@@ -118,6 +121,26 @@ export class NetlinkMonitor {
         return;
       }
     }
+  }
+
+  /**
+   * Stops route and neighbour notifications (links and addresses still come) until the returned
+   * function is called, which then reports a "lost" event: whatever changed meanwhile is found by the
+   * pass that follows. For bulk passes, whose own thousands of echoes would cost more to read than
+   * one more pass.
+   */
+  mute(): () => void {
+    if (this.muted || !this.sock) return () => undefined;
+    this.muted = true;
+    const s = this.sock;
+    try { for (const g of OBJECT_GROUPS) s.dropMembership(g); } catch { /* a broken socket is reopened anyway */ }
+    return () => {
+      this.muted = false;
+      if (this.sock === s) {
+        try { for (const g of OBJECT_GROUPS) s.addMembership(g); } catch { /* reopened with them below */ }
+      }
+      this.emit({ kind: "lost" });
+    };
   }
 
   close(): void {

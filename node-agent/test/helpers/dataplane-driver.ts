@@ -3,7 +3,8 @@
 // namespace can drive the real kernel without switching namespaces itself.
 // Methods: any Dataplane method by name; table operations as "routes.put",
 // "neighbours:7.list", "fdb:7.remove"; "watch" streams kernel changes as
-// {"change": ...} lines; "block" keeps the event loop busy for args[0] ms. argv[2], if given, is the notification socket's
+// {"change": ...} lines; "block" keeps the event loop busy for args[0] ms;
+// "mute"/"unmute" bracket muteObjectChanges(). argv[2], if given, is the notification socket's
 // receive buffer in bytes.
 import { createInterface } from "node:readline";
 import type { KernelTable } from "../../src/dataplane/dataplane.js";
@@ -12,6 +13,7 @@ import { NetlinkDataplane } from "../../src/dataplane/netlink-dataplane.js";
 const monitorBufferBytes = process.argv[2] ? Number(process.argv[2]) : undefined;
 const dp = new NetlinkDataplane({ monitorBufferBytes });
 const out = (v: unknown) => process.stdout.write(JSON.stringify(v) + "\n");
+let unmute: (() => void) | undefined;
 
 function table(spec: string): KernelTable<unknown> {
   const [name, index] = spec.split(":");
@@ -30,6 +32,10 @@ rl.on("line", async (line) => {
       // Keeps the event loop busy, as a long synchronous pass would: notifications pile up unread.
       const end = Date.now() + Number(args[0]);
       while (Date.now() < end) { /* busy */ }
+    } else if (method === "mute") {
+      unmute = dp.muteObjectChanges();
+    } else if (method === "unmute") {
+      unmute?.();
     } else if (method === "watch") {
       dp.watch((change) => out({ change }));
     } else if (method.includes(".")) {

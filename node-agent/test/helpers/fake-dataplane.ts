@@ -117,6 +117,14 @@ export class FakeDataplane implements Dataplane {
     return () => this.listeners.delete(listener);
   }
 
+  /** How often a bulk pass muted the object notifications. */
+  mutes = 0;
+
+  muteObjectChanges(): () => void {
+    this.mutes++;
+    return () => this.emit({ kind: "lost" });
+  }
+
   /** Plays a kernel notification to the watchers. */
   emit(c: KernelChange): void {
     for (const l of this.listeners) l(c);

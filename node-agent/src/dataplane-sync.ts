@@ -77,7 +77,7 @@ export class DataplaneSync {
 
   onKernelChange(c: KernelChange): void {
     if (c.kind === "lost") {
-      this.deps.log.warn("kernel notifications were lost; checking everything");
+      if (c.why === "overflow") this.deps.log.warn("kernel notifications were lost; checking everything");
       this.request({ repair: true }, DRIFT_DEBOUNCE_MS);
     } else if (this.deps.backend.concerns(c)) {
       this.request({ repair: true }, DRIFT_DEBOUNCE_MS);

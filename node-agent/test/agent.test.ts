@@ -342,7 +342,7 @@ describe("Agent data plane health", () => {
     expect(dp.links.get("weft.1")!.mac).toBe(dev.mac);
     expect(await metricValue(metrics, "weft_agent_drift_repairs_total", { kind: "device" })).toBe(1);
     dp.addresses.splice(dp.addresses.findIndex((a) => a.ip === "10.244.1.0"), 1);
-    dp.emit({ kind: "lost" });
+    dp.emit({ kind: "lost", why: "overflow" });
     await until("address back", () => dp.addresses.some((a) => a.ip === "10.244.1.0"), 1000);
     await agent.stop();
   });

@@ -215,7 +215,7 @@ describe.skipIf(!env.ok)("NetlinkDataplane (kernel, one namespace)", () => {
     await waitFor("link notification while muted", async () => dp.changes.some((c) => c.kind === "link" && c.link.name === "ul1" && c.link.mtu === 1400), 3000, 20);
     expect(dp.changes.filter((c) => c.kind === "route")).toEqual([]);
     await dp.call("unmute");
-    await waitFor("lost", async () => dp.changes.some((c) => c.kind === "lost"), 3000, 20);
+    await waitFor("lost (muted)", async () => dp.changes.some((c) => c.kind === "lost" && c.why === "muted"), 3000, 20);
     dp.changes.length = 0;
     await dp.call("routes.put", { dst: "10.244.11.0/24", gateway: "198.18.0.9", oif: ul0, onlink: false });
     await ip("-n", NS, "route", "del", "10.244.11.0/24");
@@ -263,7 +263,7 @@ describe.skipIf(!env.ok)("NetlinkDataplane notification overflow (kernel)", () =
     await new Promise((r) => setTimeout(r, 200));
     await sh("ip", ["-n", NS2, "-batch", "-"], { input: batch });
     await busy;
-    await waitFor("a lost event", async () => dp!.changes.some((c) => c.kind === "lost"), 5000, 20);
+    await waitFor("a lost event", async () => dp!.changes.some((c) => c.kind === "lost" && c.why === "overflow"), 5000, 20);
     await new Promise((r) => setTimeout(r, 300));
     dp.changes.length = 0;
     await ip("-n", NS2, "route", "del", "10.0.7.0/24");

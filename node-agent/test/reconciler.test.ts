@@ -130,7 +130,7 @@ describe("Reconciler on a FakeDataplane", () => {
     expect(rec.affectedBy({ kind: "route", deleted: true, value: { dst: "10.99.0.0/24", oif: 2, onlink: false }, ours: false })).toBe(false);
     expect(rec.affectedBy({ kind: "neighbour", deleted: true, value: { index: 2, ip: "10.244.2.0", mac: "" }, ours: false })).toBe(false);
     expect(rec.affectedBy({ kind: "fdb", deleted: true, value: { index: ix, mac: "0e:00:00:00:00:02", dst: "198.18.0.77" }, ours: true })).toBe(false);
-    expect(rec.affectedBy({ kind: "lost" })).toBe(false);
+    expect(rec.affectedBy({ kind: "lost", why: "overflow" })).toBe(false);
   });
 
   it("does not take the echoes of its own removals for drift, even while the pass still runs", async () => {

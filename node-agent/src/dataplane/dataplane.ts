@@ -110,8 +110,8 @@ export type KernelChange =
   | { readonly kind: "route"; readonly deleted: boolean; readonly value: Route; readonly ours: boolean }
   | { readonly kind: "neighbour"; readonly deleted: boolean; readonly value: Neighbour; readonly ours: boolean }
   | { readonly kind: "fdb"; readonly deleted: boolean; readonly value: FdbEntry; readonly ours: boolean }
-  /** Notifications were lost (the socket overflowed): assume anything changed. */
-  | { readonly kind: "lost" };
+  /** Notifications were lost (the socket overflowed) or muted (a bulk pass): assume anything changed. */
+  | { readonly kind: "lost"; readonly why: "overflow" | "muted" };
 
 export interface Dataplane {
   getLink(name: string): Promise<Link | undefined>;

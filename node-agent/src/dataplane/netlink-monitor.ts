@@ -61,7 +61,7 @@ export class NetlinkMonitor {
     }
     const sock = s;
     sock.on("message", (buf) => splitMessages(buf, (m) => this.handle(m)));
-    sock.on("truncatedMessage", () => this.emit({ kind: "lost" }));
+    sock.on("truncatedMessage", () => this.emit({ kind: "lost", why: "overflow" }));
     sock.on("error", (err) => {
       if (this.sock !== sock) return;
       this.sock = undefined;
@@ -78,7 +78,7 @@ export class NetlinkMonitor {
   private reopenLater(): void {
     this.reopen ??= setTimeout(() => {
       this.reopen = undefined;
-      if (this.listeners.size && this.open()) this.emit({ kind: "lost" });
+      if (this.listeners.size && this.open()) this.emit({ kind: "lost", why: "overflow" });
     }, REOPEN_DELAY_MS).unref();
   }
 
@@ -139,7 +139,7 @@ export class NetlinkMonitor {
       if (this.sock === s) {
         try { for (const g of OBJECT_GROUPS) s.addMembership(g); } catch { /* reopened with them below */ }
       }
-      this.emit({ kind: "lost" });
+      this.emit({ kind: "lost", why: "muted" });
     };
   }
 

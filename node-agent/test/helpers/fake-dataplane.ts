@@ -122,7 +122,7 @@ export class FakeDataplane implements Dataplane {
 
   muteObjectChanges(): () => void {
     this.mutes++;
-    return () => this.emit({ kind: "lost" });
+    return () => this.emit({ kind: "lost", why: "muted" });
   }
 
   /** Plays a kernel notification to the watchers. */

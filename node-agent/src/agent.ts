@@ -288,7 +288,8 @@ export class Agent {
         subnet: this.lease.subnet, publicIP: this.lease.publicIP, backendType: this.lease.attrs.type,
         expiresAt: new Date(this.lease.expiresAt || 0).toISOString(),
       },
-      peers: (): PeerView[] => this.peers.list().map((p) => this.sync?.peerView(p) ?? { nodeName: p.nodeName, subnet: p.subnet, publicIP: p.publicIP, programmed: false, state: "pending" }),
+      // The peer watch starts only once the sync exists, so there are no peers without it.
+      peers: (): PeerView[] => (this.sync ? this.peers.list().map((p) => this.sync!.peerView(p)) : []),
     };
   }
 

@@ -6,7 +6,7 @@ import { statSync } from "node:fs";
 import { dirname } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Cluster, type Pod } from "./cluster.js";
-import { bridgeFdbJson, ip, ipJson, kernelTestEnv, newRunId, sh, waitFor } from "./netns.js";
+import { bridgeFdbJson, ipJson, kernelTestEnv, newRunId, sh, waitFor } from "./netns.js";
 
 const env = kernelTestEnv({ cni: true });
 const NODES = 3;

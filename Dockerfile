@@ -1,7 +1,7 @@
 # weft lease server and agent image (Debian 12 + Node 20).
 FROM node:20-bookworm-slim
-# nftables/iptables: the agent's masquerade and forward rules when this image runs the agent.
-RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ iproute2 nftables iptables ca-certificates \
+# nftables/iptables: the agent's masquerade and forward rules; wireguard-go: its wireguard backend on kernels without WireGuard.
+RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ iproute2 nftables iptables wireguard-go ca-certificates \
   && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/weft
 # The image's node lives in /usr/local; native addons build against its headers.

@@ -9,6 +9,8 @@ packages=(
   iproute2 iputils-ping procps curl openssl ca-certificates   # namespaces, veth, ping, agent API checks, test certificates
   containernetworking-plugins                             # /usr/lib/cni/bridge and host-local for pods
   nftables iptables                                       # the agent's masquerade and forward rules (nft; iptables FORWARD under Docker)
+  wireguard-go wireguard-tools                            # the wireguard backend on kernels without WireGuard; wg to inspect it
+  tcpdump                                                 # tests check the WireGuard underlay carries no plaintext
   iperf3                                                  # throughput benchmark
   prometheus                                              # promtool, to lint /metrics
   python3 make g++                                        # better-sqlite3 compiles from source

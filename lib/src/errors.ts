@@ -14,6 +14,10 @@ export const ErrorCodes = {
   STORE_UNAVAILABLE: { grpc: 14, http: 503 },
   /** The agent cannot reach any lease server. */
   SERVER_UNAVAILABLE: { grpc: 14, http: 503 },
+  /** The daemon is still starting; retry shortly. */
+  NOT_READY: { grpc: 14, http: 503 },
+  /** This machine lacks what the operation needs (e.g. no kernel WireGuard). */
+  NOT_SUPPORTED: { grpc: 12, http: 501 },
   DATAPLANE_OP_FAILED: { grpc: 13, http: 500 },
   INTERNAL: { grpc: 13, http: 500 },
 } as const;

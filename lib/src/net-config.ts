@@ -60,6 +60,9 @@ function canonicalKeys(obj: Record<string, unknown>, known: readonly string[], w
   for (const [k, v] of Object.entries(obj)) {
     const canon = known.find((c) => c.toLowerCase() === k.toLowerCase());
     const flannelOnly = UNSUPPORTED_KEYS.find((c) => c.toLowerCase() === k.toLowerCase());
+    if (!canon && flannelOnly === "PSK") {
+      fail(`${where}PSK`, "a pre-shared key in the network config would be sent to every client of GetNetworkConfig", "remove it, put the key in a file on each node (wg genpsk > /etc/weft/wireguard.psk, mode 0600) and start weft-agent with --wireguard-psk-file /etc/weft/wireguard.psk");
+    }
     if (!canon && flannelOnly) fail(`${where}${flannelOnly}`, "is a Flannel setting weft does not support yet", `remove ${flannelOnly}`);
     if (!canon) fail(`${where}${k}`, "unknown key", `valid keys are ${known.join(", ")}`);
     out[canon] = v;

@@ -67,7 +67,7 @@ describe("network config (Flannel net-conf.json)", () => {
     ["VNI out of range", '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":0}}', /Backend\.VNI: 0 is not an integer between 1 and 16777215/],
     ["VNI as string", '{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":"1"}}', /Backend\.VNI/],
     ["IPv6", '{"Network":"10.244.0.0/16","EnableIPv6":true}', /IPv6 is not supported yet/],
-    ["Flannel-only key", '{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","PSK":"x"}}', /Backend\.PSK: is a Flannel setting weft does not support yet; remove PSK/],
+    ["Flannel-only key", '{"Network":"10.244.0.0/16","Backend":{"Type":"wireguard","PSK":"x"}}', /Backend\.PSK: a pre-shared key in the network config would be sent to every client of GetNetworkConfig; remove it, .*--wireguard-psk-file/],
   ])("rejects %s with a message naming the field and the fix", (_name, text, re) => {
     const msg = errorOf(text);
     expect(msg).toMatch(re);

@@ -18,7 +18,7 @@ import type { Logger } from "../../lib/src/logger.js";
 import type { NetworkConfig } from "../../lib/src/net-config.js";
 import { parseCidr } from "../../lib/src/cidr.js";
 import type { AgentView, LeaseView, PeerView } from "./api.js";
-import type { LocalNode } from "./backends/backend.js";
+import type { Backend, KeyRotation, LocalNode } from "./backends/backend.js";
 import { createBackend } from "./backends/index.js";
 import { removeStaleDevices } from "./backends/owned-devices.js";
 import { backoffDelay, clampTimerMs, sleep } from "./backoff.js";
@@ -51,10 +51,13 @@ export class Agent {
   private readonly ac = new AbortController();
   private readonly peers: PeerTable;
   private sync: DataplaneSync | undefined;
+  private backend: Backend | undefined;
+  private rotationTimer: NodeJS.Timeout | undefined;
+  private leaseOps: Promise<unknown> = Promise.resolve();
   private network: NetworkConfig | undefined;
   private local: LocalNode | undefined;
   private lease: Lease | undefined;
-  /** Attributes published at start-up; a re-acquire reuses them (no second device set-up). */
+  /** Attributes published (at start-up, or since by announce()); a re-acquire reuses them (no second device set-up). */
   private attrs: BackendAttrs | undefined;
   private wasReady = false;
   private timer: NodeJS.Timeout | undefined;
@@ -84,8 +87,12 @@ export class Agent {
 
     const backend = createBackend({
       dataplane, network: this.network, vxlanDevice: config.vxlanDevice,
+      wireguard: { device: config.wireguardDevice, presharedKey: config.wireguardPsk, stateDir: config.stateDir },
       state: new AgentState(config.stateDir, log.child({ component: "state" })), log: log.child({ component: this.network.backend.type }),
+      announce: (a) => this.announce(a),
+      requestRepair: () => this.sync?.request({ repair: true }),
     });
+    this.backend = backend;
     // A backend change in the network config takes effect here: the old backend's devices go.
     await removeStaleDevices(dataplane, backend.devices, log);
     const attrs = await backend.init(this.local);
@@ -121,6 +128,42 @@ export class Agent {
     void this.renewLoop().catch((err) => this.die(err));
     void this.watchLoop().catch((err) => this.die(err));
     this.timer = setInterval(() => sync.request({ repair: true, firewall: true }), clampTimerMs(config.resyncIntervalMs));
+    if (config.wireguardKeyRotationMs && backend.rotateKey) {
+      this.rotationTimer = setInterval(() => {
+        this.rotateKey().catch((err) => log.error({ err: (err as Error).message }, "scheduled wireguard key rotation failed; the old key stays in use"));
+      }, clampTimerMs(config.wireguardKeyRotationMs));
+    }
+  }
+
+  /** POST /v1/wireguard/rotate-key and the rotation timer. */
+  async rotateKey(): Promise<KeyRotation> {
+    const b = this.backend;
+    if (!b || !this.lease) throw new WeftError("NOT_READY", "the agent is still starting (no lease yet); retry in a moment");
+    if (!b.rotateKey) throw new WeftError("NOT_SUPPORTED", `the network's backend is ${b.type}; key rotation is for the wireguard backend`);
+    return b.rotateKey();
+  }
+
+  /** Publishes new backend attributes: the lease is acquired again with them; it must keep its subnet. */
+  private announce(attrs: BackendAttrs): Promise<void> {
+    return this.leaseOp(async () => {
+      const { client, config, log } = this.deps;
+      const old = this.lease!;
+      const l = await client.acquire({ nodeName: config.nodeName, publicIP: this.local!.iface.publicIP, attrs, previousSubnet: old.subnet });
+      this.attrs = attrs;
+      if (l.subnet !== old.subnet) {
+        this.die(new WeftError("LEASE_CONFLICT", `lease changed from ${old.subnet} to ${l.subnet} while publishing new backend attributes (it had expired); restarting so pods and subnet.env follow`));
+        return;
+      }
+      this.onLease(l);
+      log.info({ subnet: l.subnet, attrs }, "backend attributes published");
+    });
+  }
+
+  /** Acquires run one at a time: a re-acquire must not publish attributes older than an announce's. */
+  private leaseOp<T>(fn: () => Promise<T>): Promise<T> {
+    const p = this.leaseOps.then(fn);
+    this.leaseOps = p.catch(() => undefined);
+    return p;
   }
 
   private die(err: unknown): void {
@@ -189,8 +232,8 @@ export class Agent {
     const { client, config, log } = this.deps;
     const old = this.lease!;
     // The device (and its MAC) is the one set up at start; repair() keeps it alive. No second init() here.
-    const attrs = this.attrs!;
-    const l = await this.retry("re-acquire lease", () => client.acquire({ nodeName: config.nodeName, publicIP: this.local!.iface.publicIP, attrs, previousSubnet: old.subnet }));
+    const l = await this.retry("re-acquire lease", () => this.leaseOp(() =>
+      client.acquire({ nodeName: config.nodeName, publicIP: this.local!.iface.publicIP, attrs: this.attrs!, previousSubnet: old.subnet })));
     if (l.subnet !== old.subnet) {
       // Pods already hold addresses from the old subnet; only a restart (and re-created pods) can fix that.
       throw new WeftError("LEASE_CONFLICT", `lease changed from ${old.subnet} to ${l.subnet} after expiry; restarting so pods and subnet.env follow`);
@@ -289,7 +332,13 @@ export class Agent {
         expiresAt: new Date(this.lease.expiresAt || 0).toISOString(),
       },
       // The peer watch starts only once the sync exists, so there are no peers without it.
-      peers: (): PeerView[] => (this.sync ? this.peers.list().map((p) => this.sync!.peerView(p)) : []),
+      peers: async (): Promise<PeerView[]> => {
+        const sync = this.sync;
+        if (!sync) return [];
+        const health = await this.backend?.peerHealth?.(true).catch(() => undefined);
+        return this.peers.list().map((p) => sync.peerView(p, health?.(p)));
+      },
+      rotateKey: () => this.rotateKey(),
     };
   }
 
@@ -297,9 +346,11 @@ export class Agent {
   async stop(): Promise<void> {
     this.ac.abort();
     if (this.timer) clearInterval(this.timer);
+    if (this.rotationTimer) clearInterval(this.rotationTimer);
     this.unwatch?.();
     this.renewKick?.();
     await this.sync?.stop();
+    this.backend?.close?.();
     this.deps.client.close();
     this.deps.dataplane.close();
   }

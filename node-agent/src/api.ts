@@ -28,8 +28,19 @@ export interface PeerView {
   readonly state: "programmed" | "pending" | "failed" | "rejected";
   /** For a programmed peer: "vxlan", "direct" (VXLAN DirectRouting) or "host-gw". */
   readonly path?: string;
-  /** Why a peer is rejected or failed. */
+  /** Why a peer is rejected or failed, or why a programmed peer is not reached (no WireGuard handshake). */
   readonly reason?: string;
+  /** For the wireguard backend: the device's view of the peer. */
+  readonly wireguard?: WireguardPeerView;
+}
+
+export interface WireguardPeerView {
+  readonly publicKey: string;
+  readonly endpoint: string;
+  /** ISO 8601; null = never. */
+  readonly lastHandshake: string | null;
+  readonly rxBytes: number;
+  readonly txBytes: number;
 }
 
 export interface AgentStatus {
@@ -41,7 +52,8 @@ export interface AgentStatus {
 export interface AgentView {
   status(): AgentStatus;
   lease(): LeaseView | undefined;
-  peers(): PeerView[];
+  peers(): Promise<PeerView[]>;
+  rotateKey(): Promise<{ publicKey: string; previousPublicKey: string }>;
 }
 
 interface Reply {
@@ -77,6 +89,7 @@ const leaseJson = (l: LeaseView) => ({ subnet: l.subnet, publicIP: l.publicIP, b
 const peerJson = (p: PeerView) => ({
   nodeName: p.nodeName, subnet: p.subnet, publicIP: p.publicIP, programmed: p.programmed, state: p.state,
   ...(p.path !== undefined ? { path: p.path } : {}), ...(p.reason !== undefined ? { reason: p.reason } : {}),
+  ...(p.wireguard ? { wireguard: { publicKey: p.wireguard.publicKey, endpoint: p.wireguard.endpoint, lastHandshake: p.wireguard.lastHandshake, rxBytes: p.wireguard.rxBytes, txBytes: p.wireguard.txBytes } } : {}),
 });
 
 /** The path part of a request URL, as fastify's router splits it (at the first ? or # after the leading character). */
@@ -101,8 +114,15 @@ export function buildApi(deps: { view: AgentView; registry: Registry; log: Logge
       const l = deps.view.lease();
       return l ? json(200, leaseJson(l)) : json(503, { code: "LEASE_NOT_FOUND", message: "no lease yet" });
     },
-    "/v1/peers": () => json(200, deps.view.peers().map(peerJson)),
+    "/v1/peers": async () => json(200, (await deps.view.peers()).map(peerJson)),
     "/metrics": async () => ({ statusCode: 200, type: deps.registry.contentType, body: await deps.registry.metrics() }),
+  };
+  const postRoutes: Record<string, () => Reply | Promise<Reply>> = {
+    "/v1/wireguard/rotate-key": async () => {
+      const r = await deps.view.rotateKey();
+      log.info({ publicKey: r.publicKey }, "wireguard key rotated on request");
+      return json(200, { publicKey: r.publicKey, previousPublicKey: r.previousPublicKey });
+    },
   };
 
   async function handle(method: string, url: string): Promise<Reply> {
@@ -114,8 +134,9 @@ export function buildApi(deps: { view: AgentView; registry: Registry; log: Logge
         return { statusCode: 400, type: "application/json", body: JSON.stringify({ error: "Bad Request", code: "FST_ERR_BAD_URL", message: `'${path}' is not a valid url component`, statusCode: 400 }) };
       }
     }
-    const route = Object.hasOwn(routes, path) ? routes[path] : undefined;
-    if (!route || (method !== "GET" && method !== "HEAD")) {
+    const table = method === "POST" ? postRoutes : method === "GET" || method === "HEAD" ? routes : undefined;
+    const route = table && Object.hasOwn(table, path) ? table[path] : undefined;
+    if (!route) {
       return json(404, { message: `Route ${method}:${url} not found`, error: "Not Found", statusCode: 404 });
     }
     try {

@@ -1,6 +1,6 @@
 // Flags -> one validated, frozen agent config. Nothing else reads argv or env.
 import { hostname } from "node:os";
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { X509Certificate } from "node:crypto";
 import { createSecureContext } from "node:tls";
 import { isIpv4 } from "../../lib/src/cidr.js";
@@ -10,6 +10,7 @@ import { validateNodeName, validatePublicIp } from "../../lib/src/lease.js";
 import { deepFreeze } from "../../lib/src/net-config.js";
 import { isWeftError } from "../../lib/src/errors.js";
 import type { TlsFiles } from "./lease-client.js";
+import { isKey } from "./wireguard/keys.js";
 
 export const BIN = "weft-agent";
 
@@ -19,9 +20,12 @@ export const FLAGS = {
   iface: { type: "string", value: "NAME|IP", help: "underlay interface for the tunnel (default: the interface of the default route)" },
   "public-ip": { type: "string", value: "IP", help: "address advertised to other nodes (default: the interface's address)" },
   "subnet-file": { type: "string", value: "PATH", default: "/run/flannel/subnet.env", help: "where to write FLANNEL_NETWORK/SUBNET/MTU/IPMASQ" },
-  "state-dir": { type: "string", value: "DIR", default: "/var/lib/weft", help: "state kept across restarts (the VTEP MAC)" },
-  "http-listen": { type: "string", value: "HOST:PORT", default: "127.0.0.1:9464", help: "REST API: /healthz, /readyz, /v1/lease, /v1/peers, /metrics" },
+  "state-dir": { type: "string", value: "DIR", default: "/var/lib/weft", help: "state kept across restarts (the VTEP MAC, the WireGuard private key)" },
+  "http-listen": { type: "string", value: "HOST:PORT", default: "127.0.0.1:9464", help: "REST API: /healthz, /readyz, /v1/lease, /v1/peers, /metrics, POST /v1/wireguard/rotate-key" },
   "vxlan-device": { type: "string", value: "NAME", help: "VXLAN device name (default: weft.<VNI>)" },
+  "wireguard-device": { type: "string", value: "NAME", default: "weft-wg", help: "WireGuard device name (wireguard-go's UAPI socket path is shared by all network namespaces: give each node on one host its own)" },
+  "wireguard-psk-file": { type: "string", value: "FILE", help: "file with a WireGuard pre-shared key (base64, as wg genpsk prints) used with every peer; every node needs the same one" },
+  "wireguard-key-rotation": { type: "string", value: "DURATION", help: "make and publish a new WireGuard key pair this often (at least 1m; default: never, POST /v1/wireguard/rotate-key does it on demand)" },
   "ip-masq": { type: "boolean", help: "masquerade pod traffic leaving the cluster network with the node's address (nftables table ip weft); writes FLANNEL_IPMASQ=true" },
   "forward-rules": { type: "boolean", default: "true", help: "accept forwarding to and from the cluster network (nftables, and iptables FORWARD where iptables exists: Docker sets its policy to DROP); --forward-rules=false to leave forwarding alone" },
   cleanup: { type: "boolean", help: "remove all of weft's kernel state from this node (weft devices, weft routes, firewall rules) and exit" },
@@ -51,6 +55,11 @@ export interface AgentConfig {
   readonly stateDir: string;
   readonly httpListen: { readonly host: string; readonly port: number };
   readonly vxlanDevice?: string;
+  readonly wireguardDevice: string;
+  /** base64; from --wireguard-psk-file. */
+  readonly wireguardPsk?: string;
+  /** 0 = no timer. */
+  readonly wireguardKeyRotationMs: number;
   readonly ipMasq: boolean;
   readonly forwardRules: boolean;
   readonly watchKernel: boolean;
@@ -63,8 +72,11 @@ export interface AgentConfig {
 const RESYNC_MIN_MS = 1000;
 const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
 const RESYNC_MAX_MS = 3_600_000;
+const ROTATION_MIN_MS = 60_000;
+/** Node's timers stop at 2^31 ms (24.8 days). */
+const ROTATION_MAX_MS = 24 * 86_400_000;
 
-function readPem(flag: string, path: string): Buffer {
+function readFlagFile(flag: string, path: string): Buffer {
   try {
     return readFileSync(path);
   } catch (err) {
@@ -73,10 +85,18 @@ function readPem(flag: string, path: string): Buffer {
   }
 }
 
+/** A WireGuard pre-shared key file: one base64 key of 32 bytes. */
+function readPsk(path: string): string {
+  if (!existsSync(path)) throw usageError(`--wireguard-psk-file: ${path} does not exist; make the key once with wg genpsk > ${path} and copy the same file to every node`);
+  const text = readFlagFile("wireguard-psk-file", path).toString("utf8").trim();
+  if (!isKey(text)) throw usageError(`--wireguard-psk-file: ${path} does not hold a WireGuard key (44 base64 characters); make one with wg genpsk > ${path}`);
+  return text;
+}
+
 /** Reads the TLS files and checks they parse (and that key and certificate match), so start-up fails with a usage error, not a stack. */
 function validateTls(t: TlsFiles): void {
   if (t.ca) {
-    const pem = readPem("tls-ca", t.ca).toString("utf8");
+    const pem = readFlagFile("tls-ca", t.ca).toString("utf8");
     const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
     if (blocks.length === 0) throw usageError(`--tls-ca: ${t.ca} holds no PEM certificate; pass the CA certificate (-----BEGIN CERTIFICATE-----) that signed the lease server's`);
     for (const b of blocks) {
@@ -88,8 +108,8 @@ function validateTls(t: TlsFiles): void {
     }
   }
   if (t.cert && t.key) {
-    const cert = readPem("tls-cert", t.cert);
-    const key = readPem("tls-key", t.key);
+    const cert = readFlagFile("tls-cert", t.cert);
+    const key = readFlagFile("tls-key", t.key);
     try {
       new X509Certificate(cert);
     } catch (err) {
@@ -133,6 +153,17 @@ export function loadAgentConfig(argv: readonly string[]): AgentConfig | CleanupC
     throw usageError(`--vxlan-device: ${JSON.stringify(f["vxlan-device"])} is not a valid interface name (1-15 of letters, digits, _ . -)`);
   }
 
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(f["wireguard-device"])) {
+    throw usageError(`--wireguard-device: ${JSON.stringify(f["wireguard-device"])} is not a valid interface name (1-15 of letters, digits, _ . -)`);
+  }
+  const wireguardPsk = f["wireguard-psk-file"] === undefined ? undefined : readPsk(f["wireguard-psk-file"]);
+  let wireguardKeyRotationMs = 0;
+  if (f["wireguard-key-rotation"] !== undefined) {
+    const d = parseDuration(f["wireguard-key-rotation"]);
+    if (d === undefined || d < ROTATION_MIN_MS || d > ROTATION_MAX_MS) throw usageError(`--wireguard-key-rotation: ${JSON.stringify(f["wireguard-key-rotation"])} is not a duration from 1m to 24d; write it like 24h, or leave the flag out to rotate only on demand`);
+    wireguardKeyRotationMs = d;
+  }
+
   const resync = parseDuration(f["resync-interval"]);
   if (resync === undefined || resync < RESYNC_MIN_MS || resync > RESYNC_MAX_MS) {
     throw usageError(`--resync-interval: ${JSON.stringify(f["resync-interval"])} is not a duration from 1s to 1h; write it like 10s`);
@@ -151,6 +182,6 @@ export function loadAgentConfig(argv: readonly string[]): AgentConfig | CleanupC
 
   return deepFreeze({
     cleanup: false as const, servers, nodeName, iface: f.iface, publicIP: f["public-ip"], subnetFile: f["subnet-file"], stateDir: f["state-dir"],
-    httpListen: { host, port }, vxlanDevice: f["vxlan-device"], ipMasq: f["ip-masq"], forwardRules: f["forward-rules"], watchKernel: f["watch-kernel"], resyncIntervalMs: resync, tls, logLevel: f["log-level"],
+    httpListen: { host, port }, vxlanDevice: f["vxlan-device"], wireguardDevice: f["wireguard-device"], wireguardPsk, wireguardKeyRotationMs, ipMasq: f["ip-masq"], forwardRules: f["forward-rules"], watchKernel: f["watch-kernel"], resyncIntervalMs: resync, tls, logLevel: f["log-level"],
   });
 }

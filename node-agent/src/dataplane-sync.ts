@@ -13,7 +13,7 @@
 import type { Lease } from "../../lib/src/lease.js";
 import type { Logger } from "../../lib/src/logger.js";
 import type { PeerView } from "./api.js";
-import type { Backend, Rejection } from "./backends/backend.js";
+import type { Backend, PeerHealth, Rejection } from "./backends/backend.js";
 import { backoffDelay, sleep } from "./backoff.js";
 import type { KernelChange } from "./dataplane/dataplane.js";
 import type { RuleSet } from "./firewall/firewall.js";
@@ -120,7 +120,7 @@ export class DataplaneSync {
         this.lastPassMs = r.durationMs;
         if (r.errors) this.problems.set("dataplane", `${r.failed.size} of ${peers.length - r.rejected.size} peers not programmed (${r.errors} failed operations): ${r.problems.join("; ")}`);
         else this.problems.delete("dataplane");
-        this.updateMetrics();
+        await this.updateMetrics(peers);
         failures = 0;
       } catch (err) {
         metrics.reconcileErrors.inc({ op: "pass" });
@@ -153,8 +153,10 @@ export class DataplaneSync {
     for (const kind of kinds) this.deps.metrics.driftRepairs.inc({ kind });
   }
 
-  private updateMetrics(): void {
+  private async updateMetrics(peers: readonly Lease[]): Promise<void> {
     const m = this.deps.metrics;
+    const health = await this.deps.backend.peerHealth?.(false);
+    if (health) m.peersUnreachable.set(peers.filter((p) => this.programmed.has(p.subnet) && health(p)?.problem).length);
     m.peers.set(this.programmed.size);
     m.peersFailed.set(this.failed.size);
     m.peersRejected.reset();
@@ -170,16 +172,17 @@ export class DataplaneSync {
     return { programmed: this.programmed.size, rejected: this.rejected.size };
   }
 
-  /** A peer as /v1/peers shows it. */
-  peerView(p: Lease): PeerView {
+  /** A peer as /v1/peers shows it, with the tunnel's live state where the backend has one. */
+  peerView(p: Lease, health?: PeerHealth): PeerView {
     const rej = this.rejected.get(p.subnet);
     const fail = this.failed.get(p.subnet);
     const programmed = !rej && this.programmed.has(p.subnet);
     const state = rej ? "rejected" : programmed ? "programmed" : fail ? "failed" : "pending";
-    const reason = rej?.detail ?? fail;
+    const reason = rej?.detail ?? fail ?? (programmed ? health?.problem : undefined);
     return {
       nodeName: p.nodeName, subnet: p.subnet, publicIP: p.publicIP, programmed, state,
       ...(programmed ? { path: this.deps.backend.pathTo(p) } : {}), ...(reason ? { reason } : {}),
+      ...(health ? { [p.attrs.type]: health.details } : {}),
     };
   }
 

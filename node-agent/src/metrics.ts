@@ -21,6 +21,7 @@ export function createAgentMetrics() {
     leaseRenewals: new Counter({ name: "weft_agent_lease_renewals_total", help: "Lease renew attempts by result", labelNames: ["result"] as const, registers }),
     ready: new Gauge({ name: "weft_agent_ready", help: "1 while subnet.env is written and every acceptable peer is programmed; 0 while the data plane cannot be programmed", registers }),
     peersRejected: new Gauge({ name: "weft_agent_peers_rejected", help: "Remote peers the backend refuses to program, by reason (not_on_segment: host-gw peer on another L2 segment)", labelNames: ["reason"] as const, registers }),
+    peersUnreachable: new Gauge({ name: "weft_agent_peers_unreachable", help: "Programmed peers the tunnel does not reach (WireGuard: no handshake since they were programmed; see reason in /v1/peers)", registers }),
     peersFailed: new Gauge({ name: "weft_agent_peers_failed", help: "Remote peers whose kernel objects failed to program in the last pass", registers }),
     driftRepairs: new Counter({ name: "weft_agent_drift_repairs_total", help: "Kernel objects put back after something else changed or removed them, by kind", labelNames: ["kind"] as const, registers }),
   };

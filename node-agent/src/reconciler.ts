@@ -16,7 +16,7 @@
 // can be judged cheaply: only a change that undoes something wanted (a
 // deleted route, a replaced ARP entry) is drift worth a pass.
 import type { Logger } from "../../lib/src/logger.js";
-import type { DesiredState, Rejection } from "./backends/backend.js";
+import { NODE_ENTRY, type DesiredState, type Rejection } from "./backends/backend.js";
 import type { KernelChange, KernelTable, ObjectKind } from "./dataplane/dataplane.js";
 
 export interface ReconcileResult {
@@ -152,7 +152,7 @@ export class Reconciler {
     }
 
     const programmed = new Set<string>();
-    for (const s of all) for (const e of s.entries) if (!failed.has(e.peer)) programmed.add(e.peer);
+    for (const s of all) for (const e of s.entries) if (e.peer !== NODE_ENTRY && !failed.has(e.peer)) programmed.add(e.peer);
     this.lastFailed = new Set(failed.keys());
     const result: ReconcileResult = { programmed, failed, rejected: want.rejected, added, deleted, repaired, errors, problems, durationMs: performance.now() - t0 };
     this.hooks.onPass?.(result);

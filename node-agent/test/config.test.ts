@@ -1,5 +1,8 @@
-import { describe, expect, it } from "vitest";
-import { loadAgentConfig } from "../src/config.js";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { loadAgentConfig, type AgentConfig } from "../src/config.js";
 
 describe("agent flags", () => {
   it("parses the documented flags with defaults", () => {
@@ -33,5 +36,82 @@ describe("agent flags", () => {
     try { loadAgentConfig(argv as string[]); } catch (e) { err = e; }
     expect(err).toMatchObject({ code: "CONFIG_INVALID" });
     expect((err as Error).message).toMatch(re);
+  });
+});
+
+describe("agent flags: WireGuard", () => {
+  const dir = mkdtempSync(join(tmpdir(), "weft-config-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const base = ["--server", "a:1", "--insecure"];
+  const load = (...argv: string[]) => loadAgentConfig([...base, ...argv]) as AgentConfig;
+  const errorOf = (...argv: string[]): Error & { code?: string } => {
+    try {
+      loadAgentConfig([...base, ...argv]);
+    } catch (e) {
+      return e as Error;
+    }
+    throw new Error(`${JSON.stringify(argv)} was accepted`);
+  };
+  // As wg genpsk prints it.
+  const PSK = "Hn7dLMY0+nBFnsm9/ka0v4jLk5j2oGUUq5s4zRCHbhk=";
+
+  it("defaults: device weft-wg, no pre-shared key, no rotation timer", () => {
+    const c = load();
+    expect(c.wireguardDevice).toBe("weft-wg");
+    expect(c.wireguardPsk).toBeUndefined();
+    expect(c.wireguardKeyRotationMs).toBe(0);
+  });
+
+  it("--wireguard-psk-file reads the key (trailing newline and all)", () => {
+    const path = join(dir, "psk");
+    writeFileSync(path, `${PSK}\n`, { mode: 0o600 });
+    expect(load("--wireguard-psk-file", path).wireguardPsk).toBe(PSK);
+    expect(load(`--wireguard-psk-file=${path}`).wireguardPsk).toBe(PSK);
+  });
+
+  it("--wireguard-psk-file: a missing file is a usage error naming the flag and the path", () => {
+    const path = join(dir, "nope.psk");
+    const err = errorOf("--wireguard-psk-file", path);
+    expect(err.code).toBe("CONFIG_INVALID");
+    expect(err.message).toMatch(/^--wireguard-psk-file: /);
+    expect(err.message).toContain(`${path} does not exist; make the key once with wg genpsk > ${path} and copy the same file to every node`);
+  });
+
+  it.each([
+    ["garbage", "not a key\n"],
+    ["a 31-byte key", `${Buffer.alloc(31, 7).toString("base64")}\n`],
+    ["two keys", `${PSK}\n${PSK}\n`],
+    ["an empty file", ""],
+  ])("--wireguard-psk-file: %s is a usage error naming the flag and wg genpsk", (_what, content) => {
+    const path = join(dir, "bad.psk");
+    writeFileSync(path, content);
+    const err = errorOf("--wireguard-psk-file", path);
+    expect(err.code).toBe("CONFIG_INVALID");
+    expect(err.message).toMatch(/^--wireguard-psk-file: /);
+    expect(err.message).toContain(path);
+    expect(err.message).toMatch(/does not hold a WireGuard key/);
+    expect(err.message).toContain(`wg genpsk > ${path}`);
+  });
+
+  it("--wireguard-device takes an interface name", () => {
+    expect(load("--wireguard-device", "wg0").wireguardDevice).toBe("wg0");
+    expect(load("--wireguard-device", "abcdefghijklmno").wireguardDevice).toBe("abcdefghijklmno"); // 15, the kernel's limit
+    for (const bad of ["abcdefghijklmnop", "wg/0", "wg 0", "wg0\n"]) {
+      const err = errorOf("--wireguard-device", bad);
+      expect(err.code, bad).toBe("CONFIG_INVALID");
+      expect(err.message, bad).toMatch(/^--wireguard-device: .* is not a valid interface name/);
+    }
+    expect(errorOf("--wireguard-device", "").message).toMatch(/^--wireguard-device is empty/);
+  });
+
+  it("--wireguard-key-rotation takes a duration from 1m to 24d (Node's timers end at 24.8 days)", () => {
+    expect(load("--wireguard-key-rotation", "24h").wireguardKeyRotationMs).toBe(86_400_000);
+    expect(load("--wireguard-key-rotation", "1m").wireguardKeyRotationMs).toBe(60_000);
+    expect(load("--wireguard-key-rotation", "24d").wireguardKeyRotationMs).toBe(24 * 86_400_000);
+    for (const bad of ["30s", "59s", "bogus", "0s", "-1h", "24", "25d"]) {
+      const err = errorOf("--wireguard-key-rotation", bad);
+      expect(err.code, bad).toBe("CONFIG_INVALID");
+      expect(err.message, bad).toMatch(/^--wireguard-key-rotation: .* is not a duration from 1m to 24d; write it like 24h/);
+    }
   });
 });

@@ -59,11 +59,6 @@ describe("HostGwBackend", () => {
     await expect(b.init({ ...localNode, network: hostGw, iface: { ...localNode.iface, publicIP: "203.0.113.9" } }))
       .rejects.toMatchObject({ code: "CONFIG_INVALID", message: expect.stringMatching(/--public-ip 203.0.113.9 is not the address of eth0.*vxlan backend behind NAT/) });
   });
-
-  it("is not offered for a backend the agent does not implement", () => {
-    const wg = parseNetworkConfig('{"Network": "10.244.0.0/16", "Backend": {"Type": "wireguard"}}');
-    expect(() => createBackend(backendDeps(new FakeDataplane(), { net: wg }))).toThrow(/backend wireguard is not supported by this agent yet; .*one of: vxlan, host-gw/);
-  });
 });
 
 describe("peer screening", () => {

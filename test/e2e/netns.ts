@@ -90,7 +90,7 @@ export async function cleanupNetns(runPrefix = NS_PREFIX): Promise<void> {
 export interface EnvCheck { readonly ok: boolean; readonly reason: string }
 
 /** Missing root or tools: CI fails (throws), local runs skip with a visible reason. */
-export function kernelTestEnv(needs: { cni?: boolean; iperf3?: boolean; openssl?: boolean; nft?: boolean; iptables?: boolean } = {}): EnvCheck {
+export function kernelTestEnv(needs: { cni?: boolean; iperf3?: boolean; openssl?: boolean; nft?: boolean; iptables?: boolean; wireguard?: boolean; tcpdump?: boolean } = {}): EnvCheck {
   const missing: string[] = [];
   if (process.getuid?.() !== 0) missing.push("root");
   if (!findBin("ip")) missing.push("ip (apt-get install iproute2)");
@@ -105,6 +105,10 @@ export function kernelTestEnv(needs: { cni?: boolean; iperf3?: boolean; openssl?
   if (needs.openssl && !findBin("openssl")) missing.push("openssl (apt-get install openssl)");
   if (needs.nft && !findBin("nft")) missing.push("nft (apt-get install nftables)");
   if (needs.iptables && !findBin("iptables")) missing.push("iptables (apt-get install iptables)");
+  // The kernel here may lack WireGuard; the agent then runs wireguard-go, and the tests read devices with wg.
+  if (needs.wireguard && !findBin("wireguard-go")) missing.push("wireguard-go (apt-get install wireguard-go)");
+  if (needs.wireguard && !findBin("wg")) missing.push("wg (apt-get install wireguard-tools)");
+  if (needs.tcpdump && !findBin("tcpdump")) missing.push("tcpdump (apt-get install tcpdump)");
   const ok = requireOrSkip(missing, "kernel test");
   return { ok, reason: ok ? "" : missing.join(", ") };
 }

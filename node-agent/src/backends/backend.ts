@@ -8,6 +8,7 @@ import type { Logger } from "../../../lib/src/logger.js";
 import type { BackendType, NetworkConfig } from "../../../lib/src/net-config.js";
 import type { Dataplane, KernelChange, KernelTable } from "../dataplane/dataplane.js";
 import type { AgentState } from "../state.js";
+import type { WgControl } from "../wireguard/control.js";
 
 export interface ExternalInterface {
   readonly index: number;
@@ -29,12 +30,15 @@ export interface LocalNode {
 
 /** Why a peer is not programmed on purpose; `reason` is a stable label for metrics. */
 export interface Rejection {
-  readonly reason: "invalid" | "backend_mismatch" | "overlaps_own_subnet" | "duplicate_vtep_mac" | "not_on_segment";
+  readonly reason: "invalid" | "backend_mismatch" | "overlaps_own_subnet" | "duplicate_vtep_mac" | "not_on_segment" | "invalid_key";
   readonly detail: string;
 }
 
+/** The `peer` of entries for this node itself (e.g. the route for the whole network), not for a remote peer. */
+export const NODE_ENTRY = "";
+
 export interface DesiredEntry<T> {
-  /** The peer's subnet: what a failure counts against. */
+  /** The peer's subnet: what a failure counts against (NODE_ENTRY: no peer). */
   readonly peer: string;
   readonly value: T;
 }
@@ -70,8 +74,29 @@ export interface Backend {
   mtu(): number;
   /** The kernel objects wanted for these remote peers (no kernel access; VXLAN remembers who held each VTEP MAC). */
   desired(peers: readonly Lease[]): DesiredState;
-  /** How traffic to the peer leaves this node ("vxlan", "direct", "host-gw"), for /v1/peers. */
+  /** How traffic to the peer leaves this node ("vxlan", "direct", "host-gw", "wireguard"), for /v1/peers. */
   pathTo(peer: Lease): string;
+  /**
+   * The tunnel's live state per peer (WireGuard: handshakes), for /v1/peers and metrics. `fresh` asks
+   * the device now; otherwise what the last pass read is enough.
+   */
+  peerHealth?(fresh: boolean): Promise<(peer: Lease) => PeerHealth | undefined>;
+  /** Makes a new key pair and publishes its public key (WireGuard). */
+  rotateKey?(): Promise<KeyRotation>;
+  /** Releases sockets (not the device: it outlives the agent on purpose). */
+  close?(): void;
+}
+
+export interface PeerHealth {
+  /** Backend-specific live facts, shown under the backend's name in /v1/peers. */
+  readonly details: Readonly<Record<string, unknown>>;
+  /** Why traffic to a programmed peer does not flow (e.g. no handshake), if it does not. */
+  readonly problem?: string;
+}
+
+export interface KeyRotation {
+  readonly publicKey: string;
+  readonly previousPublicKey: string;
 }
 
 export interface BackendDeps {
@@ -81,6 +106,21 @@ export interface BackendDeps {
   readonly network: NetworkConfig;
   /** --vxlan-device: the VXLAN device name; default weft.<VNI>. */
   readonly vxlanDevice?: string;
+  readonly wireguard?: WireguardOptions;
+  /** Publishes changed backend attributes in our lease (a WireGuard key rotation). */
+  readonly announce?: (attrs: BackendAttrs) => Promise<void>;
+  /** Asks for a device check soon (e.g. wireguard-go exited). */
+  readonly requestRepair?: () => void;
+}
+
+export interface WireguardOptions {
+  /** --wireguard-device. */
+  readonly device: string;
+  /** --wireguard-psk-file's key (base64), applied to every peer. */
+  readonly presharedKey?: string;
+  readonly stateDir: string;
+  /** How the device is driven; tests pass a fake. Default: generic netlink (kernel) or UAPI (wireguard-go). */
+  readonly openControl?: (mode: "kernel" | "userspace", device: string) => WgControl;
 }
 
 /** Whether `ip` is on the interface's connected subnet (reachable without a router). */

@@ -1,22 +1,18 @@
 // Backends by network-config type. The agent looks its backend up here and
-// never names a backend class; a new backend is one entry.
-import { WeftError } from "../../../lib/src/errors.js";
-import { BACKEND_TYPES, type BackendType } from "../../../lib/src/net-config.js";
+// never names a backend class; a new backend is one entry (the Record makes a
+// type without one a compile error).
+import type { BackendType } from "../../../lib/src/net-config.js";
 import type { Backend, BackendDeps } from "./backend.js";
 import { HostGwBackend } from "./host-gw.js";
 import { VxlanBackend } from "./vxlan.js";
+import { WireguardBackend } from "./wireguard.js";
 
-const BACKENDS: Partial<Record<BackendType, (deps: BackendDeps) => Backend>> = {
+const BACKENDS: Record<BackendType, (deps: BackendDeps) => Backend> = {
   vxlan: (deps) => new VxlanBackend(deps),
   "host-gw": (deps) => new HostGwBackend(deps),
+  wireguard: (deps) => new WireguardBackend(deps),
 };
 
 export function createBackend(deps: BackendDeps): Backend {
-  const type = deps.network.backend.type;
-  const make = BACKENDS[type];
-  if (!make) {
-    const have = BACKEND_TYPES.filter((t) => BACKENDS[t]).join(", ");
-    throw new WeftError("CONFIG_INVALID", `backend ${type} is not supported by this agent yet; the lease server's network config must use one of: ${have}`);
-  }
-  return make(deps);
+  return BACKENDS[deps.network.backend.type](deps);
 }

@@ -3,6 +3,7 @@
 // repairs or deletes only devices with that mark. A device of the same name
 // without it belongs to someone else (flanneld's flannel.1, an admin's test
 // device) and is refused with an error, never wiped.
+import { formatIpv4, type Ipv4Net } from "../../../lib/src/cidr.js";
 import { WeftError, isWeftError } from "../../../lib/src/errors.js";
 import type { Logger } from "../../../lib/src/logger.js";
 import type { Dataplane, Link, LinkSpec } from "../dataplane/dataplane.js";
@@ -88,4 +89,20 @@ export async function removeStaleDevices(dp: Dataplane, keep: readonly string[],
     log.info({ device: l.name, alias: l.alias }, "removing a device of another backend");
     await dp.deleteLink(l.index);
   }
+}
+
+/**
+ * Gives a tunnel device the network address of our subnet as /32 (no connected route) and no other
+ * address: a stale one from an old lease would attract traffic. Returns ["address"] if it had to add it.
+ */
+export async function ensureSoleAddress(dp: Dataplane, index: number, net: Ipv4Net): Promise<string[]> {
+  const want = { index, ip: formatIpv4(net.ip), prefix: 32 };
+  let present = false;
+  for (const a of await dp.listAddresses(index)) {
+    if (a.ip === want.ip && a.prefix === want.prefix) present = true;
+    else await dp.deleteAddress(a);
+  }
+  if (present) return [];
+  await dp.addAddress(want);
+  return ["address"];
 }

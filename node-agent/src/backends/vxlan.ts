@@ -21,7 +21,7 @@ import type { VxlanBackendConfig } from "../../../lib/src/net-config.js";
 import type { FdbEntry, KernelChange, Link, LinkSpec, Neighbour, Route } from "../dataplane/dataplane.js";
 import { randomMac } from "../state.js";
 import { onSegment, type Backend, type BackendDeps, type DesiredEntry, type DesiredState, type LocalNode, type Rejection } from "./backend.js";
-import { ensureOwnedLink, ownerAlias } from "./owned-devices.js";
+import { ensureOwnedLink, ensureSoleAddress, ownerAlias } from "./owned-devices.js";
 import { screenPeers } from "./screen-peers.js";
 
 /** Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14). */
@@ -123,18 +123,8 @@ export class VxlanBackend implements Backend {
     return this.serialized(async () => { await this.addressDevice(net); });
   }
 
-  /** Gives the device its one address; returns ["address"] if it had to. */
-  private async addressDevice(net: Ipv4Net): Promise<string[]> {
-    const want = { index: this.deviceIndex, ip: formatIpv4(net.ip), prefix: 32 };
-    let present = false;
-    // Only one address belongs on the device: a stale one from an old lease would attract traffic.
-    for (const a of await this.deps.dataplane.listAddresses(want.index)) {
-      if (a.ip === want.ip && a.prefix === want.prefix) present = true;
-      else await this.deps.dataplane.deleteAddress(a);
-    }
-    if (present) return [];
-    await this.deps.dataplane.addAddress(want);
-    return ["address"];
+  private addressDevice(net: Ipv4Net): Promise<string[]> {
+    return ensureSoleAddress(this.deps.dataplane, this.deviceIndex, net);
   }
 
   repair(): Promise<string[]> {

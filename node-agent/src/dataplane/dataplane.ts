@@ -101,7 +101,7 @@ export interface KernelTable<T> {
   remove(o: T): Promise<void>;
 }
 
-export type ObjectKind = "route" | "neighbour" | "fdb";
+export type ObjectKind = "route" | "neighbour" | "fdb" | "wg_peer";
 
 /** A change the kernel announced (rtnetlink notifications), for drift repair. */
 export type KernelChange =

@@ -18,7 +18,7 @@ import {
   isMainTable, isOurRoute, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, parseAddress, parseLink, parseNeighbour, parseRoute, RTM, type ParsedRoute, type RawMessage,
 } from "./rtnl-codec.js";
 
-const { EEXIST, ENOENT, ESRCH, ENODEV, EADDRNOTAVAIL } = constants.errno;
+const { EEXIST, ENOENT, ESRCH, ENODEV, EADDRNOTAVAIL, EOPNOTSUPP } = constants.errno;
 const CREATE_EXCL = NLM_F_CREATE | NLM_F_EXCL;
 const CREATE_REPLACE = NLM_F_CREATE | NLM_F_REPLACE;
 
@@ -101,6 +101,8 @@ export class NetlinkDataplane implements Dataplane {
       await this.ch.request(`create ${spec.kind} ${spec.name}`, encodeNewLink(spec));
     } catch (err) {
       if (errnoIs(err, EEXIST)) throw new WeftError("ALREADY_EXISTS", `create ${spec.kind} ${spec.name}: an interface of that name exists`, { cause: err });
+      // The kernel knows no such link kind (no module for it, e.g. wireguard before 5.6).
+      if (errnoIs(err, EOPNOTSUPP)) throw new WeftError("NOT_SUPPORTED", `create ${spec.kind} ${spec.name}: this kernel has no ${spec.kind} link type`, { cause: err });
       throw opFailed(err);
     }
     // The kernel ignores IFLA_IFALIAS when it creates a link; it takes it as a change right after.

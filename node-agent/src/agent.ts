@@ -90,7 +90,6 @@ export class Agent {
       wireguard: { device: config.wireguardDevice, presharedKey: config.wireguardPsk, stateDir: config.stateDir },
       state: new AgentState(config.stateDir, log.child({ component: "state" })), log: log.child({ component: this.network.backend.type }),
       announce: (a) => this.announce(a),
-      requestRepair: () => this.sync?.request({ repair: true }),
     });
     this.backend = backend;
     // A backend change in the network config takes effect here: the old backend's devices go.

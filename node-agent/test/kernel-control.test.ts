@@ -11,6 +11,7 @@ import { WeftError } from "../../lib/src/errors.js";
 import { NetlinkError, type RawSocket } from "../src/dataplane/netlink-channel.js";
 import { KernelWgControl } from "../src/wireguard/kernel-control.js";
 import type { WgPeerOp } from "../src/wireguard/control.js";
+import { nlmsg } from "./helpers/netlink-messages.js";
 
 const FAMILY = 0x1b;
 const GENL_ID_CTRL = 0x10;
@@ -22,14 +23,6 @@ const { ENODEV, ENOENT, EPERM } = constants.errno;
 
 // ---- building the kernel's side ----
 
-function nlmsg(type: number, flags: number, seq: number, payload: Buffer): Buffer {
-  const h = Buffer.alloc(16);
-  h.writeUInt32LE(16 + payload.length, 0);
-  h.writeUInt16LE(type, 4);
-  h.writeUInt16LE(flags, 6);
-  h.writeUInt32LE(seq, 8);
-  return Buffer.concat([h, payload]);
-}
 const errMsg = (seq: number, errno: number) => { const p = Buffer.alloc(20); p.writeInt32LE(-errno); return nlmsg(NLMSG_ERROR, 0, seq, p); };
 const genl = (cmd: number, ...attrs: Buffer[]) => Buffer.concat([Buffer.from([cmd, 1, 0, 0]), ...attrs]);
 function attr(type: number, data: Buffer): Buffer {

@@ -6,15 +6,8 @@ import { constants } from "node:os";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { NetlinkChannel, NetlinkError, type RawSocket } from "../src/dataplane/netlink-channel.js";
 import { encodeDump, encodeRoute, NLM_F_DUMP_INTR, NLM_F_MULTI, NLMSG_DONE, NLMSG_ERROR, RTM } from "../src/dataplane/rtnl-codec.js";
+import { nlmsg as msg } from "./helpers/netlink-messages.js";
 
-function msg(type: number, flags: number, seq: number, payload: Buffer): Buffer {
-  const h = Buffer.alloc(16);
-  h.writeUInt32LE(16 + payload.length, 0);
-  h.writeUInt16LE(type, 4);
-  h.writeUInt16LE(flags, 6);
-  h.writeUInt32LE(seq, 8);
-  return Buffer.concat([h, payload]);
-}
 const int = (v: number) => { const b = Buffer.alloc(4); b.writeInt32LE(v); return b; };
 
 class ScriptedSocket extends EventEmitter implements RawSocket {

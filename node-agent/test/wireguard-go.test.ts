@@ -1,6 +1,6 @@
-// Starting wireguard-go: what the agent says when it is missing or dies at
-// once, and that it is not started twice. The program is a stand-in script;
-// the real wireguard-go runs in the WireGuard e2e test.
+// Starting wireguard-go: what the agent says when it is missing or fails, and
+// that it is started once, as a daemon. The program is a stand-in script; the
+// real wireguard-go runs in the WireGuard e2e test.
 import { chmodSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -26,35 +26,42 @@ function script(dir: string, body: string): string {
   return p;
 }
 
-describe("wireguard-go supervisor", () => {
+const make = (dir: string, ready: () => boolean, bin: string) =>
+  new WireguardGo({ device: "wgt0", control: new GatedControl(ready), logFile: join(dir, "wg.log"), log: silentLog, bin });
+
+describe("wireguard-go launcher", () => {
   it("says how to install wireguard-go when it is missing", async () => {
     const dir = tmpDir();
-    const w = new WireguardGo({ device: "wgt0", control: new GatedControl(() => false), logFile: join(dir, "wg.log"), log: silentLog, onExit: () => {}, bin: join(dir, "nope") });
-    await expect(w.ensureRunning()).rejects.toMatchObject({ code: "CONFIG_INVALID", message: expect.stringMatching(/not installed.*apt-get install wireguard-go/) });
+    await expect(make(dir, () => false, join(dir, "nope")).ensureRunning())
+      .rejects.toMatchObject({ code: "CONFIG_INVALID", message: expect.stringMatching(/not installed.*apt-get install wireguard-go/) });
   });
 
-  it("reports an immediate exit with the end of its log, and does not ask for a repair loop", async () => {
+  it("reports a failed start with the end of its log", async () => {
     const dir = tmpDir();
-    let exits = 0;
     const bin = script(dir, 'echo "UAPI listen error: address already in use" >&2; exit 1');
-    const w = new WireguardGo({ device: "wgt0", control: new GatedControl(() => false), logFile: join(dir, "wg.log"), log: silentLog, onExit: () => exits++, bin });
-    await expect(w.ensureRunning()).rejects.toMatchObject({ code: "DATAPLANE_OP_FAILED", message: expect.stringMatching(/exited \(code 1\).*UAPI listen error: address already in use/) });
-    expect(exits).toBe(0);
+    await expect(make(dir, () => false, bin).ensureRunning())
+      .rejects.toMatchObject({ code: "DATAPLANE_OP_FAILED", message: expect.stringMatching(/failed to start \(exit code 1\).*UAPI listen error: address already in use/) });
   });
 
-  it("does nothing when the device answers already, starts it once for concurrent callers, and reports a later exit", async () => {
+  it("starts it once, as a daemon (no -f, no WG_PROCESS_FOREGROUND), for concurrent callers, and adopts it after", async () => {
     const dir = tmpDir();
     const marker = join(dir, "started");
     let up = false;
-    const bin = script(dir, `echo "$@" >> ${marker}; sleep 0.3; exit 0`);
-    let exits = 0;
-    const w = new WireguardGo({ device: "wgt0", control: new GatedControl(() => up), logFile: join(dir, "wg.log"), log: silentLog, onExit: () => exits++, bin });
-    setTimeout(() => (up = true), 100);
-    const [a, b] = await Promise.all([w.ensureRunning(), w.ensureRunning()]);
-    expect([a, b]).toEqual(["started", "started"]);
-    expect(readFileSync(marker, "utf8").trim().split("\n")).toEqual(["-f wgt0"]);
+    const bin = script(dir, `echo "$@ fg=$WG_PROCESS_FOREGROUND log=$LOG_LEVEL" >> ${marker}; sleep 0.2; exit 0`);
+    const w = make(dir, () => up, bin);
+    setTimeout(() => (up = true), 150);
+    process.env.WG_PROCESS_FOREGROUND = "1";
+    try {
+      expect(await Promise.all([w.ensureRunning(), w.ensureRunning()])).toEqual(["started", "started"]);
+    } finally {
+      delete process.env.WG_PROCESS_FOREGROUND;
+    }
+    expect(readFileSync(marker, "utf8").trim().split("\n")).toEqual(["wgt0 fg= log=error"]);
     expect(await w.ensureRunning()).toBe("running");
-    await new Promise((r) => setTimeout(r, 600));
-    expect(exits).toBe(1);
+  });
+
+  it("fails when the launcher succeeds but the device does not answer", async () => {
+    const dir = tmpDir();
+    await expect(make(dir, () => false, script(dir, "exit 0")).ensureRunning()).rejects.toThrow(/started but its UAPI socket does not answer/);
   });
 });

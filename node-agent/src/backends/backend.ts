@@ -109,8 +109,6 @@ export interface BackendDeps {
   readonly wireguard?: WireguardOptions;
   /** Publishes changed backend attributes in our lease (a WireGuard key rotation). */
   readonly announce?: (attrs: BackendAttrs) => Promise<void>;
-  /** Asks for a device check soon (e.g. wireguard-go exited). */
-  readonly requestRepair?: () => void;
 }
 
 export interface WireguardOptions {

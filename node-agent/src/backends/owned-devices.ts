@@ -6,7 +6,7 @@
 import { formatIpv4, type Ipv4Net } from "../../../lib/src/cidr.js";
 import { WeftError, isWeftError } from "../../../lib/src/errors.js";
 import type { Logger } from "../../../lib/src/logger.js";
-import type { Dataplane, Link, LinkSpec } from "../dataplane/dataplane.js";
+import type { Dataplane, KernelChange, Link, LinkSpec } from "../dataplane/dataplane.js";
 
 const PREFIX = "weft:";
 
@@ -105,4 +105,16 @@ export async function ensureSoleAddress(dp: Dataplane, index: number, net: Ipv4N
   if (present) return [];
   await dp.addAddress(want);
   return ["address"];
+}
+
+/**
+ * Whether a kernel change is one repair() must look at: our device (by name or index) went or came
+ * back as another link, `drifted` says its settings changed, or one of its addresses was deleted.
+ */
+export function touchesDevice(c: KernelChange, name: string, index: number | undefined, drifted: (l: Link) => boolean): boolean {
+  if (c.kind === "link") {
+    if (c.link.name !== name && c.link.index !== index) return false;
+    return c.deleted || c.link.index !== index || drifted(c.link);
+  }
+  return c.kind === "address" && c.deleted && c.address.index === index;
 }

@@ -21,7 +21,7 @@ import type { VxlanBackendConfig } from "../../../lib/src/net-config.js";
 import type { FdbEntry, KernelChange, Link, LinkSpec, Neighbour, Route } from "../dataplane/dataplane.js";
 import { randomMac } from "../state.js";
 import { onSegment, type Backend, type BackendDeps, type DesiredEntry, type DesiredState, type LocalNode, type Rejection } from "./backend.js";
-import { ensureOwnedLink, ensureSoleAddress, ownerAlias } from "./owned-devices.js";
+import { ensureOwnedLink, ensureSoleAddress, ownerAlias, touchesDevice } from "./owned-devices.js";
 import { screenPeers } from "./screen-peers.js";
 
 /** Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14). */
@@ -149,14 +149,7 @@ export class VxlanBackend implements Backend {
   }
 
   concerns(c: KernelChange): boolean {
-    if (c.kind === "link") {
-      if (c.link.name !== this.deviceName && c.link.index !== this.link?.index) return false;
-      if (c.deleted) return true;
-      const l = c.link;
-      return l.index !== this.link?.index || !l.up || l.mtu !== this.mtu() || l.mac !== this.mac || l.alias !== ownerAlias("vxlan");
-    }
-    if (c.kind === "address") return c.deleted && c.address.index === this.link?.index;
-    return false;
+    return touchesDevice(c, this.deviceName, this.link?.index, (l) => !l.up || l.mtu !== this.mtu() || l.mac !== this.mac || l.alias !== ownerAlias("vxlan"));
   }
 
   private direct(publicIP: string): boolean {

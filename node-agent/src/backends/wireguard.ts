@@ -28,7 +28,7 @@ import { UapiControl } from "../wireguard/uapi.js";
 import { WgPeerTable } from "../wireguard/wg-peers.js";
 import { WireguardGo } from "../wireguard/wireguard-go.js";
 import { NODE_ENTRY, type Backend, type BackendDeps, type DesiredEntry, type DesiredState, type KeyRotation, type LocalNode, type PeerHealth, type WireguardOptions } from "./backend.js";
-import { ensureOwnedLink, ensureSoleAddress, isOwned, ownerAlias } from "./owned-devices.js";
+import { ensureOwnedLink, ensureSoleAddress, isOwned, ownerAlias, touchesDevice } from "./owned-devices.js";
 import { screenPeers } from "./screen-peers.js";
 
 /** Outer IPv6 header (40, the worst case) + UDP (8) + WireGuard (32): Flannel's 80. */
@@ -114,7 +114,7 @@ export class WireguardBackend implements Backend {
       ?? (mode === "kernel" ? new KernelWgControl(this.deviceName) : new UapiControl(this.deviceName));
     this.wgGo = mode === "userspace" ? new WireguardGo({
       device: this.deviceName, control: this.control, logFile: `${this.options.stateDir}/wireguard-go-${this.deviceName}.log`,
-      log: this.deps.log, onExit: () => this.deps.requestRepair?.(),
+      log: this.deps.log,
     }) : undefined;
     return this.control;
   }
@@ -157,7 +157,9 @@ export class WireguardBackend implements Backend {
       }
       if (await this.wgGo!.ensureRunning() === "started") fixed.push("device");
       link = await dp.getLink(this.deviceName);
-      if (!link) throw new WeftError("DATAPLANE_OP_FAILED", `wireguard-go answers for ${this.deviceName} but the interface is not in this network namespace`);
+      if (!link) {
+        throw new WeftError("CONFIG_INVALID", `wireguard-go answers for ${this.deviceName}, but the interface is not in this network namespace: another namespace on this host runs a WireGuard device of that name (wireguard-go's sockets in /var/run/wireguard are shared by all namespaces); give this node another --wireguard-device`);
+      }
       // The key first: the device must not come up (and answer peers) with no or a stale key.
       fixed.push(...await this.configure(control));
       const change = { ...(link.mtu !== spec.mtu ? { mtu: spec.mtu } : {}), ...(link.alias !== spec.alias ? { alias: spec.alias } : {}) };
@@ -204,14 +206,7 @@ export class WireguardBackend implements Backend {
   }
 
   concerns(c: KernelChange): boolean {
-    if (c.kind === "link") {
-      if (c.link.name !== this.deviceName && c.link.index !== this.link?.index) return false;
-      if (c.deleted) return true;
-      const l = c.link;
-      return l.index !== this.link?.index || !l.up || l.mtu !== this.mtu() || l.alias !== ownerAlias("wireguard");
-    }
-    if (c.kind === "address") return c.deleted && c.address.index === this.link?.index;
-    return false;
+    return touchesDevice(c, this.deviceName, this.link?.index, (l) => !l.up || l.mtu !== this.mtu() || l.alias !== ownerAlias("wireguard"));
   }
 
   pathTo(): string {

@@ -114,27 +114,36 @@ function attrHdr(b: Buffer, off: number, len: number, type: number): number {
   return off + 4;
 }
 
-/** Builds variable-length attribute lists (links); the per-peer messages use fixed layouts instead. */
-class Attrs {
+/**
+ * Builds variable-length attribute lists (links here, WireGuard's generic netlink messages in
+ * kernel-control.ts); rtnetlink's per-peer messages use fixed layouts instead.
+ */
+export class Attrs {
   private readonly parts: Buffer[] = [];
+  /** Bytes so far, padding included. */
+  length = 0;
 
-  private push(type: number, data: Buffer): this {
+  bytes(type: number, data: Buffer): this {
+    if (4 + data.length > 0xffff) throw new WeftError("INVALID_ARGUMENT", `a netlink attribute of ${4 + data.length} bytes does not fit its 16-bit length`);
     const h = Buffer.alloc(4);
     h.writeUInt16LE(4 + data.length, 0);
     h.writeUInt16LE(type, 2);
-    const pad = (4 - (data.length % 4)) % 4;
-    this.parts.push(h, data, Buffer.alloc(pad));
+    const pad = Buffer.alloc((4 - (data.length % 4)) % 4);
+    this.parts.push(h, data, pad);
+    this.length += h.length + data.length + pad.length;
     return this;
   }
 
-  u8(type: number, v: number): this { return this.push(type, Buffer.from([v])); }
-  u32(type: number, v: number): this { const d = Buffer.alloc(4); d.writeUInt32LE(v >>> 0); return this.push(type, d); }
-  be16(type: number, v: number): this { const d = Buffer.alloc(2); d.writeUInt16BE(v); return this.push(type, d); }
-  flag(type: number): this { return this.push(type, Buffer.alloc(0)); }
-  str(type: number, s: string): this { return this.push(type, Buffer.from(`${s}\0`, "utf8")); }
-  ip4(type: number, s: string): this { const d = Buffer.alloc(4); writeIp4(d, 0, s); return this.push(type, d); }
-  mac(type: number, s: string): this { const d = Buffer.alloc(6); writeMac(d, 0, s); return this.push(type, d); }
-  nest(type: number, inner: Attrs): this { return this.push(type, inner.toBuffer()); }
+  u8(type: number, v: number): this { return this.bytes(type, Buffer.from([v])); }
+  u16(type: number, v: number): this { const d = Buffer.alloc(2); d.writeUInt16LE(v); return this.bytes(type, d); }
+  u32(type: number, v: number): this { const d = Buffer.alloc(4); d.writeUInt32LE(v >>> 0); return this.bytes(type, d); }
+  be16(type: number, v: number): this { const d = Buffer.alloc(2); d.writeUInt16BE(v); return this.bytes(type, d); }
+  flag(type: number): this { return this.bytes(type, Buffer.alloc(0)); }
+  str(type: number, s: string): this { return this.bytes(type, Buffer.from(`${s}\0`, "utf8")); }
+  ip4(type: number, s: string): this { const d = Buffer.alloc(4); writeIp4(d, 0, s); return this.bytes(type, d); }
+  mac(type: number, s: string): this { const d = Buffer.alloc(6); writeMac(d, 0, s); return this.bytes(type, d); }
+  /** `type` may carry NLA_F_NESTED where the receiver checks it (generic netlink families do). */
+  nest(type: number, inner: Attrs): this { return this.bytes(type, inner.toBuffer()); }
   toBuffer(): Buffer { return Buffer.concat(this.parts); }
 }
 
@@ -252,8 +261,8 @@ export function encodeDump(type: number, family: number): Buffer {
 
 // ---- reading ----
 
-/** Calls fn(type, offset, length) for each rtattr in b[off..end). */
-function eachAttr(b: Buffer, off: number, end: number, fn: (type: number, start: number, len: number) => void): void {
+/** Calls fn(type, offset, length) for each attribute in b[off..end), type without its flag bits. */
+export function eachAttr(b: Buffer, off: number, end: number, fn: (type: number, start: number, len: number) => void): void {
   while (off + 4 <= end) {
     const len = b.readUInt16LE(off);
     if (len < 4 || off + len > end) break;

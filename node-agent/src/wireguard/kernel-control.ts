@@ -16,7 +16,7 @@ import { constants } from "node:os";
 import { RawNetlinkSocket } from "netlink/dist/raw.js";
 import { WeftError } from "../../../lib/src/errors.js";
 import { errnoName, NetlinkChannel, NetlinkError, RECV_BUFFER, type RawSocket } from "../dataplane/netlink-channel.js";
-import { NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_HDRLEN, type RawMessage } from "../dataplane/rtnl-codec.js";
+import { Attrs, eachAttr, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_HDRLEN, type RawMessage } from "../dataplane/rtnl-codec.js";
 import type { WgControl, WgDeviceSet, WgDeviceStatus, WgPeerOp, WgPeerStatus } from "./control.js";
 import { isKey } from "./keys.js";
 
@@ -52,6 +52,7 @@ const WGALLOWEDIP_A_FAMILY = 1;
 const WGALLOWEDIP_A_IPADDR = 2;
 const WGALLOWEDIP_A_CIDR_MASK = 3;
 
+/** WireGuard's nests must carry it: the kernel parses them strictly. */
 const NLA_F_NESTED = 0x8000;
 const AF_INET = 2;
 const AF_INET6 = 10;
@@ -60,30 +61,6 @@ const MAX_PEERS_PER_SET = 64;
 const MAX_SET_BYTES = 32 << 10;
 
 // ---- writing ----
-
-/** An attribute list being built. Nests carry NLA_F_NESTED: the kernel parses WireGuard's nests strictly. */
-class Attrs {
-  private readonly parts: Buffer[] = [];
-  length = 0;
-
-  bytes(type: number, data: Buffer): this {
-    if (4 + data.length > 0xffff) throw new WeftError("INVALID_ARGUMENT", `a netlink attribute of ${4 + data.length} bytes does not fit its 16-bit length (too many allowed IPs for one peer?)`);
-    const h = Buffer.alloc(4);
-    h.writeUInt16LE(4 + data.length, 0);
-    h.writeUInt16LE(type, 2);
-    const pad = Buffer.alloc((4 - (data.length % 4)) % 4);
-    this.parts.push(h, data, pad);
-    this.length += h.length + data.length + pad.length;
-    return this;
-  }
-
-  u8(type: number, v: number): this { return this.bytes(type, Buffer.from([v])); }
-  u16(type: number, v: number): this { const d = Buffer.alloc(2); d.writeUInt16LE(v); return this.bytes(type, d); }
-  u32(type: number, v: number): this { const d = Buffer.alloc(4); d.writeUInt32LE(v); return this.bytes(type, d); }
-  str(type: number, s: string): this { return this.bytes(type, Buffer.from(`${s}\0`, "utf8")); }
-  nest(type: number, inner: Attrs): this { return this.bytes(type | NLA_F_NESTED, inner.toBuffer()); }
-  toBuffer(): Buffer { return Buffer.concat(this.parts); }
-}
 
 /** nlmsghdr + genlmsghdr + attributes; seq is set when sent. */
 function genlMessage(family: number, flags: number, cmd: number, version: number, attrs: Attrs): Buffer {
@@ -132,7 +109,7 @@ function peerAttrs(device: string, op: WgPeerOp): Attrs {
   }
   const p = op.peer;
   const ips = new Attrs();
-  for (const cidr of p.allowedIPs) ips.nest(0, allowedIp(device, cidr));
+  for (const cidr of p.allowedIPs) ips.nest(NLA_F_NESTED, allowedIp(device, cidr));
   const a = new Attrs()
     .bytes(WGPEER_A_PUBLIC_KEY, keyBytes(device, p.publicKey, `peer public key "${p.publicKey}"`))
     .u32(WGPEER_A_FLAGS, WGPEER_F_REPLACE_ALLOWEDIPS)
@@ -140,7 +117,7 @@ function peerAttrs(device: string, op: WgPeerOp): Attrs {
     .bytes(WGPEER_A_PRESHARED_KEY, p.presharedKey ? keyBytes(device, p.presharedKey, `preshared key of peer ${p.publicKey}`) : Buffer.alloc(KEY_LEN))
     .u16(WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL, p.keepalive);
   if (p.endpoint) a.bytes(WGPEER_A_ENDPOINT, sockaddrIn(device, p.endpoint));
-  return a.nest(WGPEER_A_ALLOWEDIPS, ips);
+  return a.nest(WGPEER_A_ALLOWEDIPS | NLA_F_NESTED, ips);
 }
 
 /**
@@ -156,7 +133,7 @@ function encodeSet(family: number, device: string, s: WgDeviceSet): Buffer[] {
   let peers = new Attrs();
   let count = 0;
   const flush = () => {
-    if (count) attrs.nest(WGDEVICE_A_PEERS, peers);
+    if (count) attrs.nest(WGDEVICE_A_PEERS | NLA_F_NESTED, peers);
     messages.push(genlMessage(family, NLM_F_ACK, WG_CMD_SET_DEVICE, WG_GENL_VERSION, attrs));
     attrs = new Attrs().str(WGDEVICE_A_IFNAME, device);
     peers = new Attrs();
@@ -165,7 +142,7 @@ function encodeSet(family: number, device: string, s: WgDeviceSet): Buffer[] {
   for (const op of s.peers ?? []) {
     const peer = peerAttrs(device, op);
     if (count && (count === MAX_PEERS_PER_SET || attrs.length + peers.length + peer.length > MAX_SET_BYTES)) flush();
-    peers.nest(0, peer);
+    peers.nest(NLA_F_NESTED, peer);
     count++;
   }
   if (count || !messages.length) flush();
@@ -173,16 +150,6 @@ function encodeSet(family: number, device: string, s: WgDeviceSet): Buffer[] {
 }
 
 // ---- reading ----
-
-/** Calls fn(type, offset, length) for each attribute in b[off..end), type without its flag bits. */
-function eachAttr(b: Buffer, off: number, end: number, fn: (type: number, start: number, len: number) => void): void {
-  while (off + 4 <= end) {
-    const len = b.readUInt16LE(off);
-    if (len < 4 || off + len > end) break;
-    fn(b.readUInt16LE(off + 2) & 0x3fff, off + 4, len - 4);
-    off += (len + 3) & ~3;
-  }
-}
 
 /** A key, or undefined for an absent or all-zero one (no key set). */
 function keyAt(b: Buffer, o: number, len: number): string | undefined {

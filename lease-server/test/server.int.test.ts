@@ -245,7 +245,7 @@ describe("weft-lease-server (real process, SQLite, gRPC)", () => {
     const s = await start([], join(dir.path, "health.db"));
     const { service } = await import("grpc-health-check");
     const Health = grpc.makeGenericClientConstructor(service as grpc.ServiceDefinition, "grpc.health.v1.Health");
-    const hc = new Health(s.grpcAddr, grpc.credentials.createInsecure()) as grpc.Client & { check: (r: unknown, cb: (e: Error | null, v: { status: string | number }) => void) => void };
+    const hc = new Health(s.grpcAddr, grpc.credentials.createInsecure()) as unknown as grpc.Client & { check: (r: unknown, cb: (e: Error | null, v: { status: string | number }) => void) => void };
     for (const name of ["", "weft.v1.LeaseService"]) {
       const res = await new Promise<{ status: string | number }>((resolve, reject) => hc.check({ service: name }, (e, v) => (e ? reject(e) : resolve(v))));
       expect(["SERVING", 1]).toContain(res.status);
@@ -421,7 +421,7 @@ describe.skipIf(!requireTools({ openssl: "openssl" }, "the mTLS tests"))("weft-l
       const relDenied = await call("releaseLease", { nodeName: "node-2", subnet: "10.244.1.0/24" }).catch((e: grpc.ServiceError) => e);
       expect((relDenied as grpc.ServiceError).code).toBe(grpc.status.PERMISSION_DENIED);
       const anon = connect(s.grpcAddr, grpc.credentials.createSsl(readFileSync(pki("ca.crt"))), { "grpc.initial_reconnect_backoff_ms": 100 });
-      const noCert = await new Promise<grpc.ServiceError>((resolve) => anon.client.getNetworkConfig({}, { deadline: Date.now() + 3000 }, (e) => resolve(e!)));
+      const noCert = await new Promise<grpc.ServiceError>((resolve) => anon.client.getNetworkConfig({}, new grpc.Metadata(), { deadline: Date.now() + 3000 }, (e) => resolve(e!)));
       expect(noCert.code).toBe(grpc.status.UNAVAILABLE);
       anon.client.close();
     } finally {

@@ -124,7 +124,7 @@ describe("Agent", () => {
     expect(api.acquires[0]).toMatchObject({ nodeName: "node-1", publicIP: "198.18.0.1", attrs: { type: "vxlan", vni: 1 } });
     await sleep(100);
     expect(agent.view().status()).toEqual({ ready: true, reasons: [] });
-    expect(agent.view().peers().map((p) => p.programmed)).toEqual([true, true]);
+    expect((await agent.view().peers()).map((p) => p.programmed)).toEqual([true, true]);
     expect(dp.routeMap.size).toBe(2);
     await agent.stop();
     expect(dp.routeMap.size).toBe(2);
@@ -152,7 +152,7 @@ describe("Agent", () => {
     const { agent, dp, metrics } = setup(api);
     await agent.start();
     await until("ready", () => agent.view().status().ready);
-    expect(agent.view().peers()).toEqual([
+    expect((await agent.view().peers())).toEqual([
       { nodeName: "node-2", subnet: "10.244.2.0/24", publicIP: "198.18.0.2", programmed: true, state: "programmed", path: "vxlan" },
       { nodeName: "node-3", subnet: "10.244.3.0/24", publicIP: "198.18.0.3", programmed: false, state: "rejected", reason: "VNI 9, want 1" },
     ]);
@@ -242,7 +242,7 @@ describe("Agent watch loop", () => {
     resync.push({ kind: "snapshot", leases: [peer(2)], resync: true });
     await sleep(150);
     expect(routeDsts(dp)).toEqual(["10.244.2.0/24", "10.244.3.0/24"]);
-    expect(agent.view().peers().length).toBe(2);
+    expect((await agent.view().peers()).length).toBe(2);
     resync.push({ kind: "complete", revision: 7 });
     await until("peer 3 pruned", () => dp.routeMap.size === 1);
     expect(routeDsts(dp)).toEqual(["10.244.2.0/24"]);
@@ -262,7 +262,7 @@ describe("Agent watch loop", () => {
     expect(api.froms).toEqual([0, 3, 3]);
     await sleep(100);
     expect(routeDsts(dp)).toEqual(["10.244.2.0/24", "10.244.3.0/24"]);
-    expect(agent.view().peers().map((p) => p.subnet)).toEqual(["10.244.2.0/24", "10.244.3.0/24"]);
+    expect((await agent.view().peers()).map((p) => p.subnet)).toEqual(["10.244.2.0/24", "10.244.3.0/24"]);
     third.push({ kind: "snapshot", leases: [peer(3)], resync: true }, { kind: "complete", revision: 10 });
     await until("snapshot applied", () => dp.routeMap.size === 1);
     expect(routeDsts(dp)).toEqual(["10.244.3.0/24"]);
@@ -354,8 +354,8 @@ describe("Agent data plane health", () => {
     dp.emit({ kind: "route", deleted: true, value: { dst: "10.244.2.0/24", gateway: "10.244.2.0", oif: dp.links.get("weft.1")!.index, onlink: true }, ours: true });
     await until("not ready", () => !agent.view().status().ready, 1000);
     expect(agent.view().status().reasons).toEqual([expect.stringMatching(/^dataplane: 2 of 2 peers not programmed \(2 failed operations\): putRoute .*injected failure/)]);
-    expect(agent.view().peers().map((p) => p.state)).toEqual(["failed", "failed"]);
-    expect(agent.view().peers()[0]!.reason).toMatch(/injected failure/);
+    expect((await agent.view().peers()).map((p) => p.state)).toEqual(["failed", "failed"]);
+    expect((await agent.view().peers())[0]!.reason).toMatch(/injected failure/);
     expect(await metricValue(metrics, "weft_agent_ready")).toBe(0);
     expect(await metricValue(metrics, "weft_agent_peers_failed")).toBe(2);
     dp.failing.clear();

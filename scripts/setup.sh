@@ -13,6 +13,7 @@ packages=(
   tcpdump                                                 # tests check the WireGuard underlay carries no plaintext
   iperf3                                                  # throughput benchmark
   prometheus                                              # promtool, to lint /metrics
+  etcd-server etcd-client                                 # the etcd store's tests start real etcd (test/etcd.ts)
   python3 make g++                                        # better-sqlite3 compiles from source
 )
 
@@ -64,6 +65,11 @@ if ((${#missing[@]})); then
   # We only want promtool from the prometheus package, not a running Prometheus.
   if [ -d /run/systemd/system ] && systemctl is-enabled prometheus >/dev/null 2>&1; then
     systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+  # Nor a system etcd (etcd-server starts one on 127.0.0.1:2379): the tests
+  # start their own etcd on free ports.
+  if [ -d /run/systemd/system ] && systemctl is-enabled etcd >/dev/null 2>&1; then
+    systemctl disable --now etcd >/dev/null 2>&1 || true
   fi
 fi
 

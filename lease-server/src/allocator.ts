@@ -12,8 +12,21 @@ export interface AllocationInput {
   readonly freedOrder: (ip: number) => number | undefined;
 }
 
-export function pickSubnet(cfg: NetworkConfig, input: AllocationInput): string | undefined {
+/**
+ * `random`: any free subnet, never-used ones first. A server that just lost a race to another server
+ * (sharing an etcd store) picks this way, so the two stop choosing the same "next" subnet in lockstep.
+ */
+export function pickSubnet(cfg: NetworkConfig, input: AllocationInput, random = false): string | undefined {
   const step = sizeOf(cfg.subnetLen);
+  if (random) {
+    const fresh: number[] = [];
+    const freed: number[] = [];
+    for (let ip = cfg.subnetMin; ip <= cfg.subnetMax; ip += step) {
+      if (!input.isTaken(ip)) (input.freedOrder(ip) === undefined ? fresh : freed).push(ip);
+    }
+    const from = fresh.length ? fresh : freed;
+    return from.length ? formatCidr({ ip: from[Math.floor(Math.random() * from.length)]!, prefix: cfg.subnetLen }) : undefined;
+  }
   let best: number | undefined;
   let bestOrder = Infinity;
   for (let ip = cfg.subnetMin; ip <= cfg.subnetMax; ip += step) {

@@ -1,5 +1,5 @@
 // Flags -> one validated, frozen config. Nothing else reads argv or env.
-import { readFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { WeftError, errorMessage } from "../../lib/src/errors.js";
 import { parseDuration } from "../../lib/src/duration.js";
 import { parseFlags, parseHostPort, usageError, type FlagSpec } from "../../lib/src/flags.js";
@@ -8,8 +8,14 @@ import { deepFreeze, parseNetworkConfig, type NetworkConfig } from "../../lib/sr
 export const BIN = "weft-lease-server";
 
 export const FLAGS = {
-  store: { type: "string", value: "sqlite:PATH", default: "sqlite:/var/lib/weft/leases.db", help: "where leases are kept" },
-  "network-config": { type: "string", value: "FILE", default: "/etc/weft/net-conf.json", help: "Flannel-style net-conf.json: Network, SubnetLen, SubnetMin, SubnetMax, Backend" },
+  store: { type: "string", value: "sqlite:PATH|etcd:URL[,URL...]", default: "sqlite:/var/lib/weft/leases.db", help: "where leases are kept: an embedded SQLite file (one server), or an etcd cluster that several lease servers share" },
+  "network-config": { type: "string", value: "FILE", default: "/etc/weft/net-conf.json", help: "Flannel-style net-conf.json: Network, SubnetLen, SubnetMin, SubnetMax, Backend (with an etcd store: optional when etcd has it at <etcd-prefix>/config)" },
+  "etcd-prefix": { type: "string", value: "KEY", default: "/weft/network", help: "etcd key prefix; /coreos.com/network shares Flannel's leases, so flanneld and weft nodes see each other" },
+  "etcd-cafile": { type: "string", value: "FILE", help: "CA (PEM) of etcd's server certificates" },
+  "etcd-certfile": { type: "string", value: "FILE", help: "client certificate (PEM) for etcd" },
+  "etcd-keyfile": { type: "string", value: "FILE", help: "client private key (PEM) for etcd" },
+  "etcd-username": { type: "string", value: "NAME", help: "etcd user (with --etcd-password-file)" },
+  "etcd-password-file": { type: "string", value: "FILE", help: "file with the etcd user's password" },
   listen: { type: "string", value: "HOST:PORT", default: "0.0.0.0:7600", help: "gRPC address for agents" },
   "http-listen": { type: "string", value: "HOST:PORT", default: "127.0.0.1:7601", help: "REST API, /metrics, /healthz and /readyz" },
   "lease-ttl": { type: "string", value: "DURATION", default: "24h", help: "lease lifetime without renewal, e.g. 30s, 10m, 24h" },
@@ -27,9 +33,20 @@ export interface TlsFiles {
   readonly clientCa?: Buffer;
 }
 
+export type StoreConfig =
+  | { readonly kind: "sqlite"; readonly path: string }
+  | {
+    readonly kind: "etcd"; readonly endpoints: readonly string[]; readonly prefix: string;
+    readonly tls?: { readonly ca?: Buffer; readonly cert?: Buffer; readonly key?: Buffer };
+    readonly auth?: { readonly username: string; readonly password: string };
+  };
+
 export interface ServerConfig {
-  readonly storePath: string;
-  readonly network: NetworkConfig;
+  readonly store: StoreConfig;
+  /** undefined: read from etcd (<etcd-prefix>/config) at start-up. */
+  readonly network?: NetworkConfig;
+  /** Where the network config came from, for messages. */
+  readonly networkSource: string;
   readonly listen: { readonly host: string; readonly port: number };
   readonly httpListen: { readonly host: string; readonly port: number };
   readonly leaseTtlMs: number;
@@ -50,14 +67,7 @@ export function loadServerConfig(argv: readonly string[]): ServerConfig | undefi
   const f = parseFlags(argv, FLAGS, BIN);
   if (f.help) return undefined;
 
-  const m = /^sqlite:(.+)$/.exec(f.store);
-  if (!m) {
-    const kind = f.store.split(":")[0];
-    throw usageError(kind === "etcd"
-      ? "--store: etcd is not available in this release yet; use --store sqlite:/var/lib/weft/leases.db"
-      : `--store: ${JSON.stringify(f.store)} is not a store; use --store sqlite:/var/lib/weft/leases.db`);
-  }
-
+  const store = parseStore(f);
   const ttl = parseDuration(f["lease-ttl"]);
   if (ttl === undefined) throw usageError(`--lease-ttl: ${JSON.stringify(f["lease-ttl"])} is not a duration; write it like 30s, 10m or 24h`);
   if (ttl < 5000) throw usageError(`--lease-ttl: ${f["lease-ttl"]} is shorter than 5s; agents could not renew in time. Use at least 5s`);
@@ -84,17 +94,56 @@ export function loadServerConfig(argv: readonly string[]): ServerConfig | undefi
     };
   }
 
-  let network: NetworkConfig;
-  const text = readFlagFile("network-config", f["network-config"]).toString("utf8");
-  try {
-    network = parseNetworkConfig(text);
-  } catch (err) {
-    if (err instanceof WeftError) throw usageError(`--network-config ${f["network-config"]}: ${err.message.replace(/^network config: /, "")}`);
-    throw err;
+  // With etcd, a missing default file means: the config lives in etcd (Flannel's way).
+  const explicit = argv.some((a) => a === "--network-config" || a.startsWith("--network-config="));
+  let network: NetworkConfig | undefined;
+  if (store.kind === "sqlite" || explicit || existsSync(f["network-config"])) {
+    const text = readFlagFile("network-config", f["network-config"]).toString("utf8");
+    try {
+      network = parseNetworkConfig(text);
+    } catch (err) {
+      if (err instanceof WeftError) throw usageError(`--network-config ${f["network-config"]}: ${err.message.replace(/^network config: /, "")}`);
+      throw err;
+    }
   }
 
   return deepFreeze({
-    storePath: m[1]!, network, listen: { host, port }, httpListen: { host: httpHost, port: httpPort },
+    store, network, networkSource: network ? `--network-config ${f["network-config"]}` : `etcd key ${(store as { prefix: string }).prefix}/config`, listen: { host, port }, httpListen: { host: httpHost, port: httpPort },
     leaseTtlMs: ttl, tls, logLevel: f["log-level"],
   });
+}
+
+type Flags = ReturnType<typeof parseFlags<typeof FLAGS>>;
+
+function parseStore(f: Flags): StoreConfig {
+  const sqlite = /^sqlite:(.+)$/.exec(f.store);
+  if (sqlite) return { kind: "sqlite", path: sqlite[1]! };
+  const etcd = /^etcd:(.+)$/.exec(f.store);
+  if (!etcd) throw usageError(`--store: ${JSON.stringify(f.store)} is not a store; use --store sqlite:/var/lib/weft/leases.db or --store etcd:http://127.0.0.1:2379`);
+  const endpoints = etcd[1]!.split(",").map((e) => e.trim()).filter(Boolean);
+  for (const e of endpoints) {
+    let u: URL | undefined;
+    try { u = new URL(e); } catch { /* below */ }
+    if (!u || (u.protocol !== "http:" && u.protocol !== "https:") || !u.port || u.pathname !== "/") {
+      throw usageError(`--store: etcd endpoint ${JSON.stringify(e)} is not http(s)://HOST:PORT; write e.g. --store etcd:https://10.0.0.1:2379,https://10.0.0.2:2379`);
+    }
+  }
+  const prefix = f["etcd-prefix"];
+  if (!/^\/[^\s]*[^/\s]$/.test(prefix)) throw usageError(`--etcd-prefix: ${JSON.stringify(prefix)} is not a key prefix; write it like /weft/network (or /coreos.com/network to share Flannel's)`);
+  const anyTls = f["etcd-cafile"] || f["etcd-certfile"] || f["etcd-keyfile"];
+  if (!!f["etcd-certfile"] !== !!f["etcd-keyfile"]) throw usageError("--etcd-certfile and --etcd-keyfile go together; pass both for client certificates, or neither");
+  const https = endpoints.some((e) => e.startsWith("https:"));
+  if (anyTls && !https) throw usageError("--etcd-cafile/--etcd-certfile/--etcd-keyfile need https:// endpoints in --store");
+  if (https && !anyTls) throw usageError("--store has https:// etcd endpoints: pass --etcd-cafile (and --etcd-certfile/--etcd-keyfile for client certificates)");
+  if (!!f["etcd-username"] !== !!f["etcd-password-file"]) throw usageError("--etcd-username and --etcd-password-file go together");
+  return {
+    kind: "etcd", endpoints, prefix,
+    ...(anyTls ? {
+      tls: {
+        ...(f["etcd-cafile"] ? { ca: readFlagFile("etcd-cafile", f["etcd-cafile"]) } : {}),
+        ...(f["etcd-certfile"] ? { cert: readFlagFile("etcd-certfile", f["etcd-certfile"]), key: readFlagFile("etcd-keyfile", f["etcd-keyfile"]!) } : {}),
+      },
+    } : {}),
+    ...(f["etcd-username"] ? { auth: { username: f["etcd-username"], password: readFlagFile("etcd-password-file", f["etcd-password-file"]!).toString("utf8").trim() } } : {}),
+  };
 }

@@ -107,7 +107,7 @@ export class LeaseManager {
         this.#o.log.info({ nodeName: req.nodeName, subnet: existing.subnet }, "lease replaced: subnet no longer matches the network config or reservation");
       }
 
-      const subnet = await this.#choose(req, reservations, reserved);
+      const subnet = await this.#choose(req, reservations, reserved, attempt > 0);
       if (!subnet) {
         throw new WeftError("LEASE_EXHAUSTED", `no free subnet left in ${this.#networkText()}: all node subnets are leased or reserved; release unused leases (DELETE /v1/leases/{subnet}) or widen Network/SubnetMin/SubnetMax`);
       }
@@ -123,7 +123,7 @@ export class LeaseManager {
   }
 
   /** Reservation, then the node's own last subnet, then its hint, then a fresh pick. */
-  async #choose(req: AcquireRequest, reservations: readonly Reservation[], reserved: Reservation | undefined): Promise<string | undefined> {
+  async #choose(req: AcquireRequest, reservations: readonly Reservation[], reserved: Reservation | undefined, lostRace: boolean): Promise<string | undefined> {
     const cfg = this.#o.network;
     if (reserved && isAllocatable(cfg, reserved.subnet)) return reserved.subnet;
     const index = await (this.#index ??= SubnetIndex.load(this.#o.store).catch((err) => {
@@ -142,7 +142,7 @@ export class LeaseManager {
       const last = index.freed.get(subnetIp(hint));
       if (!last || last.nodeName === req.nodeName) return hint;
     }
-    return pickSubnet(cfg, { isTaken, freedOrder: (ip) => index.freed.get(ip)?.revision });
+    return pickSubnet(cfg, { isTaken, freedOrder: (ip) => index.freed.get(ip)?.revision }, lostRace);
   }
 
   /** Marks a subnet another server took before our index heard of it, so the retry picks another. */

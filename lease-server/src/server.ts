@@ -5,13 +5,14 @@ import { HealthImplementation } from "grpc-health-check";
 import type { FastifyInstance } from "fastify";
 import { WeftError } from "../../lib/src/errors.js";
 import { createLogger, type Logger } from "../../lib/src/logger.js";
-import { subnetCount } from "../../lib/src/net-config.js";
+import { networkConfigJson, parseNetworkConfig, subnetCount, type NetworkConfig } from "../../lib/src/net-config.js";
 import type { ServerConfig } from "./config.js";
 import { LeaseManager, type Clock } from "./lease-manager.js";
 import { WatchHub, type WatchHubOptions } from "./watch-hub.js";
 import { createLeaseService, frameEncoder, leaseServiceDefinition } from "./grpc-service.js";
 import { buildHttpApi } from "./http-api.js";
 import { createServerMetrics, hubMetrics, type ServerMetrics } from "./metrics.js";
+import { EtcdLeaseStore } from "./store/etcd-lease-store.js";
 import { SqliteLeaseStore } from "./store/sqlite-lease-store.js";
 import type { LeaseStore } from "./store/lease-store.js";
 
@@ -35,6 +36,38 @@ export interface StartOptions {
   readonly sweepIntervalMs?: number;
 }
 
+function openStore(cfg: ServerConfig, log: Logger, historyEvents: number): LeaseStore {
+  const s = cfg.store;
+  if (s.kind === "sqlite") return new SqliteLeaseStore(s.path, { historyLimit: historyEvents });
+  return new EtcdLeaseStore({ endpoints: s.endpoints, prefix: s.prefix, tls: s.tls, auth: s.auth, log: log.child({ component: "etcd" }) });
+}
+
+/**
+ * The network config. With etcd every server must use the same one: the first server stores its file's
+ * config at <prefix>/config, later ones may start without a file, and one whose file says otherwise
+ * refuses to start (two allocation policies on one store would hand out overlapping subnets).
+ */
+async function resolveNetwork(cfg: ServerConfig, store: LeaseStore): Promise<NetworkConfig> {
+  if (!(store instanceof EtcdLeaseStore)) {
+    if (!cfg.network) throw new WeftError("CONFIG_INVALID", "no network config: pass --network-config FILE");
+    return cfg.network;
+  }
+  const stored = await store.networkConfig(cfg.network && networkConfigJson(cfg.network));
+  if (stored === undefined) {
+    throw new WeftError("CONFIG_INVALID", `no network config: pass --network-config FILE, or put it in etcd: etcdctl put ${store.prefix}/config '{"Network": "10.244.0.0/16", "Backend": {"Type": "vxlan"}}'`);
+  }
+  let fromEtcd: NetworkConfig;
+  try {
+    fromEtcd = parseNetworkConfig(stored);
+  } catch (err) {
+    throw new WeftError("CONFIG_INVALID", `etcd key ${store.prefix}/config: ${(err as Error).message.replace(/^network config: /, "")}`, { cause: err });
+  }
+  if (cfg.network && networkConfigJson(cfg.network) !== networkConfigJson(fromEtcd)) {
+    throw new WeftError("CONFIG_INVALID", `${cfg.networkSource} differs from the network config the other lease servers use (etcd key ${store.prefix}/config: ${networkConfigJson(fromEtcd).trim()}); start without --network-config to use that one, or change the key in etcd for all servers`);
+  }
+  return fromEtcd;
+}
+
 function bindGrpc(server: grpc.Server, addr: string, creds: grpc.ServerCredentials): Promise<number> {
   return new Promise((resolve, reject) => server.bindAsync(addr, creds, (err, port) => (err ? reject(err) : resolve(port))));
 }
@@ -43,9 +76,16 @@ export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {
   const log = opts.log ?? createLogger("lease-server", cfg.logLevel);
   const metrics = createServerMetrics();
   const historyEvents = opts.hub?.historyEvents ?? 10_000;
-  const store = opts.store ?? new SqliteLeaseStore(cfg.storePath, { historyLimit: historyEvents });
+  const store = opts.store ?? openStore(cfg, log, historyEvents);
+  let network: NetworkConfig;
+  try {
+    network = await resolveNetwork(cfg, store);
+  } catch (err) {
+    await store.close();
+    throw err;
+  }
   const manager = new LeaseManager({
-    store, network: cfg.network, ttlMs: cfg.leaseTtlMs, log, clock: opts.clock,
+    store, network, ttlMs: cfg.leaseTtlMs, log, clock: opts.clock,
     onAcquire: (outcome, s) => { metrics.acquires.inc({ outcome }); metrics.acquireSeconds.observe(s); },
     onRenew: (outcome, s) => { metrics.renews.inc({ outcome }); metrics.renewSeconds.observe(s); },
   });
@@ -55,7 +95,7 @@ export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {
   await hub.start();
 
   // Gauges are read at scrape time, so lease changes cost the hot path nothing.
-  metrics.subnetsTotal.set(subnetCount(cfg.network));
+  metrics.subnetsTotal.set(subnetCount(network));
   metrics.observe({
     leases: () => hub.leaseCount,
     revision: () => hub.revision,

@@ -5,6 +5,10 @@
 //   - renew: at half the remaining TTL, retried with backoff and jitter;
 //     re-acquires when the server no longer knows the lease;
 //   - watch: WatchLeases into the PeerTable, resuming from the last revision;
+//     a server whose store is not the one our lease is in (a store id other
+//     than the one learned after acquiring) is refused: its feed is not applied,
+//     nothing is renewed or acquired there, /readyz says why, and the watch
+//     moves on and retries until a server of our store answers;
 //   - reconcile (dataplane-sync.ts): on every peer change, on kernel
 //     notifications that undo something we want (a deleted route, ARP or FDB
 //     entry, address, device, a changed MTU: repaired within a second), and on
@@ -60,6 +64,17 @@ export class Agent {
   /** Attributes published (at start-up, or since by announce()); a re-acquire reuses them (no second device set-up). */
   private attrs: BackendAttrs | undefined;
   private wasReady = false;
+  /** The server the lease was (last) acquired from, for logs. */
+  private leaseServer = "";
+  /** The store our lease is in and the server that said so: the first store id the watch reports after acquiring. */
+  private leaseStore: { readonly id: string; readonly server: string } | undefined;
+  /** Set while the server answering the watch has another store; cleared when one of ours answers again. */
+  private mismatch: { readonly id: string; readonly server: string } | undefined;
+  /** The store id each server last reported on the watch ("" from one that names none). */
+  private readonly serverStores = new Map<string, string>();
+  /** The server of the open watch stream, and a way to end that stream (the watch reconnects at once, to client.server). */
+  private watchServer: string | undefined;
+  private rewatch: (() => void) | undefined;
   private timer: NodeJS.Timeout | undefined;
   private unwatch: (() => void) | undefined;
   private renewKick: (() => void) | undefined;
@@ -99,8 +114,9 @@ export class Agent {
 
     const previousSubnet = await readPreviousSubnet(config.subnetFile);
     this.lease = await this.retry("acquire lease", () => client.acquire({ nodeName: config.nodeName, publicIP: iface.publicIP, attrs, previousSubnet }));
+    this.leaseServer = client.server;
     this.onLease(this.lease);
-    log.info({ subnet: this.lease.subnet, previousSubnet, expiresAt: new Date(this.lease.expiresAt).toISOString() }, "lease acquired");
+    log.info({ subnet: this.lease.subnet, previousSubnet, expiresAt: new Date(this.lease.expiresAt).toISOString(), server: this.leaseServer }, "lease acquired");
     await backend.configureSubnet(this.lease);
 
     // Flannel's order: the rules are in place before subnet.env says FLANNEL_IPMASQ=true.
@@ -147,6 +163,8 @@ export class Agent {
     return this.leaseOp(async () => {
       const { client, config, log } = this.deps;
       const old = this.lease!;
+      const refused = this.acquireRefusal(client.server);
+      if (refused) throw new WeftError("NOT_READY", `not publishing new backend attributes: ${refused}`);
       const l = await client.acquire({ nodeName: config.nodeName, publicIP: this.local!.iface.publicIP, attrs, previousSubnet: old.subnet });
       this.attrs = attrs;
       if (l.subnet !== old.subnet) {
@@ -208,6 +226,16 @@ export class Agent {
       this.renewKick = undefined;
       if (this.signal.aborted) return;
       if (!lease.expiresAt) continue;
+      const server = client.server;
+      const foreign = this.foreignStore(server);
+      if (foreign !== undefined) {
+        // Our lease is not in that store: a renew there can only say LEASE_NOT_FOUND. Try the next server.
+        metrics.leaseRenewals.inc({ result: "store_mismatch" });
+        attempt++;
+        log.debug({ server, store: foreign }, "not renewing with a lease server of another store");
+        client.nextServer();
+        continue;
+      }
       try {
         this.onLease(await client.renew(config.nodeName, lease.subnet));
         metrics.leaseRenewals.inc({ result: "ok" });
@@ -215,7 +243,14 @@ export class Agent {
       } catch (err) {
         if (isWeftError(err, "LEASE_NOT_FOUND")) {
           metrics.leaseRenewals.inc({ result: "not_found" });
-          log.warn({ subnet: lease.subnet }, "lease unknown to the server; acquiring it again");
+          const refused = this.acquireRefusal(server);
+          if (refused) {
+            // Acquiring there would hand this node a second subnet in another lease database.
+            attempt++;
+            log.warn({ subnet: lease.subnet, server, reason: refused }, "lease unknown to the server; not acquiring it again there");
+            continue;
+          }
+          log.warn({ subnet: lease.subnet, server }, "lease unknown to the server; acquiring it again");
           await this.reacquire();
           attempt = 0;
           continue;
@@ -231,8 +266,13 @@ export class Agent {
     const { client, config, log } = this.deps;
     const old = this.lease!;
     // The device (and its MAC) is the one set up at start; repair() keeps it alive. No second init() here.
-    const l = await this.retry("re-acquire lease", () => this.leaseOp(() =>
-      client.acquire({ nodeName: config.nodeName, publicIP: this.local!.iface.publicIP, attrs: this.attrs!, previousSubnet: old.subnet })));
+    const l = await this.retry("re-acquire lease", () => this.leaseOp(() => {
+      // The retries may fail over; never to a server of another store.
+      const refused = this.acquireRefusal(client.server);
+      if (refused) throw new WeftError("NOT_READY", `not re-acquiring the lease: ${refused}`);
+      return client.acquire({ nodeName: config.nodeName, publicIP: this.local!.iface.publicIP, attrs: this.attrs!, previousSubnet: old.subnet });
+    }));
+    this.leaseServer = client.server;
     if (l.subnet !== old.subnet) {
       // Pods already hold addresses from the old subnet; only a restart (and re-created pods) can fix that.
       throw new WeftError("LEASE_CONFLICT", `lease changed from ${old.subnet} to ${l.subnet} after expiry; restarting so pods and subnet.env follow`);
@@ -244,22 +284,37 @@ export class Agent {
   private async watchLoop(): Promise<void> {
     const { client, log, metrics } = this.deps;
     let revision = 0;
-    // Revisions only compare within one store; the server resyncs us if it has another.
-    let storeId = "";
     let attempt = 0;
+    /** Watches in a row answered by a server of another store. */
+    let refusals = 0;
     while (!this.signal.aborted) {
       const from = this.peers.synced ? revision : 0;
+      const server = client.server;
+      const stream = new AbortController();
+      const end = () => stream.abort();
+      this.signal.addEventListener("abort", end, { once: true });
+      this.watchServer = server;
+      this.rewatch = end;
+      let foreign = false;
       try {
-        for await (const m of client.watch(from, this.signal, storeId)) {
+        // Revisions only compare within one store: we send our lease's; a server with another answers with a snapshot.
+        for await (const m of client.watch(from, stream.signal, this.leaseStore?.id ?? "")) {
+          if (m.kind === "complete" || m.kind === "progress") {
+            if (!this.acceptStore(server, m.storeId)) {
+              // Not our lease database: its snapshot (collected on the side) is dropped, the peers stay as they are.
+              foreign = true;
+              break;
+            }
+            refusals = 0;
+          }
           attempt = 0;
           switch (m.kind) {
             case "snapshot":
-              if (this.peers.addSnapshotLeases(m.leases) && m.resync) log.warn({ from }, "watch history gone; resyncing from a fresh snapshot");
+              if (this.peers.addSnapshotLeases(m.leases) && m.resync && !this.mismatch) log.warn({ from }, "watch history gone; resyncing from a fresh snapshot");
               break;
             case "complete":
               this.peers.completeSnapshot();
               revision = m.revision;
-              storeId = m.storeId ?? storeId;
               log.info({ revision, peers: this.peers.size }, "lease snapshot complete");
               this.sync?.request();
               break;
@@ -279,10 +334,7 @@ export class Agent {
               break;
             }
             case "progress":
-              if (this.peers.synced && !this.peers.collecting) {
-                revision = Math.max(revision, m.revision);
-                storeId = m.storeId || storeId;
-              }
+              if (this.peers.synced && !this.peers.collecting) revision = Math.max(revision, m.revision);
               break;
           }
           metrics.watchRevision.set(revision);
@@ -290,7 +342,7 @@ export class Agent {
         }
       } catch (err) {
         if (this.signal.aborted) return;
-        this.peers.abandonSnapshot();
+        if (stream.signal.aborted) continue; // ended on purpose (rewatch): reconnect at once
         if (isWeftError(err, "REVISION_COMPACTED") && revision !== 0) {
           // The server no longer has the history after our revision: start over with a fresh snapshot.
           log.warn({ revision }, "watch revision compacted; resyncing from a fresh snapshot");
@@ -300,15 +352,89 @@ export class Agent {
         const delay = backoffDelay(attempt++, 500, 10_000);
         log.warn({ err: (err as Error).message, revision, retryInMs: delay }, "lease watch broke; resuming");
         await sleep(delay, this.signal);
+      } finally {
+        this.signal.removeEventListener("abort", end);
+        this.watchServer = undefined;
+        this.rewatch = undefined;
+        this.peers.abandonSnapshot();
+      }
+      if (foreign) {
+        // Try the next server (or, with one, the same one once it is fixed) after a pause; the revision is kept for the resume.
+        if (client.server === server) client.nextServer();
+        const delay = backoffDelay(refusals++, 1000, 30_000);
+        log.warn({ server, next: client.server, retryInMs: delay }, "lease watch refused: another lease store; retrying");
+        await sleep(delay, this.signal);
       }
     }
   }
 
+  /**
+   * Checks the store id of a SNAPSHOT_COMPLETE or PROGRESS from `server`: the first one after acquiring
+   * names the store our lease is in; one that differs from it is refused (false) and flagged until a
+   * server of our store answers again.
+   */
+  private acceptStore(server: string, id: string | undefined): boolean {
+    const { log, metrics } = this.deps;
+    this.serverStores.set(server, id ?? "");
+    if (!id) return true; // a server that names no store: nothing to compare
+    const store = this.leaseStore;
+    if (!store) {
+      this.leaseStore = { id, server };
+      log.info({ store: id, server, leaseServer: this.leaseServer }, "lease store identified");
+      return true;
+    }
+    if (id === store.id) {
+      if (this.mismatch) {
+        log.info({ server, store: id }, "a lease server of this node's lease store answers again; following its feed");
+        this.mismatch = undefined;
+        metrics.storeMismatch.set(0);
+        this.updateReady();
+      }
+      return true;
+    }
+    if (this.mismatch?.server !== server || this.mismatch.id !== id) {
+      log.error({ server, store: id, leaseStoreServer: store.server, leaseStore: store.id, leaseServer: this.leaseServer },
+        `${this.mismatchReason(server, id)}. Its lease feed is ignored (the peers stay programmed as they were) and the lease is neither renewed nor re-acquired there`);
+    }
+    this.mismatch = { id, server };
+    metrics.storeMismatch.set(1);
+    this.updateReady();
+    return false;
+  }
+
+  private mismatchReason(server: string, id: string): string {
+    const s = this.leaseStore!;
+    return `lease server ${server} has store ${id}, but this node's lease is in store ${s.id} (server ${s.server}): it is not the same lease database; fix --server or the servers' --store`;
+  }
+
+  /** The store id of `server` when the watch saw it answer for a store other than our lease's. */
+  private foreignStore(server: string): string | undefined {
+    const id = this.serverStores.get(server);
+    return this.leaseStore && id && id !== this.leaseStore.id ? id : undefined;
+  }
+
+  /**
+   * Why the lease must not be acquired at `server` now, if it must not: a watch answered by another store
+   * (until one of ours answers again), `server` known to hold another store, or `server` not yet seen by the
+   * watch (it is sent there, so the next try knows).
+   */
+  private acquireRefusal(server: string): string | undefined {
+    if (this.mismatch) return this.mismatchReason(this.mismatch.server, this.mismatch.id);
+    const foreign = this.foreignStore(server);
+    if (foreign !== undefined) return this.mismatchReason(server, foreign);
+    if (this.leaseStore && !this.serverStores.has(server)) {
+      if (this.watchServer !== undefined && this.watchServer !== server) this.rewatch?.();
+      return `the store of lease server ${server} is not known yet (the watch is being moved there); this node's lease is in store ${this.leaseStore.id}`;
+    }
+    return undefined;
+  }
+
   private notReadyReasons(): string[] {
     if (!this.lease) return ["no lease yet"];
-    if (!this.peers.synced) return ["waiting for the lease server's peer snapshot"];
-    if (!this.sync?.passDone) return ["peers not programmed yet"];
-    return this.sync.problemList();
+    const store = this.mismatch ? [this.mismatchReason(this.mismatch.server, this.mismatch.id)] : [];
+    if (!this.peers.synced) return [...store, "waiting for the lease server's peer snapshot"];
+    if (!this.sync?.passDone) return [...store, "peers not programmed yet"];
+    return [...store, ...this.sync.problemList()];
   }
 
   private updateReady(): void {

@@ -74,6 +74,10 @@ export interface LeaseApi {
   release(nodeName: string, subnet: string): Promise<void>;
   /** `storeId`: the store the revision belongs to (from the last complete/progress message). */
   watch(fromRevision: number, signal: AbortSignal, storeId?: string): AsyncIterable<WatchMessage>;
+  /** The lease server (--server address) the next call or watch goes to. */
+  readonly server: string;
+  /** Moves on to the next --server address (a no-op with one), e.g. past a server of another lease store. */
+  nextServer(): void;
   close(): void;
 }
 
@@ -98,6 +102,10 @@ export class LeaseClient implements LeaseApi {
     return this.opts.servers[this.current]!;
   }
 
+  nextServer(): void {
+    this.current = (this.current + 1) % this.clients.length;
+  }
+
   private fail(err: unknown, what: string): WeftError {
     const e = err as ServiceError;
     const code = (typeof e?.code === "number" && CODE_MAP[e.code]) || "INTERNAL";
@@ -106,7 +114,7 @@ export class LeaseClient implements LeaseApi {
     const out = new WeftError(code, `${what} (lease server ${this.server}): ${detail}`, { cause: err });
     if (code === "SERVER_UNAVAILABLE") {
       this.opts.onConnectivity?.(false);
-      this.current = (this.current + 1) % this.clients.length;
+      this.nextServer();
     }
     return out;
   }

@@ -18,7 +18,14 @@ export function createAgentMetrics() {
     leaseExpiry: new Gauge({ name: "weft_agent_lease_expiry_timestamp_seconds", help: "Unix time at which our lease expires unless renewed", registers }),
     serverConnected: new Gauge({ name: "weft_agent_server_connected", help: "1 when the last exchange with the lease server succeeded, else 0", registers }),
     watchRevision: new Gauge({ name: "weft_agent_watch_revision", help: "Last lease-feed revision applied", registers }),
-    leaseRenewals: new Counter({ name: "weft_agent_lease_renewals_total", help: "Lease renew attempts by result", labelNames: ["result"] as const, registers }),
+    leaseRenewals: new Counter({
+      name: "weft_agent_lease_renewals_total", registers, labelNames: ["result"] as const,
+      help: "Lease renewals by result: ok, not_found, error, or store_mismatch (not sent: that server has another lease store)",
+    }),
+    storeMismatch: new Gauge({
+      name: "weft_agent_store_mismatch", registers,
+      help: "1 while the lease server answering the watch has another lease store than the one this node's lease is in (its feed is refused, the peers stay as they were); else 0",
+    }),
     ready: new Gauge({ name: "weft_agent_ready", help: "1 while subnet.env is written and every acceptable peer is programmed; 0 while the data plane cannot be programmed", registers }),
     peersRejected: new Gauge({ name: "weft_agent_peers_rejected", help: "Remote peers the backend refuses to program, by reason (not_on_segment: host-gw peer on another L2 segment)", labelNames: ["reason"] as const, registers }),
     peersUnreachable: new Gauge({ name: "weft_agent_peers_unreachable", help: "Programmed peers the tunnel does not reach (WireGuard: no handshake since they were programmed; see reason in /v1/peers)", registers }),

@@ -1,11 +1,12 @@
 // The agent's lifecycle on a FakeDataplane and a scripted lease API: start-up
-// order, renew timing and retries, re-acquire on NOT_FOUND, and a data plane
-// that stays put while the server is unreachable.
+// order, renew timing and retries, re-acquire on NOT_FOUND, a data plane
+// that stays put while the server is unreachable, and a lease server of
+// another store refused.
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { WeftError } from "../../lib/src/errors.js";
+import { WeftError, isWeftError } from "../../lib/src/errors.js";
 import type { Lease } from "../../lib/src/lease.js";
 import { Agent } from "../src/agent.js";
 import { loadAgentConfig, type AgentConfig } from "../src/config.js";
@@ -34,7 +35,14 @@ class ScriptedApi implements LeaseApi {
   acquires: AcquireRequest[] = [];
   renews: number[] = [];
   renewScript: Array<"ok" | "unavailable" | "not_found"> = [];
-  renewDefault: "ok" | "unavailable" = "ok";
+  renewDefault: "ok" | "unavailable" | "not_found" = "ok";
+  /** --server addresses; as in LeaseClient, a SERVER_UNAVAILABLE (renew or watch) moves on to the next. */
+  servers = ["198.18.0.254:7600"];
+  current = 0;
+  /** The server of every watch call, in order. */
+  watchServers: string[] = [];
+  get server() { return this.servers[this.current]!; }
+  nextServer() { this.current = (this.current + 1) % this.servers.length; }
   ttl = TTL;
   /** fromRevision of every watch call, in order. */
   froms: number[] = [];
@@ -50,7 +58,10 @@ class ScriptedApi implements LeaseApi {
   async renew() {
     this.renews.push(Date.now());
     const step = this.renewScript.shift() ?? this.renewDefault;
-    if (step === "unavailable") throw new WeftError("SERVER_UNAVAILABLE", "lease server down");
+    if (step === "unavailable") {
+      this.nextServer();
+      throw new WeftError("SERVER_UNAVAILABLE", "lease server down");
+    }
     if (step === "not_found") throw new WeftError("LEASE_NOT_FOUND", "no such lease");
     return this.mine();
   }
@@ -58,10 +69,14 @@ class ScriptedApi implements LeaseApi {
   async *watch(from: number, signal: AbortSignal, storeId?: string): AsyncIterable<WatchMessage> {
     this.froms.push(from);
     this.storeIds.push(storeId);
+    this.watchServers.push(this.server);
     const feed = (this.feed = this.feeds.shift() ?? initialFeed());
     while (!signal.aborted) {
       const m = feed.q.shift();
-      if (m instanceof Error) throw m;
+      if (m instanceof Error) {
+        if (isWeftError(m, "SERVER_UNAVAILABLE")) this.nextServer();
+        throw m;
+      }
       if (m) { yield m; continue; }
       await new Promise<void>((r) => { feed.wake = r; signal.addEventListener("abort", () => r(), { once: true }); });
       feed.wake = undefined;
@@ -299,6 +314,133 @@ describe("Agent watch loop", () => {
     api.feed!.push(new WeftError("REVISION_COMPACTED", "revision 5 compacted"));
     await until("second watch", () => api.froms.length === 2);
     expect(api.froms).toEqual([0, 0]);
+    await agent.stop();
+  });
+});
+
+describe("Agent lease store", () => {
+  const A = "10.0.0.1:7600";
+  const B = "10.0.0.2:7600";
+  const why = `lease server ${B} has store store-2, but this node's lease is in store store-1 (server ${A}): it is not the same lease database; fix --server or the servers' --store`;
+  const ours = () => new Feed().push({ kind: "snapshot", leases: [peer(2), peer(3)], resync: false }, { kind: "complete", revision: 3, storeId: "store-1" });
+  /** B: a server with a SQLite file of its own, answering our store id with a resync snapshot of its store. */
+  const foreign = () => new Feed().push({ kind: "snapshot", leases: [peer(5)], resync: true }, { kind: "complete", revision: 40, storeId: "store-2" });
+  const kernel = (dp: FakeDataplane) => ({ routes: [...dp.routeMap.values()], neighbours: [...dp.neighbourMap.values()], fdb: [...dp.fdbMap.values()] });
+
+  /** Ready with its lease from A (store-1); then A's stream breaks, B answers for store-2, and the next watch (A again) stays silent. */
+  async function mismatched(api = new ScriptedApi()) {
+    api.servers = [A, B];
+    const again = new Feed();
+    api.feeds.push(ours(), foreign(), again);
+    const s = setup(api);
+    await s.agent.start();
+    await until("ready", () => s.agent.view().status().ready);
+    expect(await metricValue(s.metrics, "weft_agent_store_mismatch")).toBe(0);
+    const before = kernel(s.dp);
+    s.dp.calls.length = 0;
+    api.feed!.push(broken());
+    await until("store mismatch reported", () => !s.agent.view().status().ready);
+    return { ...s, api, again, before };
+  }
+
+  it("refuses a watch answered by another store: says why, keeps peers and kernel as they are, acquires nothing", async () => {
+    const api = new ScriptedApi();
+    api.ttl = 60_000; // no renew in this test: the watch moves on by itself
+    const { agent, dp, metrics, before } = await mismatched(api);
+    expect(agent.view().status()).toEqual({ ready: false, reasons: [why] });
+    expect(await metricValue(metrics, "weft_agent_store_mismatch")).toBe(1);
+    // The watch moves on (back to A) after a pause and resumes from store-1's revision.
+    await until("third watch", () => api.froms.length === 3, 5000);
+    expect(api.watchServers).toEqual([A, B, A]);
+    expect(api.froms).toEqual([0, 3, 3]);
+    expect(api.storeIds).toEqual(["", "store-1", "store-1"]);
+    await sleep(1200); // a timer pass too
+    expect((await agent.view().peers()).map((p) => p.subnet)).toEqual(["10.244.2.0/24", "10.244.3.0/24"]);
+    expect(kernel(dp)).toEqual(before);
+    expect(dp.calls.filter((c) => !c.startsWith("list"))).toEqual([]);
+    expect(api.acquires.length).toBe(1);
+    expect(agent.view().status().reasons).toEqual([why]);
+    await agent.stop();
+  });
+
+  it("follows the feed again, ready, once a server of its store answers", async () => {
+    const { agent, api, dp, metrics, again } = await mismatched();
+    await until("third watch", () => api.froms.length === 3, 5000);
+    again.push({ kind: "progress", revision: 5, storeId: "store-1" });
+    await until("ready again", () => agent.view().status().ready);
+    expect(agent.view().status()).toEqual({ ready: true, reasons: [] });
+    expect(await metricValue(metrics, "weft_agent_store_mismatch")).toBe(0);
+    again.push({ kind: "events", events: [{ type: "added", lease: peer(4), revision: 6 }], revision: 6 });
+    await until("peer 4 programmed", () => dp.routeMap.size === 3);
+    expect(api.acquires.length).toBe(1);
+    await agent.stop();
+  });
+
+  it("does not re-acquire on LEASE_NOT_FOUND while the store is mismatched; does once its store answers again", async () => {
+    const { agent, api, again } = await mismatched();
+    await until("client back on A", () => api.server === A);
+    api.renewDefault = "not_found";
+    const n = api.renews.length;
+    await until("a renew answered LEASE_NOT_FOUND", () => api.renews.length > n, 5000);
+    await sleep(300);
+    expect(api.acquires.length).toBe(1);
+    expect(agent.view().status().reasons).toEqual([why]);
+    // The same answer from a server of our store, once the watch is back on it, is a lease that really expired.
+    await until("third watch", () => api.froms.length === 3, 5000);
+    again.push({ kind: "progress", revision: 5, storeId: "store-1" }, { kind: "events", events: [{ type: "removed", lease: api.mine(), revision: 6 }], revision: 6 });
+    await until("re-acquired", () => api.acquires.length === 2, 5000);
+    expect(api.acquires[1]!.previousSubnet).toBe("10.244.1.0/24");
+    await agent.stop();
+  });
+
+  it("does not re-acquire on LEASE_NOT_FOUND from a server the watch has not seen: the watch goes there first", async () => {
+    const api = new ScriptedApi();
+    api.servers = [A, B];
+    // The renew fails over from A to B, which knows no such lease; the watch stream on A is still open.
+    api.renewScript = ["unavailable", "not_found"];
+    api.feeds.push(ours(), foreign());
+    const { agent, metrics } = setup(api);
+    await agent.start();
+    await until("watch moved to B and refused it", () => api.watchServers.length === 2 && agent.view().status().reasons.includes(why), 5000);
+    expect(api.renews.length).toBe(2);
+    expect(api.froms).toEqual([0, 3]);
+    await sleep(300);
+    expect(api.acquires.length).toBe(1);
+    expect(await metricValue(metrics, "weft_agent_store_mismatch")).toBe(1);
+    await agent.stop();
+  });
+
+  it("takes a compacted history (REVISION_COMPACTED) as the same store: a fresh snapshot of it, no mismatch", async () => {
+    const api = new ScriptedApi();
+    api.feeds.push(ours(), new Feed().push({ kind: "snapshot", leases: [peer(2)], resync: false }, { kind: "complete", revision: 50, storeId: "store-1" }));
+    const { agent, dp, metrics } = setup(api);
+    await agent.start();
+    await until("ready", () => agent.view().status().ready);
+    api.feed!.push(new WeftError("REVISION_COMPACTED", "revision 3 compacted"));
+    await until("fresh snapshot applied", () => dp.routeMap.size === 1);
+    expect(api.froms).toEqual([0, 0]);
+    expect(api.storeIds).toEqual(["", "store-1"]);
+    await until("ready", () => agent.view().status().ready);
+    expect(await metricValue(metrics, "weft_agent_store_mismatch")).toBe(0);
+    await agent.stop();
+  });
+
+  it("sends no renew to a server of another store", async () => {
+    const api = new ScriptedApi();
+    api.servers = [B];
+    api.feeds.push(new Feed().push({ kind: "snapshot", leases: [peer(2)], resync: false }, { kind: "complete", revision: 3, storeId: "store-1" }), foreign(), new Feed(), new Feed());
+    const { agent, metrics } = setup(api);
+    await agent.start();
+    await until("ready", () => agent.view().status().ready);
+    const renewed = api.renews.length;
+    api.feed!.push(broken());
+    await until("store mismatch reported", () => !agent.view().status().ready);
+    const n = api.renews.length;
+    await sleep(1500); // TTL 600 ms: three renews or more otherwise
+    expect(api.renews.length).toBe(n);
+    expect(n - renewed).toBeLessThanOrEqual(1);
+    expect(await metricValue(metrics, "weft_agent_lease_renewals_total", { result: "store_mismatch" })).toBeGreaterThanOrEqual(1);
+    expect(api.acquires.length).toBe(1);
     await agent.stop();
   });
 });

@@ -7,7 +7,7 @@ import { randomBytes } from "node:crypto";
 import * as grpc from "@grpc/grpc-js";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { WatchLeasesResponse_Kind, type WatchLeasesResponse } from "../../gen/weft/v1/lease.js";
-import { etcdAvailable, startEtcd, type EtcdProcess } from "../../test/etcd.js";
+import { etcdAvailable, startEtcd, startEtcdCluster, type EtcdProcess } from "../../test/etcd.js";
 import { tempDir } from "./helpers.js";
 import { connect, runBin, startServer, writeNetConf, type ServerProcess } from "./server-process.js";
 
@@ -95,4 +95,29 @@ describe.skipIf(!ok)("lease servers sharing etcd", () => {
     expect(other.subnet).not.toBe(first.subnet);
     cb.client.close();
   }, 60_000);
+
+  it("keeps serving on a 3-member etcd cluster when the leader member is killed with -9", async () => {
+    const cluster = await startEtcdCluster(3);
+    try {
+      const s = await startServer(["--insecure", "--store", `etcd:${cluster.endpoints.join(",")}`, "--lease-ttl", "1h", "--network-config", writeNetConf(dir.path, { Network: "10.244.0.0/16" })]);
+      servers.push(s);
+      const c = connect(s.grpcAddr);
+      const acquire = (n: number) => c.call<{ subnet: string }>("acquireLease", { nodeName: `node-${n}`, publicIp: `198.18.0.${n}`, vxlan: { vni: 1, vtepMac: `0e:00:00:00:00:0${n}` } });
+      const a = await acquire(1);
+      const leader = await cluster.leader();
+      expect(leader).toBeDefined();
+      await leader!.kill("SIGKILL");
+      // A new leader is elected within an election timeout or two; the server retries on the other members.
+      let b: { subnet: string } | undefined;
+      for (let i = 0; i < 40 && !b; i++) b = await acquire(2).catch(() => (new Promise((r) => setTimeout(r, 250)).then(() => undefined)));
+      expect(b).toBeDefined();
+      expect(b!.subnet).not.toBe(a.subnet);
+      const health = await fetch(`${s.httpUrl}/readyz`);
+      expect(health.status).toBe(200);
+      c.client.close();
+      await s.stop();
+    } finally {
+      await cluster.stop();
+    }
+  }, 90_000);
 });

@@ -35,7 +35,14 @@ export interface ClusterOptions {
   readonly segments?: readonly number[];
   /** Serve gRPC with TLS and require client certificates (certs from makeCerts()). */
   readonly mtls?: boolean;
+  /** Keep leases in an etcd started in the server namespace instead of SQLite. */
+  readonly etcd?: boolean;
+  /** Lease servers (on the etcd store; default 1), on ports 7600, 7610, ...; agents get them all in --server. */
+  readonly servers?: number;
 }
+
+/** Where etcd listens inside the server namespace (its own loopback). */
+export const ETCD_URL = "http://127.0.0.1:2379";
 
 export interface NodeInfo {
   readonly index: number;
@@ -62,6 +69,9 @@ export class Cluster {
   readonly nodes: NodeInfo[] = [];
   readonly pods: Pod[] = [];
   server?: ChildProcess;
+  /** Servers after the first (etcd store). */
+  readonly moreServers: Array<ChildProcess | undefined> = [];
+  etcd?: ChildProcess;
 
   constructor(readonly opts: ClusterOptions) {
     this.prefix = `${NS_PREFIX}${opts.runId}-`;
@@ -174,27 +184,56 @@ export class Cluster {
     return p;
   }
 
-  /** Starts the lease server; `backend` replaces the network config's Backend (a backend switch). */
+  /** gRPC addresses of the lease servers, as agents get them. */
+  get serverAddrs(): string[] {
+    return Array.from({ length: this.opts.servers ?? 1 }, (_, i) => `${SERVER_IP}:${GRPC_PORT + 10 * i}`);
+  }
+
+  /** Starts the lease server(s); `backend` replaces the network config's Backend (a backend switch). */
   async startServer(backend = this.opts.backend): Promise<void> {
     const conf = join(this.workDir, "net-conf.json");
     writeFileSync(conf, JSON.stringify({ Network: this.opts.network ?? "10.244.0.0/16", Backend: backend ?? { Type: "vxlan" } }));
-    this.server = this.spawnIn(this.srv, "lease-server", [...this.nodeCmd("server"),
-      "--store", `sqlite:${join(this.workDir, "leases.db")}`, "--network-config", conf, "--listen", `${SERVER_IP}:${GRPC_PORT}`,
-      "--http-listen", "127.0.0.1:7601", "--lease-ttl", this.opts.leaseTtl ?? "30s",
-      ...(this.opts.mtls ? ["--tls-cert", this.cert("server.crt"), "--tls-key", this.cert("server.key"), "--tls-client-ca", this.cert("ca.crt")] : ["--insecure"])]);
-    await waitFor("lease server", async () => (await this.curl(this.srv, "http://127.0.0.1:7601/healthz")).code === 200, 20_000, 200);
+    if (this.opts.etcd && !this.etcd) await this.startEtcd();
+    const store = this.opts.etcd ? ["--store", `etcd:${ETCD_URL}`] : ["--store", `sqlite:${join(this.workDir, "leases.db")}`];
+    for (let i = 0; i < (this.opts.servers ?? 1); i++) await this.startServerAt(i, [...store, "--network-config", conf]);
   }
 
-  async stopServer(signal: NodeJS.Signals = "SIGTERM"): Promise<void> {
-    await stopProcess(this.server, signal);
-    this.server = undefined;
+  /** Starts lease server `i` (port 7600 + 10 i, REST on 127.0.0.1:7601 + 10 i) and waits for its health. */
+  async startServerAt(i: number, storeArgs?: string[]): Promise<void> {
+    const args = storeArgs ?? ["--store", `etcd:${ETCD_URL}`];
+    const p = this.spawnIn(this.srv, i === 0 ? "lease-server" : `lease-server-${i}`, [...this.nodeCmd("server"),
+      ...args, "--listen", `${SERVER_IP}:${GRPC_PORT + 10 * i}`,
+      "--http-listen", `127.0.0.1:${7601 + 10 * i}`, "--lease-ttl", this.opts.leaseTtl ?? "30s",
+      ...(this.opts.mtls ? ["--tls-cert", this.cert("server.crt"), "--tls-key", this.cert("server.key"), "--tls-client-ca", this.cert("ca.crt")] : ["--insecure"])]);
+    if (i === 0) this.server = p;
+    else this.moreServers[i - 1] = p;
+    await waitFor(`lease server ${i}`, async () => (await this.curl(this.srv, `http://127.0.0.1:${7601 + 10 * i}/healthz`)).code === 200, 20_000, 200);
+  }
+
+  /** etcd inside the server namespace, on its loopback. */
+  private async startEtcd(): Promise<void> {
+    this.etcd = this.spawnIn(this.srv, "etcd", ["etcd", "--name", "wft", "--data-dir", join(this.workDir, "etcd"),
+      "--listen-client-urls", ETCD_URL, "--advertise-client-urls", ETCD_URL, "--listen-peer-urls", "http://127.0.0.1:2380",
+      "--initial-advertise-peer-urls", "http://127.0.0.1:2380", "--initial-cluster", "wft=http://127.0.0.1:2380",
+      "--heartbeat-interval", "50", "--election-timeout", "500", "--logger", "zap", "--log-level", "error"]);
+    await waitFor("etcd", async () => (await this.curl(this.srv, `${ETCD_URL}/health`)).body.includes('"health":"true"'), 20_000, 200);
+  }
+
+  async stopServer(signal: NodeJS.Signals = "SIGTERM", i = 0): Promise<void> {
+    if (i === 0) {
+      await stopProcess(this.server, signal);
+      this.server = undefined;
+    } else {
+      await stopProcess(this.moreServers[i - 1], signal);
+      this.moreServers[i - 1] = undefined;
+    }
   }
 
   /** certName: whose client certificate to present (default the node's own). */
   startAgent(i: number, extra: string[] = [], env?: NodeJS.ProcessEnv, certName?: string): ChildProcess {
     const n = this.nodes[i]!;
     n.agent = this.spawnIn(n.ns, n.name, [...this.nodeCmd("agent"),
-      "--server", `${SERVER_IP}:${GRPC_PORT}`, "--node-name", n.name, "--iface", "eth0", "--subnet-file", n.subnetFile,
+      "--server", this.serverAddrs.join(","), "--node-name", n.name, "--iface", "eth0", "--subnet-file", n.subnetFile,
       "--state-dir", n.stateDir, "--http-listen", `127.0.0.1:${AGENT_API_PORT}`,
       ...(this.opts.mtls ? ["--tls-ca", this.cert("ca.crt"), "--tls-cert", this.cert(`${certName ?? n.name}.crt`), "--tls-key", this.cert(`${certName ?? n.name}.key`)] : ["--insecure"]),
       "--resync-interval", this.opts.resyncInterval ?? "2s", ...extra], env);
@@ -310,6 +349,8 @@ export class Cluster {
   async destroy(): Promise<void> {
     for (const n of this.nodes) await stopProcess(n.agent, "SIGKILL");
     await stopProcess(this.server, "SIGKILL");
+    for (const p of this.moreServers) await stopProcess(p, "SIGKILL");
+    await stopProcess(this.etcd, "SIGKILL");
     await cleanupNetns(this.prefix);
     if (!process.env.WEFT_KEEP_LOGS) rmSync(this.workDir, { recursive: true, force: true });
   }

@@ -1,0 +1,123 @@
+// Command line of the fan-out bench: flags, their bounds and the help text.
+export type TargetName = "weft" | "etcd";
+export type StoreName = "sqlite" | "etcd";
+
+export interface Opts {
+  target: TargetName;
+  /** --target weft: where the lease servers keep leases. */
+  store: StoreName;
+  /** --target weft: lease servers (more than 1 needs --store etcd). */
+  servers: number;
+  watchers: number;
+  /** --compare: the watcher counts to run, one after the other. */
+  sizes: number[];
+  compare: boolean;
+  changes: number;
+  intervalMs: number;
+  leases: number;
+  clientProcs: number;
+  /** Whether --client-procs was given (--compare picks a count per size otherwise). */
+  clientProcsSet: boolean;
+  connectConcurrency: number;
+  setupTimeoutS: number;
+  settleTimeoutS: number;
+  timeoutS: number;
+  /** Which of the timeouts were given (--compare has its own defaults). */
+  given: Set<string>;
+  /** Report each server's CPU per delivered event and RSS (always on with --store etcd or --servers > 1). */
+  perServer: boolean;
+  verbose: boolean;
+  serverNodeArgs: string[];
+}
+
+export const HELP = `usage: npm run bench:fanout -- [flags]
+  --watchers N             watch streams, each on its own connection (default 1000, max 50000)
+  --changes K              lease changes to make (default 50, max 10000)
+  --interval-ms MS         pause between changes (default 150)
+  --leases M               leases created before the watchers connect, i.e. snapshot size (default 100)
+  --client-procs P         watcher processes (default 1: all watchers in one Node.js process)
+  --connect-concurrency C  watchers connecting at once per process (default 200)
+  --setup-timeout-s S      limit for connecting every watcher (default 300)
+  --settle-timeout-s S     limit for the last change to reach every watcher (default 60)
+  --timeout-s S            hard limit for the whole run (default 900)
+  --target weft|etcd       server to measure (default weft; etcd needs /usr/bin/etcd)
+  --verbose                pass server logs through to stderr
+  --server-node-arg ARG    extra node option for the weft server process (repeatable), e.g. --cpu-prof
+  --store sqlite|etcd      --target weft: the lease servers' store (default sqlite: a temp SQLite file;
+                           etcd: one etcd (/usr/bin/etcd, temp data dir, 127.0.0.1) that the servers share)
+  --servers N              --target weft --store etcd: lease servers on that etcd (default 1, max 8);
+                           watchers are spread evenly over them, changes go through the first
+  --per-server             also report each server's CPU per delivered event and RSS
+                           (on by itself with --store etcd)
+  --compare                run weft+sqlite (1 server), weft+etcd (1 and 2 servers) and etcd direct, one
+                           after the other for each size, and print one table; --watchers takes a list
+                           (default 1000,5000,10000), --timeout-s bounds each run (default 240),
+                           --setup-timeout-s defaults to 150, --client-procs to 1 per 2,500 watchers
+`;
+
+export function usage(msg: string): never {
+  process.stderr.write(`bench:fanout: ${msg}\n${HELP}`);
+  process.exit(2);
+}
+
+export function parseOpts(argv: string[]): Opts {
+  const o: Opts = {
+    target: "weft", store: "sqlite", servers: 1, watchers: 1000, sizes: [], compare: false, changes: 50, intervalMs: 150, leases: 100, clientProcs: 1,
+    clientProcsSet: false, connectConcurrency: 200, setupTimeoutS: 300, settleTimeoutS: 60, timeoutS: 900, given: new Set(), perServer: false,
+    verbose: false, serverNodeArgs: [],
+  };
+  const int = (flag: string, v: string | undefined, min: number, max: number): number => {
+    const n = Number(v);
+    if (v === undefined || !Number.isInteger(n) || n < min || n > max) usage(`${flag}: ${JSON.stringify(v)} is not an integer from ${min} to ${max}`);
+    return n;
+  };
+  let watchersArg: string | undefined;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    const [flag, inline] = a.includes("=") ? [a.slice(0, a.indexOf("=")), a.slice(a.indexOf("=") + 1)] : [a, undefined];
+    const val = () => inline ?? argv[++i];
+    o.given.add(flag);
+    switch (flag) {
+      case "--watchers": watchersArg = val(); if (!argv.includes("--compare")) o.watchers = int(flag, watchersArg, 1, 50_000); break;
+      case "--changes": o.changes = int(flag, val(), 1, 10_000); break;
+      case "--interval-ms": o.intervalMs = int(flag, val(), 0, 60_000); break;
+      case "--leases": o.leases = int(flag, val(), 0, 50_000); break;
+      case "--client-procs": o.clientProcs = int(flag, val(), 1, 16); o.clientProcsSet = true; break;
+      case "--connect-concurrency": o.connectConcurrency = int(flag, val(), 1, 10_000); break;
+      case "--setup-timeout-s": o.setupTimeoutS = int(flag, val(), 1, 3600); break;
+      case "--settle-timeout-s": o.settleTimeoutS = int(flag, val(), 1, 3600); break;
+      case "--timeout-s": o.timeoutS = int(flag, val(), 10, 7200); break;
+      case "--target": {
+        const t = val();
+        if (t !== "weft" && t !== "etcd") usage(`--target: ${JSON.stringify(t)} is not weft or etcd`);
+        o.target = t;
+        break;
+      }
+      case "--store": {
+        const s = val();
+        if (s !== "sqlite" && s !== "etcd") usage(`--store: ${JSON.stringify(s)} is not sqlite or etcd`);
+        o.store = s;
+        break;
+      }
+      case "--servers": o.servers = int(flag, val(), 1, 8); break;
+      case "--per-server": o.perServer = true; break;
+      case "--compare": o.compare = true; break;
+      case "--verbose": o.verbose = true; break;
+      case "--server-node-arg": o.serverNodeArgs.push(String(val())); break;
+      case "--help": case "-h": process.stdout.write(HELP); process.exit(0);
+      default: usage(`unknown flag ${JSON.stringify(a)}`);
+    }
+  }
+  if (o.compare) {
+    for (const f of ["--target", "--store", "--servers"]) if (o.given.has(f)) usage(`${f} does not go with --compare (it runs every target)`);
+    o.sizes = (o.given.has("--watchers") ? String(watchersArg) : "1000,5000,10000").split(",").map((s) => int("--watchers", s.trim(), 1, 50_000));
+    o.watchers = Math.max(...o.sizes);
+    if (!o.given.has("--timeout-s")) o.timeoutS = 240;
+    if (!o.given.has("--setup-timeout-s")) o.setupTimeoutS = 150;
+  } else {
+    if (o.target !== "weft" && (o.given.has("--store") || o.given.has("--servers"))) usage("--store and --servers go with --target weft (--target etcd is etcd alone)");
+    if (o.servers > 1 && o.store !== "etcd") usage(`--servers ${o.servers}: several lease servers need a store they share; add --store etcd`);
+    if (o.store === "etcd" || o.servers > 1) o.perServer = true;
+  }
+  return o;
+}

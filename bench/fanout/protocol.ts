@@ -1,0 +1,21 @@
+// Messages between the coordinator and its watcher processes (IPC, advanced serialization).
+import type { TargetName } from "./options.js";
+
+/** One observed change: its kind and key, when each watcher received it (epoch ms), and how many got it from each server. */
+export interface Arrival { rev: number; type: string; key: string; times: number[]; byServer: number[] }
+
+export interface WorkerStart {
+  cmd: "start";
+  target: TargetName;
+  /** Servers to watch; watcher i (counted over all processes) watches addrs[i % addrs.length]. */
+  addrs: string[];
+  count: number;
+  concurrency: number;
+  setupTimeoutS: number;
+  offset: number;
+}
+export type ToWorker = WorkerStart | { cmd: "report" } | { cmd: "exit" };
+export type FromWorker =
+  | { ev: "ready"; opened: number; failed: number; setupMs: number; openedByServer: number[] }
+  | { ev: "report"; arrivals: Arrival[]; reconnects: number; streamErrors: number; rss: number; heapUsed: number }
+  | { ev: "fatal"; message: string };

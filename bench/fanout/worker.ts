@@ -1,0 +1,154 @@
+// A watcher process: opens its share of the watchers (each on its own
+// connection), records when each change reached each watcher, and reports
+// to the coordinator over IPC. Forked by the coordinator (run.ts); not run by hand.
+import * as grpc from "@grpc/grpc-js";
+import { LeaseServiceClient, WatchLeasesResponse_Kind, LeaseEvent_Type, type WatchLeasesResponse } from "../../gen/weft/v1/lease.js";
+import { now } from "./proc.js";
+import type { Arrival, FromWorker, ToWorker } from "./protocol.js";
+
+interface WatchCounters { reconnects: number; streamErrors: number }
+type Recorder = (rev: number, type: string, key: string, t: number) => void;
+
+async function runWorker(): Promise<void> {
+  const send = (m: FromWorker) => process.send!(m);
+  const arrivals = new Map<number, Arrival>();
+  const counters: WatchCounters = { reconnects: 0, streamErrors: 0 };
+  let servers = 1;
+  const recorderFor = (server: number): Recorder => (rev, type, key, t) => {
+    let a = arrivals.get(rev);
+    if (!a) arrivals.set(rev, (a = { rev, type, key, times: [], byServer: new Array<number>(servers).fill(0) }));
+    a.times.push(t);
+    a.byServer[server]!++;
+  };
+  const closers: (() => void)[] = [];
+  process.on("message", async (m: ToWorker) => {
+    try {
+      if (m.cmd === "start") {
+        const open = m.target === "weft" ? openWeftWatcher : openEtcdWatcher;
+        servers = m.addrs.length;
+        const openedByServer = new Array<number>(servers).fill(0);
+        const started = now();
+        let next = 0;
+        let failed = 0;
+        const deadline = started + m.setupTimeoutS * 1000;
+        const lane = async () => {
+          while (next < m.count && now() < deadline) {
+            const i = m.offset + next++;
+            const server = i % servers;
+            // One open may not hang the lane past the setup deadline.
+            let timer: NodeJS.Timeout | undefined;
+            const opening = open(m.addrs[server]!, i, recorderFor(server), counters, deadline);
+            try {
+              closers.push(await Promise.race([opening, new Promise<never>((_, rej) => {
+                timer = setTimeout(() => rej(new Error("open timeout")), Math.max(1, Math.min(60_000, deadline - now())));
+              })]));
+              openedByServer[server]!++;
+            } catch {
+              failed++;
+              opening.then((close) => close(), () => undefined); // close it if it opens late
+            } finally {
+              clearTimeout(timer);
+            }
+          }
+        };
+        await Promise.all(Array.from({ length: Math.min(m.concurrency, m.count) }, lane));
+        send({ ev: "ready", opened: closers.length, failed: failed + (m.count - next), setupMs: now() - started, openedByServer });
+      } else if (m.cmd === "report") {
+        const mem = process.memoryUsage();
+        send({ ev: "report", arrivals: [...arrivals.values()], ...counters, rss: mem.rss, heapUsed: mem.heapUsed });
+      } else if (m.cmd === "exit") {
+        for (const c of closers) c();
+        setTimeout(() => process.exit(0), 200).unref();
+      }
+    } catch (err) {
+      send({ ev: "fatal", message: String((err as Error)?.stack ?? err) });
+    }
+  });
+  process.on("disconnect", () => process.exit(0));
+}
+
+/** Opens one WatchLeases stream on its own connection; resolves at SNAPSHOT_COMPLETE. */
+function openWeftWatcher(addr: string, _i: number, record: Recorder, counters: WatchCounters, deadline: number): Promise<() => void> {
+  // A local subchannel pool gives this client its own HTTP/2 connection.
+  const client = new LeaseServiceClient(addr, grpc.credentials.createInsecure(), { "grpc.use_local_subchannel_pool": 1 });
+  let lastRev = 0;
+  let closed = false;
+  let attempts = 0;
+  let call: grpc.ClientReadableStream<WatchLeasesResponse> | undefined;
+  return new Promise((resolveOpen, rejectOpen) => {
+    let ready = false;
+    const start = () => {
+      call = client.watchLeases({ fromRevision: lastRev, storeId: "" });
+      call.on("data", (msg: WatchLeasesResponse) => {
+        const t = now();
+        switch (msg.kind) {
+          case WatchLeasesResponse_Kind.KIND_EVENTS:
+            for (const e of msg.events) {
+              if (e.revision <= lastRev) continue;
+              lastRev = e.revision;
+              record(e.revision, LeaseEvent_Type[e.type] ?? String(e.type), e.lease?.subnet ?? "", t);
+            }
+            break;
+          case WatchLeasesResponse_Kind.KIND_SNAPSHOT_COMPLETE:
+          case WatchLeasesResponse_Kind.KIND_PROGRESS:
+            lastRev = Math.max(lastRev, msg.revision);
+            if (!ready) {
+              ready = true;
+              resolveOpen(close);
+            }
+            break;
+        }
+      });
+      call.on("error", (err: grpc.ServiceError) => {
+        if (closed || err.code === grpc.status.CANCELLED) return;
+        counters.streamErrors++;
+        // As an agent does: resume from the last revision applied (bounded).
+        if (++attempts > 5 || now() > deadline + 600_000) {
+          if (!ready) rejectOpen(err);
+          return;
+        }
+        counters.reconnects++;
+        setTimeout(() => !closed && start(), 100 * attempts);
+      });
+    };
+    const close = () => {
+      closed = true;
+      call?.cancel();
+      client.close();
+    };
+    start();
+    setTimeout(() => {
+      if (!ready) {
+        close();
+        rejectOpen(new Error("snapshot timeout"));
+      }
+    }, Math.max(1, deadline - now())).unref();
+  });
+}
+
+/** etcd: its own Etcd3 client, a range read of the prefix, then a watch from the next revision. */
+async function openEtcdWatcher(addr: string, _i: number, record: Recorder, counters: WatchCounters, _deadline: number): Promise<() => void> {
+  const { Etcd3 } = await import("etcd3");
+  const client = new Etcd3({ hosts: addr, dialTimeout: 30_000, grpcOptions: { "grpc.use_local_subchannel_pool": 1 } });
+  const res = await client.getAll().prefix("/weft/leases/").exec();
+  const from = Number(res.header.revision) + 1;
+  const watcher = await client.watch().prefix("/weft/leases/").startRevision(String(from)).create();
+  let lastRev = from - 1;
+  watcher.on("data", (r) => {
+    const t = now();
+    for (const e of r.events) {
+      const rev = Number(e.kv.mod_revision);
+      if (rev <= lastRev) continue;
+      lastRev = rev;
+      record(rev, e.type === "Delete" || (e.type as unknown) === "DELETE" ? "DELETE" : "PUT", e.kv.key.toString(), t);
+    }
+  });
+  watcher.on("error", () => counters.streamErrors++);
+  watcher.on("disconnected", () => counters.reconnects++);
+  return () => {
+    void watcher.cancel().catch(() => undefined);
+    client.close();
+  };
+}
+
+void runWorker();

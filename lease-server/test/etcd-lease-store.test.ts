@@ -107,6 +107,18 @@ describe.skipIf(!ok)("etcd store", () => {
       }
     }, 30_000);
 
+    it("answers history from the current revision (or later) with nothing, without writing", async () => {
+      const s = store();
+      try {
+        const made = await s.create(newLease(1));
+        expect(await s.eventsSince(made!.revision)).toEqual([]);
+        expect(await s.eventsSince(made!.revision + 100)).toEqual([]);
+        expect((await s.listLeases()).revision).toBe(made!.revision);
+      } finally {
+        await s.close();
+      }
+    });
+
     it("says REVISION_COMPACTED for history etcd no longer has, and STORE_UNAVAILABLE naming the endpoints when etcd is unreachable", async () => {
       const s = new EtcdLeaseStore({ endpoints: ["http://127.0.0.1:1"], prefix: prefix(), log });
       try {

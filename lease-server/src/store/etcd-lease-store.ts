@@ -340,8 +340,10 @@ export class EtcdLeaseStore implements LeaseStore {
    */
   async eventsSince(from: number): Promise<LeaseEvent[]> {
     const fence = this.#key("weft", "fences", this.#fenceId);
+    const head = Number((await this.#call("read history", () => this.#client.kv.range({ key: fence, count_only: true }))).header.revision);
+    if (from >= head) return [];
     // A read at the first wanted revision fails fast when etcd compacted it.
-    await this.#call("read history", () => this.#client.kv.range({ key: fence, revision: from + 1 }));
+    await this.#call("read history", () => this.#client.kv.range({ key: fence, revision: from + 1, count_only: true }));
     const events: LeaseEvent[] = [];
     const prev = new Map<string, Lease>();
     return new Promise<LeaseEvent[]>((resolve, reject) => {

@@ -53,6 +53,15 @@ export function fdLimit(): number {
   }
 }
 
+export function fdHardLimit(): number {
+  try {
+    const m = /Max open files\s+(?:\d+|unlimited)\s+(\d+|unlimited)/.exec(readFileSync("/proc/self/limits", "utf8"));
+    return !m || m[1] === "unlimited" ? Infinity : Number(m[1]);
+  } catch {
+    return Infinity;
+  }
+}
+
 export function freePort(): Promise<number> {
   return new Promise((res, rej) => {
     const s = createServer();

@@ -16,6 +16,6 @@ export interface WorkerStart {
 }
 export type ToWorker = WorkerStart | { cmd: "report" } | { cmd: "exit" };
 export type FromWorker =
-  | { ev: "ready"; opened: number; failed: number; setupMs: number; openedByServer: number[] }
-  | { ev: "report"; arrivals: Arrival[]; reconnects: number; streamErrors: number; rss: number; heapUsed: number }
+  | { ev: "ready"; opened: number; failed: number; setupMs: number; openedByServer: number[]; failReasons: Record<string, number> }
+  | { ev: "report"; arrivals: Arrival[]; reconnects: number; streamErrors: number; eventMessages: number; rss: number; heapUsed: number }
   | { ev: "fatal"; message: string };

@@ -6,13 +6,16 @@ import { LeaseServiceClient, WatchLeasesResponse_Kind, LeaseEvent_Type, type Wat
 import { now } from "./proc.js";
 import type { Arrival, FromWorker, ToWorker } from "./protocol.js";
 
-interface WatchCounters { reconnects: number; streamErrors: number }
+/** eventMessages: messages after the snapshot that carried at least one new event (one per change unless the server batched). */
+interface WatchCounters { reconnects: number; streamErrors: number; eventMessages: number }
 type Recorder = (rev: number, type: string, key: string, t: number) => void;
+/** Where an open is, for the reason of a failed one. */
+interface Stage { phase: string }
 
 async function runWorker(): Promise<void> {
   const send = (m: FromWorker) => process.send!(m);
   const arrivals = new Map<number, Arrival>();
-  const counters: WatchCounters = { reconnects: 0, streamErrors: 0 };
+  const counters: WatchCounters = { reconnects: 0, streamErrors: 0, eventMessages: 0 };
   let servers = 1;
   const recorderFor = (server: number): Recorder => (rev, type, key, t) => {
     let a = arrivals.get(rev);
@@ -30,6 +33,7 @@ async function runWorker(): Promise<void> {
         const started = now();
         let next = 0;
         let failed = 0;
+        const failReasons: Record<string, number> = {};
         const deadline = started + m.setupTimeoutS * 1000;
         const lane = async () => {
           while (next < m.count && now() < deadline) {
@@ -37,14 +41,17 @@ async function runWorker(): Promise<void> {
             const server = i % servers;
             // One open may not hang the lane past the setup deadline.
             let timer: NodeJS.Timeout | undefined;
-            const opening = open(m.addrs[server]!, i, recorderFor(server), counters, deadline);
+            const stage: Stage = { phase: "open" };
+            const opening = open(m.addrs[server]!, i, recorderFor(server), counters, deadline, stage);
             try {
               closers.push(await Promise.race([opening, new Promise<never>((_, rej) => {
                 timer = setTimeout(() => rej(new Error("open timeout")), Math.max(1, Math.min(60_000, deadline - now())));
               })]));
               openedByServer[server]!++;
-            } catch {
+            } catch (err) {
               failed++;
+              const why = `${String((err as Error)?.message ?? err)} (in ${stage.phase})`.replace(/\d+/g, "N").slice(0, 160);
+              failReasons[why] = (failReasons[why] ?? 0) + 1;
               opening.then((close) => close(), () => undefined); // close it if it opens late
             } finally {
               clearTimeout(timer);
@@ -52,7 +59,7 @@ async function runWorker(): Promise<void> {
           }
         };
         await Promise.all(Array.from({ length: Math.min(m.concurrency, m.count) }, lane));
-        send({ ev: "ready", opened: closers.length, failed: failed + (m.count - next), setupMs: now() - started, openedByServer });
+        send({ ev: "ready", opened: closers.length, failed: failed + (m.count - next), setupMs: now() - started, openedByServer, failReasons });
       } else if (m.cmd === "report") {
         const mem = process.memoryUsage();
         send({ ev: "report", arrivals: [...arrivals.values()], ...counters, rss: mem.rss, heapUsed: mem.heapUsed });
@@ -68,7 +75,8 @@ async function runWorker(): Promise<void> {
 }
 
 /** Opens one WatchLeases stream on its own connection; resolves at SNAPSHOT_COMPLETE. */
-function openWeftWatcher(addr: string, _i: number, record: Recorder, counters: WatchCounters, deadline: number): Promise<() => void> {
+function openWeftWatcher(addr: string, _i: number, record: Recorder, counters: WatchCounters, deadline: number, stage: Stage): Promise<() => void> {
+  stage.phase = "stream until snapshot complete";
   // A local subchannel pool gives this client its own HTTP/2 connection.
   const client = new LeaseServiceClient(addr, grpc.credentials.createInsecure(), { "grpc.use_local_subchannel_pool": 1 });
   let lastRev = 0;
@@ -82,13 +90,17 @@ function openWeftWatcher(addr: string, _i: number, record: Recorder, counters: W
       call.on("data", (msg: WatchLeasesResponse) => {
         const t = now();
         switch (msg.kind) {
-          case WatchLeasesResponse_Kind.KIND_EVENTS:
+          case WatchLeasesResponse_Kind.KIND_EVENTS: {
+            let fresh = 0;
             for (const e of msg.events) {
               if (e.revision <= lastRev) continue;
               lastRev = e.revision;
+              fresh++;
               record(e.revision, LeaseEvent_Type[e.type] ?? String(e.type), e.lease?.subnet ?? "", t);
             }
+            if (ready && fresh > 0) counters.eventMessages++;
             break;
+          }
           case WatchLeasesResponse_Kind.KIND_SNAPSHOT_COMPLETE:
           case WatchLeasesResponse_Kind.KIND_PROGRESS:
             lastRev = Math.max(lastRev, msg.revision);
@@ -126,22 +138,44 @@ function openWeftWatcher(addr: string, _i: number, record: Recorder, counters: W
   });
 }
 
-/** etcd: its own Etcd3 client, a range read of the prefix, then a watch from the next revision. */
-async function openEtcdWatcher(addr: string, _i: number, record: Recorder, counters: WatchCounters, _deadline: number): Promise<() => void> {
+/**
+ * etcd: its own Etcd3 client on its own connection, a range read of the prefix, then a watch from the
+ * next revision. etcd3 makes one gRPC client per service (KV, Watch); they share one channel here, so
+ * the watcher has one connection as a Go clientv3 client (flanneld) has, not two.
+ */
+async function openEtcdWatcher(addr: string, _i: number, record: Recorder, counters: WatchCounters, _deadline: number, stage: Stage): Promise<() => void> {
   const { Etcd3 } = await import("etcd3");
-  const client = new Etcd3({ hosts: addr, dialTimeout: 30_000, grpcOptions: { "grpc.use_local_subchannel_pool": 1 } });
+  const channel = new grpc.Channel(addr.replace(/^https?:\/\//, ""), grpc.credentials.createInsecure(), { "grpc.use_local_subchannel_pool": 1 });
+  const grpcOptions = { "grpc.use_local_subchannel_pool": 1, channelOverride: channel } as Record<string, unknown>;
+  const client = new Etcd3({ hosts: addr, dialTimeout: 30_000, grpcOptions: grpcOptions as never });
+  stage.phase = "connect and range read";
   const res = await client.getAll().prefix("/weft/leases/").exec();
   const from = Number(res.header.revision) + 1;
-  const watcher = await client.watch().prefix("/weft/leases/").startRevision(String(from)).create();
+  // What WatchBuilder.create() does, with the watch stream's disconnects noted while it waits.
+  stage.phase = "watch create";
+  const watcher = client.watch().prefix("/weft/leases/").startRevision(String(from)).watcher();
+  const onDisconnect = (err: Error) => (stage.phase = `watch create, after a disconnect: ${err?.message ?? err}`);
+  watcher.on("disconnected", onDisconnect);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      watcher.once("connected", () => resolve());
+      watcher.once("error", reject);
+    });
+  } finally {
+    watcher.off("disconnected", onDisconnect);
+  }
   let lastRev = from - 1;
   watcher.on("data", (r) => {
     const t = now();
+    let fresh = 0;
     for (const e of r.events) {
       const rev = Number(e.kv.mod_revision);
       if (rev <= lastRev) continue;
       lastRev = rev;
+      fresh++;
       record(rev, e.type === "Delete" || (e.type as unknown) === "DELETE" ? "DELETE" : "PUT", e.kv.key.toString(), t);
     }
+    if (fresh > 0) counters.eventMessages++;
   });
   watcher.on("error", () => counters.streamErrors++);
   watcher.on("disconnected", () => counters.reconnects++);

@@ -90,9 +90,12 @@ export class EtcdLeaseStore implements LeaseStore {
   #resets = 0;
   #closed = false;
   readonly #fenceId = randomBytes(6).toString("hex");
+  /** "<prefix>/subnets/": every watch event is checked against it. */
+  readonly #subnetsPrefix: string;
 
   constructor(o: EtcdStoreOptions) {
     this.#prefix = (o.prefix ?? "/weft/network").replace(/\/+$/, "");
+    this.#subnetsPrefix = `${this.#prefix}/subnets/`;
     this.#log = o.log;
     const opts: IOptions = {
       hosts: [...o.endpoints],
@@ -134,7 +137,7 @@ export class EtcdLeaseStore implements LeaseStore {
   }
 
   #leaseFrom(kv: IKeyValue): Lease | undefined {
-    const subnet = subnetFromKey(text(kv.key).slice(this.#prefix.length + "/subnets/".length));
+    const subnet = subnetFromKey(text(kv.key).slice(this.#subnetsPrefix.length));
     if (!subnet) return undefined;
     try {
       return fromValue(subnet, JSON.parse(text(kv.value)) as FlannelLeaseValue, Number(kv.mod_revision));
@@ -380,7 +383,8 @@ export class EtcdLeaseStore implements LeaseStore {
 
   /** One etcd watch event as a lease event (undefined for keys that are not leases). */
   #toEvent(type: "Put" | "Delete", kv: IKeyValue, prevKv: IKeyValue | undefined, known: Map<string, Lease>): LeaseEvent | undefined {
-    if (!text(kv.key).startsWith(text(this.#key("subnets", "")))) return undefined;
+    const key = text(kv.key);
+    if (!key.startsWith(this.#subnetsPrefix)) return undefined;
     const revision = Number(kv.mod_revision);
     if (type === "Put") {
       const lease = this.#leaseFrom(kv);
@@ -388,7 +392,7 @@ export class EtcdLeaseStore implements LeaseStore {
       known.set(lease.subnet, lease);
       return { type: kv.create_revision === kv.mod_revision ? "added" : "changed", lease, revision };
     }
-    const subnet = subnetFromKey(text(kv.key).slice(text(this.#key("subnets", "")).length));
+    const subnet = subnetFromKey(key.slice(this.#subnetsPrefix.length));
     if (!subnet) return undefined;
     const last = (prevKv && this.#leaseFrom(prevKv)) ?? known.get(subnet);
     known.delete(subnet);

@@ -150,18 +150,21 @@ export class WireguardBackend implements Backend {
       fixed.push(...await this.configure(control));
     } else {
       const control = this.useMode("userspace");
-      // An unmarked tun is ours if its wireguard-go has our key, or no key yet (we died right after starting it).
-      const ours = async () => { const k = (await control.get().catch(() => ({ publicKey: "?" }))).publicKey; return k === undefined || k === this.keys!.publicKey; };
-      if (link && !isOwned(link) && link.index !== this.link?.index && !(await ours())) {
+      // One read answers three questions: is wireguard-go running, is an unmarked tun ours (our key, or
+      // no key yet: we died right after starting it), and are key and port right. At 5,000 peers a read
+      // is a megabyte, and this runs on every resync.
+      const have = await control.get().catch(() => undefined);
+      const ours = have !== undefined && (have.publicKey === undefined || have.publicKey === this.keys!.publicKey);
+      if (link && !isOwned(link) && link.index !== this.link?.index && !ours) {
         throw new WeftError("CONFIG_INVALID", `interface ${this.deviceName} exists but was not created by weft (a tun device without the "weft:" alias); weft will not adopt it. Pick another name with --wireguard-device, or stop whatever runs it`);
       }
-      if (await this.wgGo!.ensureRunning() === "started") fixed.push("device");
+      if (!have && await this.wgGo!.ensureRunning() === "started") fixed.push("device");
       link = await dp.getLink(this.deviceName);
       if (!link) {
         throw new WeftError("CONFIG_INVALID", `wireguard-go answers for ${this.deviceName}, but the interface is not in this network namespace: another namespace on this host runs a WireGuard device of that name (wireguard-go's sockets in /var/run/wireguard are shared by all namespaces); give this node another --wireguard-device`);
       }
       // The key first: the device must not come up (and answer peers) with no or a stale key.
-      fixed.push(...await this.configure(control));
+      fixed.push(...await this.configure(control, have));
       const change = { ...(link.mtu !== spec.mtu ? { mtu: spec.mtu } : {}), ...(link.alias !== spec.alias ? { alias: spec.alias } : {}) };
       if (Object.keys(change).length) await dp.setLink(link.index, change);
       if (!link.up) await dp.setLink(link.index, { up: true });
@@ -172,9 +175,9 @@ export class WireguardBackend implements Backend {
     return fixed;
   }
 
-  /** Puts our private key and listen port on the device if it has others. */
-  private async configure(control: WgControl): Promise<string[]> {
-    const have = await control.get();
+  /** Puts our private key and listen port on the device if it has others (`status`: read just before, if so). */
+  private async configure(control: WgControl, status?: WgDeviceStatus): Promise<string[]> {
+    const have = status ?? await control.get();
     const keyOk = have.publicKey === this.keys!.publicKey;
     const portOk = have.listenPort === this.config.listenPort;
     if (keyOk && portOk) return [];

@@ -73,7 +73,7 @@ export async function startWeft(o: Opts): Promise<Target> {
   const held = new Map<number, PbLease>();
   const acquire = (name: string, i: number) =>
     unary<Parameters<typeof ctl.acquireLease>[0], PbLease>(ctl.acquireLease.bind(ctl) as never, {
-      nodeName: name, publicIp: `192.0.${(i >> 8) & 255}.${i & 255}`, vxlan: { vni: 1, vtepMac: vtepMac(i) }, wireguard: undefined, hostGw: undefined, previousSubnet: "",
+      nodeName: name, publicIp: `192.0.${(i >> 8) & 255}.${i & 255}`, vxlan: { vni: 1, vtepMac: vtepMac(i) }, wireguard: undefined, hostGw: undefined, previousSubnet: "", instanceId: "",
     });
   return {
     pid: first.child.pid!,

@@ -23,7 +23,7 @@ export function attrsFromPb(m: PbAttrs): BackendAttrs | undefined {
 export function leaseToPb(l: Lease): PbLease {
   return {
     subnet: l.subnet, nodeName: l.nodeName, publicIp: l.publicIP, backendType: l.attrs.type,
-    ...attrsToPb(l.attrs), expiresAt: l.expiresAt ? new Date(l.expiresAt) : undefined, revision: l.revision,
+    ...attrsToPb(l.attrs), expiresAt: l.expiresAt ? new Date(l.expiresAt) : undefined, revision: l.revision, ttl: undefined, storeId: "",
   };
 }
 
@@ -37,7 +37,7 @@ export function leaseFromPb(m: PbLease): Lease {
 const TYPE_TO_PB = { added: LeaseEvent_Type.TYPE_ADDED, changed: LeaseEvent_Type.TYPE_CHANGED, removed: LeaseEvent_Type.TYPE_REMOVED } as const;
 
 export function eventToPb(e: LeaseEvent): PbLeaseEvent {
-  return { type: TYPE_TO_PB[e.type], lease: leaseToPb(e.lease), revision: e.revision };
+  return { type: TYPE_TO_PB[e.type], lease: leaseToPb(e.lease), revision: e.revision, reason: "" };
 }
 
 export function eventFromPb(m: PbLeaseEvent): LeaseEvent | undefined {

@@ -136,16 +136,16 @@ export class LeaseClient implements LeaseApi {
   }
 
   async acquire(r: AcquireRequest): Promise<Lease> {
-    const req = { nodeName: r.nodeName, publicIp: r.publicIP, previousSubnet: r.previousSubnet ?? "", ...attrsToPb(r.attrs) };
+    const req = { nodeName: r.nodeName, publicIp: r.publicIP, previousSubnet: r.previousSubnet ?? "", instanceId: "", ...attrsToPb(r.attrs) };
     return leaseFromPb(await this.unary<typeof req, PbLease>("acquire lease", (c, q, m, o, cb) => c.acquireLease(q, m, o, cb), req));
   }
 
   async renew(nodeName: string, subnet: string): Promise<Lease> {
-    return leaseFromPb(await this.unary<{ nodeName: string; subnet: string }, PbLease>("renew lease", (c, q, m, o, cb) => c.renewLease(q, m, o, cb), { nodeName, subnet }));
+    return leaseFromPb(await this.unary<{ nodeName: string; subnet: string; instanceId: string }, PbLease>("renew lease", (c, q, m, o, cb) => c.renewLease(q, m, o, cb), { nodeName, subnet, instanceId: "" }));
   }
 
   async release(nodeName: string, subnet: string): Promise<void> {
-    await this.unary<{ nodeName: string; subnet: string }, unknown>("release lease", (c, q, m, o, cb) => c.releaseLease(q, m, o, cb), { nodeName, subnet });
+    await this.unary<{ nodeName: string; subnet: string; instanceId: string }, unknown>("release lease", (c, q, m, o, cb) => c.releaseLease(q, m, o, cb), { nodeName, subnet, instanceId: "" });
   }
 
   /** One WatchLeases stream; ends (throws) when the stream breaks or goes silent. Abort the signal to cancel. */

@@ -21,13 +21,18 @@ function unary<Req, Res>(fn: (req: Req, md: grpc.Metadata, opts: Partial<grpc.Ca
   return new Promise((res, rej) => fn(req, new grpc.Metadata(), { deadline: Date.now() + 30_000 }, (e, r) => (e ? rej(e) : res(r))));
 }
 
+/** Every watcher is one client address here; these flags lift the per-address limits (max 50,000 watchers). */
+export const LIFT_CLIENT_LIMITS = ["--max-connections-per-client", "1000000", "--max-watches-per-client", "1000000"];
+
 interface LeaseServerProcess { child: ChildProcess; ports: { grpc: string; http: string } }
 
 /** Spawns one lease server and waits (up to 20 s) for its "lease server listening" log line. */
 async function spawnLeaseServer(o: Opts, storeArgs: string[]): Promise<LeaseServerProcess> {
   const bin = join(ROOT, "bin", "weft-lease-server");
   const child = spawn(process.execPath, [...o.serverNodeArgs, bin, "--insecure", ...storeArgs,
-    "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--lease-ttl", "24h"],
+    "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--lease-ttl", "24h",
+    // Every watcher connects from 127.0.0.1: lift the per-client limits made for real clusters.
+    ...LIFT_CLIENT_LIMITS],
   { stdio: ["ignore", "pipe", "pipe"] });
   children.add(child);
   // The server logs its ports in a JSON "lease server listening" line.

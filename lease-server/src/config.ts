@@ -4,6 +4,8 @@ import { WeftError, errorMessage } from "../../lib/src/errors.js";
 import { parseDuration } from "../../lib/src/duration.js";
 import { parseFlags, parseHostPort, usageError, type FlagSpec } from "../../lib/src/flags.js";
 import { deepFreeze, parseNetworkConfig, type NetworkConfig } from "../../lib/src/net-config.js";
+import { readAdminTokenFile } from "../../lib/src/admin-token.js";
+import { assertAdminExposure } from "./http-auth.js";
 
 export const BIN = "weft-lease-server";
 
@@ -23,6 +25,19 @@ export const FLAGS = {
   "tls-key": { type: "string", value: "FILE", help: "server private key (PEM)" },
   "tls-client-ca": { type: "string", value: "FILE", help: "CA (PEM) that signs agent certificates; enables mTLS: an agent may only act for the node name in its certificate" },
   insecure: { type: "boolean", help: "serve gRPC in plaintext (trusted networks and tests only)" },
+  "admin-token-file": { type: "string", value: "FILE", help: "bearer token (32+ characters, file mode 600) that the REST routes changing state (revoke, reservations, join tokens) require; make one with: head -c 32 /dev/urandom | base64 > FILE" },
+  "http-tls-cert": { type: "string", value: "FILE", help: "serve the REST API over HTTPS with this certificate (PEM)" },
+  "http-tls-key": { type: "string", value: "FILE", help: "private key (PEM) for --http-tls-cert" },
+  "admin-client-ca": { type: "string", value: "FILE", help: "CA (PEM) of admin client certificates: an HTTPS client certificate it signed may use the REST routes changing state (needs --http-tls-cert)" },
+  "ca-cert": { type: "string", value: "FILE", help: "CA certificate (PEM) that signs node certificates for join tokens (default: one made in --state-dir on first start); with TLS every agent needs a certificate from it or from --tls-client-ca" },
+  "ca-key": { type: "string", value: "FILE", help: "private key (PEM) of --ca-cert" },
+  "state-dir": { type: "string", value: "DIR", default: "/var/lib/weft", help: "where the server keeps its node CA (ca.crt, ca.key) when --ca-cert is not given" },
+  "node-cert-validity": { type: "string", value: "DURATION", default: "30d", help: "lifetime of node certificates issued for join tokens (1m to 365d); agents renew at 2/3 of it" },
+  "init-store": { type: "boolean", help: "start an empty SQLite store even where the --store file exists but is empty (0 bytes); without it such a file is refused, since it usually means lost data" },
+  "max-connections-per-client": { type: "string", value: "N", default: "1024", help: "gRPC connections one client address (IPv6: one /64) may hold; raise it when more nodes than this share one NAT address" },
+  "max-watches-per-client": { type: "string", value: "N", default: "1024", help: "WatchLeases streams one client address may hold open" },
+  "max-rpcs-per-client": { type: "string", value: "N", default: "256", help: "unary gRPC calls one client address may have in flight" },
+  "allow-link-local-public-ip": { type: "boolean", help: "accept agents whose public IP is link-local (169.254.0.0/16); only for underlays that really use such addresses" },
   "log-level": { type: "string", value: "LEVEL", default: "info", help: "trace, debug, info, warn or error" },
   help: { type: "boolean", help: "print this help" },
 } as const satisfies Record<string, FlagSpec>;
@@ -31,6 +46,14 @@ export interface TlsFiles {
   readonly cert: Buffer;
   readonly key: Buffer;
   readonly clientCa?: Buffer;
+}
+
+export interface IdentityConfig {
+  readonly stateDir: string;
+  /** Both or neither: the operator's CA. */
+  readonly caCert?: { readonly path: string; readonly pem: Buffer };
+  readonly caKey?: { readonly path: string; readonly pem: Buffer };
+  readonly nodeCertValidityMs: number;
 }
 
 export type StoreConfig =
@@ -49,9 +72,26 @@ export interface ServerConfig {
   readonly networkSource: string;
   readonly listen: { readonly host: string; readonly port: number };
   readonly httpListen: { readonly host: string; readonly port: number };
+  /** From --admin-token-file. */
+  readonly adminToken?: string;
+  /** HTTPS for the REST API; clientCa (--admin-client-ca) makes verified client certificates admins. */
+  readonly httpTls?: TlsFiles;
   readonly leaseTtlMs: number;
+  /** Accept 169.254.0.0/16 public IPs. */
+  readonly allowLinkLocalPublicIp?: boolean;
   readonly tls?: TlsFiles;
+  /** Node identity (join tokens, certificates issued by the server's CA); used only with TLS. */
+  readonly identity: IdentityConfig;
   readonly logLevel: string;
+  /** Make an empty store over an existing empty SQLite file. */
+  readonly initStore: boolean;
+  readonly limits: { readonly maxConnectionsPerClient: number; readonly maxWatchesPerClient: number; readonly maxRpcsPerClient: number };
+}
+
+function parseLimit(flag: string, v: string): number {
+  const n = Number(v);
+  if (!/^\d+$/.test(v) || !Number.isSafeInteger(n) || n < 1 || n > 1_000_000) throw usageError(`--${flag}: ${JSON.stringify(v)} is not a whole number from 1 to 1000000`);
+  return n;
 }
 
 function readFlagFile(flag: string, path: string): Buffer {
@@ -79,6 +119,15 @@ export function loadServerConfig(argv: readonly string[]): ServerConfig | undefi
 
   const [host, port] = parseHostPort(f.listen, "listen");
   const [httpHost, httpPort] = parseHostPort(f["http-listen"], "http-listen");
+  const adminToken = f["admin-token-file"] === undefined ? undefined : readAdminTokenFile(f["admin-token-file"]);
+  if (!!f["http-tls-cert"] !== !!f["http-tls-key"]) throw usageError("--http-tls-cert and --http-tls-key go together; pass both to serve the REST API over HTTPS, or neither");
+  if (f["admin-client-ca"] && !f["http-tls-cert"]) throw usageError("--admin-client-ca needs HTTPS: pass --http-tls-cert and --http-tls-key too (client certificates only exist over TLS)");
+  const httpTls: TlsFiles | undefined = f["http-tls-cert"] ? {
+    cert: readFlagFile("http-tls-cert", f["http-tls-cert"]),
+    key: readFlagFile("http-tls-key", f["http-tls-key"]!),
+    clientCa: f["admin-client-ca"] ? readFlagFile("admin-client-ca", f["admin-client-ca"]) : undefined,
+  } : undefined;
+  assertAdminExposure(httpHost, { token: adminToken, clientCertificates: !!httpTls?.clientCa });
 
   let tls: TlsFiles | undefined;
   const anyTls = f["tls-cert"] || f["tls-key"] || f["tls-client-ca"];
@@ -94,6 +143,20 @@ export function loadServerConfig(argv: readonly string[]): ServerConfig | undefi
     };
   }
 
+  if (f.insecure && (f["ca-cert"] || f["ca-key"])) throw usageError("--ca-cert/--ca-key need TLS on the gRPC port: pass --tls-cert/--tls-key instead of --insecure");
+  if (!!f["ca-cert"] !== !!f["ca-key"]) throw usageError("--ca-cert and --ca-key go together; pass both, or neither to use the CA in --state-dir");
+  const validity = parseDuration(f["node-cert-validity"]);
+  if (validity === undefined || validity < 60_000 || validity > 365 * 86_400_000) {
+    throw usageError(`--node-cert-validity: ${JSON.stringify(f["node-cert-validity"])} is not a duration from 1m to 365d; write it like 30d`);
+  }
+  const identity: IdentityConfig = {
+    stateDir: f["state-dir"], nodeCertValidityMs: validity,
+    ...(f["ca-cert"] && f["ca-key"] ? {
+      caCert: { path: f["ca-cert"], pem: readFlagFile("ca-cert", f["ca-cert"]) },
+      caKey: { path: f["ca-key"], pem: readFlagFile("ca-key", f["ca-key"]) },
+    } : {}),
+  };
+
   // With etcd, a missing default file means: the config lives in etcd (Flannel's way).
   const explicit = argv.some((a) => a === "--network-config" || a.startsWith("--network-config="));
   let network: NetworkConfig | undefined;
@@ -108,8 +171,13 @@ export function loadServerConfig(argv: readonly string[]): ServerConfig | undefi
   }
 
   return deepFreeze({
-    store, network, networkSource: network ? `--network-config ${f["network-config"]}` : `etcd key ${(store as { prefix: string }).prefix}/config`, listen: { host, port }, httpListen: { host: httpHost, port: httpPort },
-    leaseTtlMs: ttl, tls, logLevel: f["log-level"],
+    store, network, networkSource: network ? `--network-config ${f["network-config"]}` : `etcd key ${(store as { prefix: string }).prefix}/config`, listen: { host, port }, httpListen: { host: httpHost, port: httpPort }, adminToken, httpTls,
+    leaseTtlMs: ttl, allowLinkLocalPublicIp: !!f["allow-link-local-public-ip"], tls, identity, logLevel: f["log-level"], initStore: !!f["init-store"],
+    limits: {
+      maxConnectionsPerClient: parseLimit("max-connections-per-client", f["max-connections-per-client"]),
+      maxWatchesPerClient: parseLimit("max-watches-per-client", f["max-watches-per-client"]),
+      maxRpcsPerClient: parseLimit("max-rpcs-per-client", f["max-rpcs-per-client"]),
+    },
   });
 }
 

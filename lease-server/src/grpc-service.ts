@@ -14,6 +14,10 @@ import { validateNodeName, type Lease, type LeaseEvent } from "../../lib/src/lea
 import type { Logger } from "../../lib/src/logger.js";
 import type { LeaseManager } from "./lease-manager.js";
 import type { FrameEncoder, WatchHub } from "./watch-hub.js";
+import { abortCall } from "./grpc-limits.js";
+
+/** How long an ended watch may take to deliver its last messages before its stream is reset. */
+const STALLED_STREAM_RESET_MS = 5000;
 
 // Status details travel in HTTP/2 trailers; an oversized one never reaches the client.
 const MAX_DETAILS = 1024;
@@ -29,7 +33,7 @@ export function toServiceError(err: unknown, log: Logger): Partial<grpc.ServiceE
 
 export const frameEncoder: FrameEncoder = {
   snapshot: (leases: readonly Lease[], resync: boolean) => Buffer.from(WatchLeasesResponse.encode({
-    kind: WatchLeasesResponse_Kind.KIND_SNAPSHOT, leases: leases.map(leaseToPb), events: [], revision: 0, resync, storeId: "",
+    kind: WatchLeasesResponse_Kind.KIND_SNAPSHOT, leases: leases.map((l) => leaseToPb(l)), events: [], revision: 0, resync, storeId: "",
   }).finish()),
   snapshotComplete: (revision: number, storeId: string) => Buffer.from(WatchLeasesResponse.encode({
     kind: WatchLeasesResponse_Kind.KIND_SNAPSHOT_COMPLETE, leases: [], events: [], revision, resync: false, storeId,
@@ -91,8 +95,14 @@ export function networkConfigToPb(cfg: NetworkConfig): PbNetworkConfig {
   };
 }
 
-/** Node names a client certificate speaks for: its CN and DNS SANs. */
-function certNodeNames(call: grpc.ServerUnaryCall<unknown, unknown>): string[] | undefined {
+/**
+ * Node names a client certificate speaks for: its CN and DNS SANs. The gRPC
+ * port requests client certificates without requiring them (a node that is
+ * joining has none yet). grpc-js's auth context holds a peer certificate only
+ * when the TLS layer verified it (socket.authorized), so an unverified or
+ * self-signed certificate names no one (identity.test.ts checks this holds).
+ */
+export function certNodeNames(call: Pick<grpc.ServerUnaryCall<unknown, unknown>, "getAuthContext">): string[] | undefined {
   const cert = call.getAuthContext?.()?.sslPeerCertificate;
   if (!cert) return undefined;
   const names = new Set<string>();
@@ -109,17 +119,26 @@ export interface ServiceDeps {
   readonly manager: LeaseManager;
   readonly hub: WatchHub;
   readonly log: Logger;
-  /** With mTLS, clients may act only for the node names in their certificate. */
+  /**
+   * With TLS, every call needs a verified client certificate, and clients may act only for the node names
+   * in it (hand-made, --tls-client-ca, or issued for a join token).
+   */
   readonly requireClientIdentity: boolean;
 }
 
 export function createLeaseService(deps: ServiceDeps): LeaseServiceServer {
   const { manager, hub, log } = deps;
+  const identify = (call: Pick<grpc.ServerUnaryCall<unknown, unknown>, "getAuthContext">): string[] => {
+    if (!deps.requireClientIdentity) return [];
+    const names = certNodeNames(call);
+    if (!names) throw new WeftError("PERMISSION_DENIED", "this lease server needs a verified client certificate for every node; start the agent with --join-token-file (a token from POST /v1/join-tokens) or --tls-cert/--tls-key");
+    return names;
+  };
   const authorize = (call: grpc.ServerUnaryCall<unknown, unknown>, nodeName: string) => {
     // A malformed name is reported as such, before any comparison with the certificate.
     validateNodeName(nodeName);
     if (!deps.requireClientIdentity) return;
-    const names = certNodeNames(call) ?? [];
+    const names = identify(call);
     if (!names.includes(nodeName)) {
       throw new WeftError("PERMISSION_DENIED", `this client certificate is for ${names.length ? names.join(", ") : "no node name"}, not node ${JSON.stringify(nodeName)}; use the node's own certificate (CN or DNS SAN = node name)`);
     }
@@ -130,25 +149,30 @@ export function createLeaseService(deps: ServiceDeps): LeaseServiceServer {
     };
 
   return {
-    getNetworkConfig: unary(async () => networkConfigToPb(manager.network)),
+    getNetworkConfig: unary(async (call) => {
+      identify(call);
+      return networkConfigToPb(manager.network);
+    }),
     acquireLease: unary(async (call: grpc.ServerUnaryCall<AcquireLeaseRequest, unknown>) => {
       const r = call.request;
       authorize(call, r.nodeName);
-      const lease = await manager.acquire({ nodeName: r.nodeName, publicIP: r.publicIp, attrs: attrsFromPb(r), previousSubnet: r.previousSubnet || undefined });
-      return leaseToPb(lease);
+      const lease = await manager.acquire({ nodeName: r.nodeName, publicIP: r.publicIp, attrs: attrsFromPb(r), previousSubnet: r.previousSubnet || undefined, instanceId: r.instanceId });
+      return leaseToPb(lease, { ttlMs: manager.ttlMs, storeId: await manager.storeId() });
     }),
     renewLease: unary(async (call) => {
       authorize(call, call.request.nodeName);
-      return leaseToPb(await manager.renew(call.request.nodeName, call.request.subnet));
+      const lease = await manager.renew(call.request.nodeName, call.request.subnet, call.request.instanceId);
+      return leaseToPb(lease, { ttlMs: manager.ttlMs, storeId: await manager.storeId() });
     }),
     releaseLease: unary(async (call) => {
       authorize(call, call.request.nodeName);
-      await manager.release(call.request.nodeName, call.request.subnet);
+      await manager.release(call.request.nodeName, call.request.subnet, call.request.instanceId);
       return {};
     }),
     watchLeases: (call) => {
       try {
         checkDecoded(call.request);
+        identify(call);
       } catch (err) {
         call.emit("error", toServiceError(err, log));
         return;
@@ -171,7 +195,10 @@ export function createLeaseService(deps: ServiceDeps): LeaseServiceServer {
           call.write(frame as unknown as WatchLeasesResponse, () => done());
         },
         fail: (err) => {
-          if (!call.cancelled && !call.destroyed) call.emit("error", toServiceError(err, log));
+          if (call.cancelled || call.destroyed) return;
+          call.emit("error", toServiceError(err, log));
+          // A client that does not read never receives the status behind its unsent messages.
+          setTimeout(() => abortCall(call), STALLED_STREAM_RESET_MS).unref();
         },
       }, call.request.storeId);
     },

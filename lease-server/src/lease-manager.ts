@@ -2,16 +2,39 @@
 // who gets which subnet, TTLs, expiry. Acquisitions in this process run one at
 // a time so they never race each other; a conflict can still come from another
 // server sharing the store, so create() is compare-and-set and we retry.
+//
+// Integrity rules kept here (issue 9):
+//   - Without per-node client identity (no mTLS), a live lease is bound to the
+//     agent instance that took it (its instance id); another instance gets
+//     ALREADY_EXISTS until the lease expires. An empty id binds nothing.
+//   - Backend attributes that must be unique (attr-index.ts) belong to the
+//     first live lease that holds them.
+//   - Outage grace: a server that finds the store's "alive" time older than
+//     it should be was down (or the store was); leases that expired meanwhile
+//     are kept for one renew interval more, so their agents can renew.
 import { WeftError, invalid } from "../../lib/src/errors.js";
-import { validateBackendAttrs, validateNodeName, validatePublicIp, type BackendAttrs, type Lease } from "../../lib/src/lease.js";
+import { uniqueAttrs, validateBackendAttrs, validateInstanceId, validateNodeName, validatePublicIp, type BackendAttrs, type Lease } from "../../lib/src/lease.js";
+import { AttrIndex } from "./attr-index.js";
 import type { NetworkConfig } from "../../lib/src/net-config.js";
 import type { Logger } from "../../lib/src/logger.js";
-import type { LeaseStore, Reservation } from "./store/lease-store.js";
-import { formatCidr, parseCidr } from "../../lib/src/cidr.js";
+import type { LeaseStore, RemoveReason, Reservation } from "./store/lease-store.js";
+import { contains, formatCidr, parseCidr, parseIpv4 } from "../../lib/src/cidr.js";
 import { isAllocatable, pickSubnet, subnetIp } from "./allocator.js";
 import { SubnetIndex } from "./subnet-index.js";
 
 const RACE_RETRIES = 10;
+const MAX_REASON = 200;
+
+/**
+ * Agents renew at half the TTL; one renew interval after an outage gives each of them a renewal (with 30 s
+ * floor so that agents backing off after the outage have a chance). The lease server and docs use this.
+ */
+export function renewIntervalMs(ttlMs: number): number {
+  return Math.max(ttlMs / 2, 30_000);
+}
+
+/** Only a prefix of an instance id is ever shown: whoever knows all of it may renew the lease. */
+const shortId = (id: string | undefined) => (id ? `${id.slice(0, 6)}...` : "none");
 
 function validateSubnet(subnet: string, verb: string): void {
   if (!subnet) throw invalid("subnet", "is empty", `send the subnet of the lease to ${verb}`);
@@ -24,6 +47,8 @@ export interface AcquireRequest {
   readonly attrs: BackendAttrs | undefined;
   /** The subnet the node had before (its subnet.env); a hint only. */
   readonly previousSubnet?: string;
+  /** The agent instance asking ("" or absent: an older agent, not bound). */
+  readonly instanceId?: string;
 }
 
 export interface Clock {
@@ -36,6 +61,17 @@ export interface LeaseManagerOptions {
   readonly ttlMs: number;
   readonly log: Logger;
   readonly clock?: Clock;
+  /**
+   * Bind live leases to agent instances. On when the server has no per-node client identity; with mTLS the
+   * certificate is the identity (a reinstalled node with a fresh state dir gets its lease back).
+   */
+  readonly bindInstances?: boolean;
+  /** Accept 169.254.0.0/16 public IPs (--allow-link-local-public-ip). */
+  readonly allowLinkLocalPublicIp?: boolean;
+  /** Grace after an outage; default renewIntervalMs(ttlMs). */
+  readonly outageGraceMs?: number;
+  /** How often the store's alive time is written; default min(TTL/4, 10 s). */
+  readonly aliveEveryMs?: number;
   readonly onAcquire?: (outcome: "created" | "reused" | "exhausted" | "invalid" | "error", seconds: number) => void;
   readonly onRenew?: (outcome: "ok" | "not_found" | "error", seconds: number) => void;
 }
@@ -45,10 +81,45 @@ export class LeaseManager {
   readonly #clock: Clock;
   #queue: Promise<unknown> = Promise.resolve();
   #index: Promise<SubnetIndex> | undefined;
+  #attrs: Promise<AttrIndex> | undefined;
+  #storeId: Promise<string> | undefined;
+  readonly #aliveEveryMs: number;
+  /** When this server last wrote the store's alive time. */
+  #lastMark: number | undefined;
+  /** Leases that expired after `since` are kept until `until` (an outage ended at `until - grace`). */
+  #grace: { readonly since: number; readonly until: number } | undefined;
 
   constructor(opts: LeaseManagerOptions) {
     this.#o = opts;
     this.#clock = opts.clock ?? { now: () => Date.now() };
+    this.#aliveEveryMs = opts.aliveEveryMs ?? Math.min(opts.ttlMs / 4, 10_000);
+  }
+
+  /** The store's id (cached): replies to acquire and renew name it. */
+  storeId(): Promise<string> {
+    return (this.#storeId ??= this.#o.store.storeId().catch((err) => {
+      this.#storeId = undefined;
+      throw err;
+    }));
+  }
+
+  /** When the current outage grace ends, if one is running. */
+  get graceUntil(): number | undefined {
+    return this.#grace && this.#clock.now() < this.#grace.until ? this.#grace.until : undefined;
+  }
+
+  /** Not yet removable: unexpired, never expiring, or expired during an outage whose grace still runs. */
+  #live(l: Lease, now: number): boolean {
+    if (!l.expiresAt || l.expiresAt > now) return true;
+    const g = this.#grace;
+    return !!g && now < g.until && l.expiresAt > g.since;
+  }
+
+  #attrIndex(): Promise<AttrIndex> {
+    return (this.#attrs ??= AttrIndex.load(this.#o.store).catch((err) => {
+      this.#attrs = undefined;
+      throw err;
+    }));
   }
 
   get network(): NetworkConfig {
@@ -68,9 +139,29 @@ export class LeaseManager {
 
   #validate(req: AcquireRequest): void {
     validateNodeName(req.nodeName);
-    validatePublicIp(req.publicIP);
+    validateInstanceId(req.instanceId);
+    validatePublicIp(req.publicIP, "public_ip", { allowLinkLocal: this.#o.allowLinkLocalPublicIp });
+    if (contains(this.#o.network.network, parseIpv4(req.publicIP)!)) {
+      throw invalid("public_ip", `${req.publicIP} is inside the cluster network ${this.#networkText()}, so peers would route it into the overlay`, "advertise the node's underlay address (agent --public-ip or --iface)");
+    }
     const b = this.#o.network.backend;
     validateBackendAttrs(req.attrs, b.type, b.type === "vxlan" ? b.vni : undefined);
+  }
+
+  /** Refuses a lease held by another agent instance (see bindInstances). */
+  #checkInstance(l: Lease, instanceId: string | undefined, now: number, what: string): void {
+    if (!this.#o.bindInstances || !l.instanceId || l.instanceId === (instanceId ?? "") || !this.#live(l, now)) return;
+    const expires = l.expiresAt ? new Date(l.expiresAt).toISOString() : "never";
+    throw new WeftError("ALREADY_EXISTS", `node ${JSON.stringify(l.nodeName)} already holds ${l.subnet} from another agent instance (instance ${shortId(l.instanceId)}, expires ${expires}); ${what}: stop the other agent or give this node another --node-name`);
+  }
+
+  /** Refuses attributes another live lease holds: the first holder keeps them. */
+  async #checkAttrs(req: AcquireRequest, now: number): Promise<void> {
+    const index = await this.#attrIndex();
+    const clash = index.holders(req.nodeName, uniqueAttrs(req.publicIP, req.attrs!)).find((h) => this.#live(h.lease, now));
+    if (clash) {
+      throw new WeftError("ALREADY_EXISTS", `${clash.attr.label} is already published by node ${JSON.stringify(clash.lease.nodeName)} (lease ${clash.lease.subnet}); every node needs its own: check --public-ip/--iface, or the cloned state dir (agent-state.json, WireGuard key) of this node`);
+    }
   }
 
   async acquire(req: AcquireRequest): Promise<Lease> {
@@ -95,10 +186,14 @@ export class LeaseManager {
     for (let attempt = 0; attempt < RACE_RETRIES; attempt++) {
       const [reservations, existing] = await Promise.all([this.#o.store.listReservations(), this.#o.store.getLeaseByNode(req.nodeName)]);
       const reserved = reservations.find((r) => r.nodeName === req.nodeName);
+      const now = this.#clock.now();
+      if (existing) this.#checkInstance(existing, req.instanceId, now, "not acquired");
+      await this.#checkAttrs(req, now);
+      const instanceId = req.instanceId ?? "";
 
       if (existing && isAllocatable(cfg, existing.subnet) && (!reserved || reserved.subnet === existing.subnet)) {
-        const lease = await this.#o.store.update(existing.subnet, req.nodeName, { publicIP: req.publicIP, attrs: req.attrs!, expiresAt });
-        if (lease) return { lease, created: false };
+        const lease = await this.#o.store.update(existing.subnet, req.nodeName, { publicIP: req.publicIP, attrs: req.attrs!, expiresAt, instanceId });
+        if (lease) return this.#indexed({ lease, created: false });
         continue; // expired or revoked between the read and the write
       }
       if (existing) {
@@ -111,11 +206,17 @@ export class LeaseManager {
       if (!subnet) {
         throw new WeftError("LEASE_EXHAUSTED", `no free subnet left in ${this.#networkText()}: all node subnets are leased or reserved; release unused leases (DELETE /v1/leases/{subnet}) or widen Network/SubnetMin/SubnetMax`);
       }
-      const lease = await this.#o.store.create({ subnet, nodeName: req.nodeName, publicIP: req.publicIP, attrs: req.attrs!, expiresAt });
-      if (lease) return { lease, created: true };
+      const lease = await this.#o.store.create({ subnet, nodeName: req.nodeName, publicIP: req.publicIP, attrs: req.attrs!, expiresAt, instanceId });
+      if (lease) return this.#indexed({ lease, created: true });
       this.#lostRace(subnet);
     }
     throw new WeftError("LEASE_CONFLICT", `could not acquire a subnet for ${req.nodeName} after ${RACE_RETRIES} attempts (other servers kept taking them); retry`);
+  }
+
+  /** A store shared with other servers tells us through its watch, later: the next acquire must see this one now. */
+  #indexed<T extends { lease: Lease }>(r: T): T {
+    void this.#attrs?.then((i) => i.apply([{ type: "changed", lease: r.lease, revision: r.lease.revision }]));
+    return r;
   }
 
   #networkText(): string {
@@ -150,12 +251,19 @@ export class LeaseManager {
     void this.#index?.then((index) => index.leased.add(subnetIp(subnet)));
   }
 
-  async renew(nodeName: string, subnet: string): Promise<Lease> {
+  async renew(nodeName: string, subnet: string, instanceId?: string): Promise<Lease> {
     const started = performance.now();
     validateNodeName(nodeName);
     validateSubnet(subnet, "renew");
+    validateInstanceId(instanceId);
     try {
-      const lease = await this.#o.store.update(subnet, nodeName, { expiresAt: this.#clock.now() + this.#o.ttlMs });
+      const now = this.#clock.now();
+      if (this.#o.bindInstances) {
+        const cur = await this.#o.store.getLeaseByNode(nodeName);
+        if (cur?.subnet === subnet) this.#checkInstance(cur, instanceId, now, "not renewed");
+      }
+      // An expired lease still in the store (e.g. in an outage grace) is renewed like a live one.
+      const lease = await this.#o.store.update(subnet, nodeName, { expiresAt: now + this.#o.ttlMs });
       if (!lease) {
         this.#o.onRenew?.("not_found", (performance.now() - started) / 1000);
         throw new WeftError("LEASE_NOT_FOUND", `node ${nodeName} holds no lease on ${subnet} (it expired or was revoked); acquire a new lease`);
@@ -169,17 +277,26 @@ export class LeaseManager {
     }
   }
 
-  async release(nodeName: string, subnet: string): Promise<void> {
+  async release(nodeName: string, subnet: string, instanceId?: string): Promise<void> {
     validateNodeName(nodeName);
     validateSubnet(subnet, "release");
+    validateInstanceId(instanceId);
+    if (this.#o.bindInstances) {
+      const cur = await this.#o.store.getLeaseByNode(nodeName);
+      if (cur?.subnet === subnet) this.#checkInstance(cur, instanceId, this.#clock.now(), "not released");
+    }
     const removed = await this.#o.store.remove(subnet, nodeName, "released");
     if (removed) this.#o.log.info({ nodeName, subnet, revision: removed.revision }, "lease released");
   }
 
-  /** Operator action: removes whoever holds `subnet`. */
-  async revoke(subnet: string): Promise<Lease | undefined> {
-    const removed = await this.#o.store.remove(subnet, undefined, "revoked");
-    if (removed) this.#o.log.info({ nodeName: removed.nodeName, subnet }, "lease revoked");
+  /** Operator action: removes whoever holds `subnet`; the removal event carries "revoked: <reason>". */
+  async revoke(subnet: string, reason?: string): Promise<Lease | undefined> {
+    if (reason !== undefined && (reason.length > MAX_REASON || !/^[\x20-\x7e]*$/.test(reason))) {
+      throw invalid("reason", `must be at most ${MAX_REASON} printable ASCII characters (got ${reason.length})`, "shorten it, without control or non-ASCII characters");
+    }
+    const why: RemoveReason = reason ? `revoked: ${reason}` : "revoked";
+    const removed = await this.#o.store.remove(subnet, undefined, why);
+    if (removed) this.#o.log.info({ nodeName: removed.nodeName, subnet, reason: why }, "lease revoked");
     return removed;
   }
 
@@ -198,10 +315,53 @@ export class LeaseManager {
     return deleted;
   }
 
-  /** Removes expired leases; watchers learn through the store's events. */
+  /**
+   * Removes expired leases; watchers learn through the store's events. Leases that expired during an outage
+   * (see #checkAlive) stay until its grace ends.
+   */
   async expire(): Promise<Lease[]> {
-    const gone = await this.#serial(() => this.#o.store.expire(this.#clock.now()));
+    const now = this.#clock.now();
+    await this.#checkAlive(now);
+    const g = this.#grace;
+    const cutoff = g && now < g.until ? Math.min(now, g.since) : now;
+    const gone = await this.#serial(() => this.#o.store.expire(cutoff));
     for (const l of gone) this.#o.log.info({ nodeName: l.nodeName, subnet: l.subnet }, "lease expired");
     return gone;
+  }
+
+  /**
+   * Reads the store's alive time and writes ours (every aliveEveryMs). An alive time older than two periods
+   * means no server served the store meanwhile (this one restarted, all were down, or the store was):
+   * leases that expired since then get a grace period. Shared stores (etcd) share the time, so one server
+   * restarting among live ones finds it fresh and grants nothing.
+   */
+  async #checkAlive(now: number): Promise<void> {
+    if (this.#lastMark !== undefined && now - this.#lastMark < this.#aliveEveryMs) return;
+    try {
+      await this.#markAlive(now);
+    } catch (err) {
+      // The store cannot be read or written (etcd down, disk full): renewals fail too, and the next time
+      // this succeeds the stale alive time grants the grace. Whoever watches the store reports it.
+      this.#o.log.debug({ err: (err as Error).message }, "could not record that this server is alive");
+    }
+  }
+
+  async #markAlive(now: number): Promise<void> {
+    const last = await this.#o.store.lastAlive();
+    // Written before anything is concluded: while the store cannot be written (disk full) no grace starts,
+    // and once it can, the stale time it had grants one from then.
+    await this.#o.store.markAlive(now);
+    this.#lastMark = now;
+    if (last === undefined || now - last <= 2 * this.#aliveEveryMs) return;
+    const graceMs = this.#o.outageGraceMs ?? renewIntervalMs(this.#o.ttlMs);
+    // A second outage while the first one's grace still runs keeps the first one's leases too.
+    const since = this.#grace && now < this.#grace.until ? Math.min(last, this.#grace.since) : last;
+    const until = now + graceMs;
+    this.#grace = { since, until };
+    const expired = await this.#o.store.listLeases()
+      .then(({ leases }) => String(leases.filter((l) => l.expiresAt > since && l.expiresAt <= now).length), () => "some");
+    const downS = Math.round((now - last) / 1000);
+    this.#o.log.warn({ downSeconds: downS, lastAlive: new Date(last).toISOString(), expired: Number(expired), graceUntil: new Date(until).toISOString() },
+      `lease server was down for ${downS}s; ${expired} leases expired meanwhile and get a grace period until ${new Date(until).toISOString()} (one renew interval)`);
   }
 }

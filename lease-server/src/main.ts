@@ -19,9 +19,9 @@ export async function main(argv: string[]): Promise<void> {
   }
   const log = createLogger("lease-server", cfg.logLevel);
   if (!cfg.tls) log.warn("gRPC is plaintext (--insecure): anyone who can reach the port can take or release leases");
-  else if (!cfg.tls.clientCa) log.warn("no --tls-client-ca: any client can take or release any node's lease; add --tls-client-ca for per-node authorization");
-  if (!["127.0.0.1", "::1", "localhost"].includes(cfg.httpListen.host)) {
-    log.warn({ httpListen: cfg.httpListen.host }, "the REST API (revoke, reservations) has no authentication and listens beyond loopback; restrict access to it");
+  // loadServerConfig refused admin routes without credentials beyond loopback.
+  if (!cfg.adminToken && !cfg.httpTls?.clientCa) {
+    log.warn("no admin credentials: the REST routes that change state (revoke, reservations, join tokens) answer 401; add --admin-token-file FILE to use them");
   }
   let server;
   try {

@@ -3,17 +3,20 @@
 import * as grpc from "@grpc/grpc-js";
 import { HealthImplementation } from "grpc-health-check";
 import type { FastifyInstance } from "fastify";
-import { WeftError } from "../../lib/src/errors.js";
+import { WeftError, isWeftError } from "../../lib/src/errors.js";
 import { createLogger, type Logger } from "../../lib/src/logger.js";
 import { networkConfigJson, parseNetworkConfig, subnetCount, type NetworkConfig } from "../../lib/src/net-config.js";
 import type { ServerConfig } from "./config.js";
-import { LeaseManager, type Clock } from "./lease-manager.js";
+import { LeaseManager, renewIntervalMs, type Clock } from "./lease-manager.js";
 import { WatchHub, type WatchHubOptions } from "./watch-hub.js";
 import { createLeaseService, frameEncoder, leaseServiceDefinition } from "./grpc-service.js";
 import { buildHttpApi } from "./http-api.js";
 import { createServerMetrics, hubMetrics, type ServerMetrics } from "./metrics.js";
+import { DEFAULT_LIMITS, MAX_REQUEST_BYTES, MAX_STREAMS_PER_CONNECTION, limitsInterceptor, listenWithLimits, type GrpcLimits, type LimitDeps, type LimitedListener } from "./grpc-limits.js";
 import { EtcdLeaseStore } from "./store/etcd-lease-store.js";
 import { SqliteLeaseStore } from "./store/sqlite-lease-store.js";
+import { monitorStore, type StoreHealth } from "./store/monitored-store.js";
+import { setupNodeIdentity, type NodeIdentity } from "./identity/setup.js";
 import type { LeaseStore } from "./store/lease-store.js";
 
 export interface RunningServer {
@@ -34,12 +37,14 @@ export interface StartOptions {
   readonly hub?: Partial<Pick<WatchHubOptions, "batchWindowMs" | "maxQueueBytes" | "highWaterBytes" | "historyEvents" | "progressIntervalMs">>;
   /** How often expired leases are swept. */
   readonly sweepIntervalMs?: number;
+  /** Overrides of the gRPC limits (tests: a short request timeout). */
+  readonly limits?: Partial<GrpcLimits>;
 }
 
 function openStore(cfg: ServerConfig, log: Logger, historyEvents: number): LeaseStore {
   const s = cfg.store;
-  if (s.kind === "sqlite") return new SqliteLeaseStore(s.path, { historyLimit: historyEvents });
-  return new EtcdLeaseStore({ endpoints: s.endpoints, prefix: s.prefix, tls: s.tls, auth: s.auth, log: log.child({ component: "etcd" }) });
+  if (s.kind === "sqlite") return new SqliteLeaseStore(s.path, { historyLimit: historyEvents, initStore: cfg.initStore });
+  return new EtcdLeaseStore({ endpoints: s.endpoints, prefix: s.prefix, tls: s.tls, auth: s.auth, log: log.child({ component: "etcd" }), expiryGraceMs: renewIntervalMs(cfg.leaseTtlMs) });
 }
 
 /**
@@ -68,29 +73,36 @@ async function resolveNetwork(cfg: ServerConfig, store: LeaseStore): Promise<Net
   return fromEtcd;
 }
 
-function bindGrpc(server: grpc.Server, addr: string, creds: grpc.ServerCredentials): Promise<number> {
-  return new Promise((resolve, reject) => server.bindAsync(addr, creds, (err, port) => (err ? reject(err) : resolve(port))));
-}
-
 export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {}): Promise<RunningServer> {
   const log = opts.log ?? createLogger("lease-server", cfg.logLevel);
   const metrics = createServerMetrics();
   const historyEvents = opts.hub?.historyEvents ?? 10_000;
-  const store = opts.store ?? openStore(cfg, log, historyEvents);
+  // Set once the gRPC health service exists; failing writes can start earlier.
+  let storeHealthChanged = (_h: StoreHealth) => {};
+  const monitored = monitorStore(opts.store ?? openStore(cfg, log, historyEvents), { log: log.child({ component: "store" }), onChange: (h) => storeHealthChanged(h) });
+  const store = monitored.store;
   let network: NetworkConfig;
+  let identity: NodeIdentity | undefined;
   try {
     network = await resolveNetwork(cfg, store);
+    identity = await setupNodeIdentity(cfg, store, log, opts.clock);
   } catch (err) {
     await store.close();
     throw err;
   }
   const manager = new LeaseManager({
     store, network, ttlMs: cfg.leaseTtlMs, log, clock: opts.clock,
+    // With TLS every call carries a verified certificate for its node name: that is the identity.
+    bindInstances: !cfg.tls, allowLinkLocalPublicIp: cfg.allowLinkLocalPublicIp,
     onAcquire: (outcome, s) => { metrics.acquires.inc({ outcome }); metrics.acquireSeconds.observe(s); },
     onRenew: (outcome, s) => { metrics.renews.inc({ outcome }); metrics.renewSeconds.observe(s); },
   });
-  // Leases that ran out while the server was down go before anyone sees them.
-  await manager.expire();
+  // Leases that ran out while the server was down go before anyone sees them, except those that expired
+  // during the outage itself: they get a grace period of one renew interval (LeaseManager.expire).
+  // A store that cannot write (disk full) starts the server not ready rather than not at all.
+  await manager.expire().catch((err) => {
+    if (!isWeftError(err) || err.code !== "STORE_UNAVAILABLE") throw err;
+  });
   const hub = new WatchHub({ store, encoder: frameEncoder, log, metrics: hubMetrics(metrics), ...opts.hub, historyEvents });
   await hub.start();
 
@@ -109,12 +121,21 @@ export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {
     sweeping = true;
     manager.expire()
       .then((gone) => metrics.expired.inc(gone.length))
-      .catch((err) => log.warn({ err }, "expiry sweep failed; will retry"))
+      // Store failures are logged by the store monitor, rate-limited.
+      .catch((err) => { if (!isWeftError(err) || err.code !== "STORE_UNAVAILABLE") log.warn({ err }, "expiry sweep failed; will retry"); })
       .finally(() => (sweeping = false));
   }, opts.sweepIntervalMs ?? Math.min(1000, Math.max(100, cfg.leaseTtlMs / 10)));
   sweep.unref();
 
+  const limitDeps: LimitDeps = {
+    limits: { ...DEFAULT_LIMITS, ...cfg.limits, ...opts.limits },
+    log: log.child({ component: "grpc-limits" }),
+    rejected: (limit) => metrics.limitRejections.inc({ limit }),
+  };
   const grpcServer = new grpc.Server({
+    interceptors: [limitsInterceptor(limitDeps)],
+    "grpc.max_receive_message_length": MAX_REQUEST_BYTES,
+    "grpc.max_concurrent_streams": MAX_STREAMS_PER_CONNECTION,
     "grpc.keepalive_time_ms": 30_000,
     "grpc.keepalive_timeout_ms": 10_000,
     "grpc.keepalive_permit_without_calls": 1,
@@ -123,22 +144,32 @@ export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {
     // stream; nothing here reads it (bench:fanout, docs/benchmarks.md).
     "grpc.enable_channelz": 0,
   });
-  grpcServer.addService(leaseServiceDefinition, createLeaseService({ manager, hub, log, requireClientIdentity: !!cfg.tls?.clientCa }));
+  grpcServer.addService(leaseServiceDefinition, createLeaseService({ manager, hub, log, requireClientIdentity: !!cfg.tls }));
+  identity?.addTo(grpcServer);
   const health = new HealthImplementation({ "": "SERVING", "weft.v1.LeaseService": "SERVING" });
   health.addToServer(grpcServer);
-  const creds = cfg.tls
-    ? grpc.ServerCredentials.createSsl(cfg.tls.clientCa ?? null, [{ cert_chain: cfg.tls.cert, private_key: cfg.tls.key }], !!cfg.tls.clientCa)
-    : grpc.ServerCredentials.createInsecure();
-  const grpcHost = cfg.listen.host.includes(":") ? `[${cfg.listen.host}]` : cfg.listen.host;
-  let ready = true;
-  const http = await buildHttpApi({ manager, store, metrics, log, ready: () => ready });
+  let closing = false;
+  storeHealthChanged = (h) => {
+    for (const service of ["", "weft.v1.LeaseService"]) health.setStatus(service, h.ok && !closing ? "SERVING" : "NOT_SERVING");
+  };
+  if (!monitored.health().ok) storeHealthChanged(monitored.health());
+  const creds = identity?.credentials ?? grpc.ServerCredentials.createInsecure();
+  const ready = () => !closing && monitored.health().ok;
+  const notReadyReason = () => (closing ? "shutting down" : monitored.health().reason && `lease store writes fail: ${monitored.health().reason}`);
+  const http = await buildHttpApi({
+    manager, store, metrics, log, ready, notReadyReason, joinTokens: identity?.tokens,
+    admin: { token: cfg.adminToken, clientCertificates: !!cfg.httpTls?.clientCa }, https: cfg.httpTls,
+  });
   let grpcPort = 0;
   let flag = "listen";
+  let listener: LimitedListener | undefined;
   try {
-    grpcPort = await bindGrpc(grpcServer, `${grpcHost}:${cfg.listen.port}`, creds);
+    listener = await listenWithLimits(grpcServer, creds, cfg.listen.host, cfg.listen.port, limitDeps);
+    grpcPort = listener.port;
     flag = "http-listen";
     await http.listen({ host: cfg.httpListen.host, port: cfg.httpListen.port });
   } catch (err) {
+    listener?.close();
     grpcServer.forceShutdown();
     clearInterval(sweep);
     hub.stop();
@@ -148,14 +179,15 @@ export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {
     throw new WeftError("CONFIG_INVALID", `--${flag} ${addr.host}:${addr.port}: cannot listen (${(err as Error).message}); pick a free port or address`, { cause: err });
   }
   const httpPort = (http.server.address() as { port: number }).port;
-  log.info({ grpc: `${cfg.listen.host}:${grpcPort}`, http: `${cfg.httpListen.host}:${httpPort}`, tls: !!cfg.tls, mtls: !!cfg.tls?.clientCa, revision: hub.revision }, "lease server listening");
+  log.info({ grpc: `${cfg.listen.host}:${grpcPort}`, http: `${cfg.httpListen.host}:${httpPort}`, https: !!cfg.httpTls, adminToken: !!cfg.adminToken, adminCertificates: !!cfg.httpTls?.clientCa, tls: !!cfg.tls, mtls: !!cfg.tls, nodeCa: identity?.ca.source, revision: hub.revision }, "lease server listening");
 
   return {
     grpcPort, httpPort, manager, hub, store, metrics, http,
     async close() {
-      ready = false;
+      closing = true;
       health.setStatus("", "NOT_SERVING");
       clearInterval(sweep);
+      listener?.close();
       hub.stop();
       await new Promise<void>((resolve) => {
         const t = setTimeout(() => { grpcServer.forceShutdown(); resolve(); }, 2000);

@@ -7,6 +7,12 @@
 // bytes); the rest of its queue is references to shared buffers. A stream whose
 // queue grows past maxQueueBytes is too far behind: it is dropped and the
 // client resumes from its last revision, which costs it only what it missed.
+//
+// Both limits count each frame's cost beyond its payload (FRAME_OVERHEAD):
+// lease events are small (~150 bytes), and a stream that never reads used to
+// hold ~1,500 in-flight writes of them, each with grpc-js's framed copy, an
+// HTTP/2 write request and a callback: about 360 KB per stream after 4,000
+// changes, with nothing dropped.
 import { WeftError } from "../../lib/src/errors.js";
 import type { Lease, LeaseEvent } from "../../lib/src/lease.js";
 import type { Logger } from "../../lib/src/logger.js";
@@ -54,6 +60,9 @@ export interface WatchHubOptions {
   readonly metrics?: WatchHubMetrics;
 }
 
+/** Memory one queued or in-flight frame costs besides its bytes (measured, rounded up). */
+export const FRAME_OVERHEAD = 256;
+
 interface Frame {
   readonly buf: Buffer;
   readonly events: number;
@@ -79,7 +88,7 @@ class Subscription {
     if (this.closed) return;
     this.#queue.push(exempt ? { ...f, exempt } : f);
     if (exempt) return this.pump();
-    this.#queuedBytes += f.buf.length;
+    this.#queuedBytes += f.buf.length + FRAME_OVERHEAD;
     if (this.#queuedBytes > this.hub.maxQueueBytes) {
       this.hub.drop(this, this.#queuedBytes);
       return;
@@ -90,7 +99,7 @@ class Subscription {
   pump(): void {
     while (!this.closed && this.#head < this.#queue.length && this.#inFlight < this.hub.highWaterBytes) {
       const f = this.#queue[this.#head++]!;
-      const size = f.buf.length;
+      const size = f.buf.length + FRAME_OVERHEAD;
       this.#inFlight += size;
       this.hub.sent(f);
       this.sink.write(f.buf, () => {
@@ -128,8 +137,10 @@ export class WatchHub {
 
   constructor(opts: WatchHubOptions) {
     this.#o = opts;
-    this.maxQueueBytes = opts.maxQueueBytes ?? 16 << 20;
-    this.highWaterBytes = opts.highWaterBytes ?? 256 << 10;
+    // 1 MiB is thousands of changes behind: resuming from the client's revision is cheaper than holding them.
+    this.maxQueueBytes = opts.maxQueueBytes ?? 1 << 20;
+    // About one HTTP/2 stream window: more in flight only waits in node's buffers.
+    this.highWaterBytes = opts.highWaterBytes ?? 64 << 10;
     this.#historyEvents = opts.historyEvents ?? 10_000;
   }
 

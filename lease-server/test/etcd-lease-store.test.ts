@@ -35,6 +35,21 @@ describe.skipIf(!ok)("etcd store", () => {
   });
 
   describe("EtcdLeaseStore", () => {
+    it("keeps an expired lease in etcd for the expiry grace (an outage of every lease server), then lets etcd expire it", async () => {
+      const s = new EtcdLeaseStore({ endpoints: etcd.endpoints, prefix: prefix(), log, expiryGraceMs: 2000 });
+      try {
+        await s.create(newLease(1, { expiresAt: Date.now() + 500 }));
+        await new Promise((r) => setTimeout(r, 1500));
+        // Past its weft expiry, still in etcd: a renew finds it.
+        expect(await s.update("10.244.1.0/24", "node-1", { expiresAt: Date.now() + 500 })).toMatchObject({ nodeName: "node-1" });
+        await new Promise((r) => setTimeout(r, 1500));
+        expect((await s.listLeases()).leases.map((l) => l.nodeName)).toEqual(["node-1"]);
+        await vi.waitFor(async () => expect((await s.listLeases()).leases).toEqual([]), { timeout: 6000, interval: 200 });
+      } finally {
+        await s.close();
+      }
+    }, 20_000);
+
     it("keeps leases in Flannel's layout and reads flanneld's own leases as peers", async () => {
       const p = prefix();
       const s = store(p);

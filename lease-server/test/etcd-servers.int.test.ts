@@ -55,7 +55,7 @@ describe.skipIf(!ok)("lease servers sharing etcd", () => {
     const ca = connect(a.grpcAddr);
     const cb = connect(b.grpcAddr);
     const results = await Promise.allSettled(Array.from({ length: 300 }, (_, i) =>
-      (i % 2 ? cb : ca).call<{ subnet: string }>("acquireLease", { nodeName: `node-${i}`, publicIp: `198.18.${i >> 8}.${(i & 255) || 1}`, vxlan: { vni: 1, vtepMac: `0e:00:00:00:${(i >> 8).toString(16).padStart(2, "0")}:${(i & 255).toString(16).padStart(2, "0")}` } })));
+      (i % 2 ? cb : ca).call<{ subnet: string }>("acquireLease", { nodeName: `node-${i}`, publicIp: `198.18.${i >> 7}.${(i & 127) + 1}`, vxlan: { vni: 1, vtepMac: `0e:00:00:00:${(i >> 8).toString(16).padStart(2, "0")}:${(i & 255).toString(16).padStart(2, "0")}` } })));
     const granted = results.filter((r): r is PromiseFulfilledResult<{ subnet: string }> => r.status === "fulfilled").map((r) => r.value.subnet);
     const refused = results.filter((r): r is PromiseRejectedResult => r.status === "rejected");
     expect(new Set(granted).size).toBe(granted.length);

@@ -79,8 +79,11 @@ export function describeLeaseStoreContract(name: string, make: () => Promise<Lea
       await s.create(newLease(1, { expiresAt: now - 1 }));
       await s.create(newLease(2, { expiresAt: now + 60_000 }));
       await s.create(newLease(3, { expiresAt: 0 }));
+      const seen: LeaseEvent[] = [];
+      s.subscribe((evs) => seen.push(...evs));
       const gone = await s.expire(now);
       expect(gone.map((l) => l.subnet)).toEqual(["10.244.1.0/24"]);
+      expect(seen.map((e) => [e.type, e.reason])).toEqual([["removed", "expired"]]);
       expect((await s.listLeases()).leases.map((l) => l.nodeName)).toEqual(["node-2", "node-3"]);
       expect(await s.expire(now)).toEqual([]);
     });
@@ -98,6 +101,7 @@ export function describeLeaseStoreContract(name: string, make: () => Promise<Lea
       expect((await s.listLeases()).leases.map((l) => l.nodeName)).toEqual(["node-2", "node-3"]);
       while (removed.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100));
       expect(removed.map((e) => e.lease)).toEqual([expect.objectContaining({ subnet: "10.244.1.0/24", nodeName: "node-1", attrs: attrs(1) })]);
+      expect(removed.map((e) => e.reason)).toEqual(["expired"]);
       await vi.waitFor(async () => expect((await s.listFreed()).map((f) => f.nodeName)).toEqual(["node-1"]), { timeout: 5000 });
     }, 20_000);
 
@@ -116,6 +120,41 @@ export function describeLeaseStoreContract(name: string, make: () => Promise<Lea
       expect(seen).toEqual(log);
       expect(await s.eventsSince(log[1]!.revision)).toEqual([log[2]]);
       expect(await s.eventsSince(log[2]!.revision)).toEqual([]);
+    });
+
+    it("keeps the agent instance a lease is bound to, through updates, and takes a new one", async () => {
+      const s = await fresh();
+      await s.create(newLease(1, { instanceId: "0123456789abcdef0123456789abcdef" }));
+      await s.create(newLease(2));
+      expect(await s.getLeaseByNode("node-1")).toMatchObject({ instanceId: "0123456789abcdef0123456789abcdef" });
+      expect((await s.getLeaseByNode("node-2"))?.instanceId ?? "").toBe("");
+      await s.update("10.244.1.0/24", "node-1", { expiresAt: Date.now() + 90_000 });
+      expect(await s.getLeaseByNode("node-1")).toMatchObject({ instanceId: "0123456789abcdef0123456789abcdef" });
+      await s.update("10.244.1.0/24", "node-1", { instanceId: "fedcba9876543210fedcba9876543210" });
+      expect((await s.listLeases()).leases[0]).toMatchObject({ nodeName: "node-1", instanceId: "fedcba9876543210fedcba9876543210" });
+    });
+
+    it("tells why a lease was removed, live and in the history", async () => {
+      const s = await fresh();
+      const seen: LeaseEvent[] = [];
+      s.subscribe((evs) => seen.push(...evs));
+      await s.create(newLease(1));
+      await s.create(newLease(2));
+      const from = (await s.create(newLease(3)))!.revision;
+      await s.remove("10.244.1.0/24", undefined, "revoked: disk replaced");
+      await s.remove("10.244.2.0/24", "node-2", "released");
+      await s.remove("10.244.3.0/24", undefined, "revoked");
+      const want = [["node-1", "revoked: disk replaced"], ["node-2", "released"], ["node-3", "revoked"]];
+      expect((await s.eventsSince(from)).map((e) => [e.lease.nodeName, e.reason])).toEqual(want);
+      await vi.waitFor(() => expect(seen.filter((e) => e.type === "removed").map((e) => [e.lease.nodeName, e.reason])).toEqual(want), { timeout: 5000 });
+    });
+
+    it("remembers when a server last said it was alive", async () => {
+      const s = await fresh();
+      expect(await s.lastAlive()).toBeUndefined();
+      await s.markAlive(1_800_000_000_000);
+      await s.markAlive(1_800_000_010_000);
+      expect(await s.lastAlive()).toBe(1_800_000_010_000);
     });
 
     it("reports REVISION_COMPACTED once history is gone", async () => {

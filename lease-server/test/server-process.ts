@@ -22,10 +22,17 @@ export function writeNetConf(dir: string, conf: unknown = { Network: "10.244.0.0
   return path;
 }
 
+/**
+ * Runs the server under another command, e.g. in a private mount namespace:
+ * gets the server's argv (node, BIN, flags) and returns the command to spawn.
+ */
+export type Wrap = (argv: string[]) => [string, string[]];
+const direct: Wrap = ([cmd, ...rest]) => [cmd!, rest];
+
 /** Runs the binary to completion (for flag/config errors). */
-export function runBin(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export function runBin(args: string[], wrap: Wrap = direct): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const p = spawn(process.execPath, [BIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    const p = spawn(...wrap([process.execPath, BIN, ...args]), { stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
     p.stdout.on("data", (d) => (stdout += d));
@@ -38,8 +45,8 @@ export function runBin(args: string[]): Promise<{ code: number | null; stdout: s
   });
 }
 
-export async function startServer(args: string[]): Promise<ServerProcess> {
-  const proc = spawn(process.execPath, [BIN, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", ...args], { stdio: ["ignore", "pipe", "pipe"] });
+export async function startServer(args: string[], wrap: Wrap = direct): Promise<ServerProcess> {
+  const proc = spawn(...wrap([process.execPath, BIN, "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", ...args]), { stdio: ["ignore", "pipe", "pipe"] });
   let out = "";
   const ports = await new Promise<{ grpc: string; http: string }>((resolve, reject) => {
     const t = setTimeout(() => reject(new Error(`lease server did not start in 15 s:\n${out}`)), 15_000);

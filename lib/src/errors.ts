@@ -10,6 +10,18 @@ export const ErrorCodes = {
   LEASE_CONFLICT: { grpc: 10, http: 409 },
   ALREADY_EXISTS: { grpc: 6, http: 409 },
   PERMISSION_DENIED: { grpc: 7, http: 403 },
+  /** No credentials on a request that needs them (HTTP adds WWW-Authenticate). */
+  UNAUTHENTICATED: { grpc: 16, http: 401 },
+  /** A request body over the daemon's limit. */
+  PAYLOAD_TOO_LARGE: { grpc: 8, http: 413 },
+  UNSUPPORTED_MEDIA_TYPE: { grpc: 3, http: 415 },
+  /** Request headers over node's limit (--max-http-header-size). */
+  HEADERS_TOO_LARGE: { grpc: 8, http: 431 },
+  /** The client did not send its whole request in time. */
+  REQUEST_TIMEOUT: { grpc: 4, http: 408 },
+  EXPECTATION_FAILED: { grpc: 9, http: 417 },
+  /** The server is not set up for the operation (e.g. join tokens without TLS). */
+  FAILED_PRECONDITION: { grpc: 9, http: 400 },
   REVISION_COMPACTED: { grpc: 11, http: 410 },
   STORE_UNAVAILABLE: { grpc: 14, http: 503 },
   /** The agent cannot reach any lease server. */

@@ -18,6 +18,11 @@ export interface Lease {
   readonly expiresAt: number;
   /** Revision of the last change to this lease. */
   readonly revision: number;
+  /**
+   * The agent instance that holds it (a random id from the agent's state dir); "" or absent: not bound.
+   * Server-side only: never sent to watchers or REST clients, since knowing it lets one renew the lease.
+   */
+  readonly instanceId?: string;
 }
 
 export type LeaseEventType = "added" | "changed" | "removed";
@@ -27,6 +32,26 @@ export interface LeaseEvent {
   /** For "removed": the lease's last attributes. */
   readonly lease: Lease;
   readonly revision: number;
+  /** For "removed": why ("released", "expired", "replaced", "revoked" or "revoked: <operator's reason>"). */
+  readonly reason?: string;
+}
+
+export interface UniqueAttr {
+  /** How an operator would name it, e.g. "VTEP MAC 0e:..". */
+  readonly label: string;
+  readonly key: string;
+}
+
+/**
+ * The attributes of a lease that no other live lease may share. WireGuard nodes behind one NAT share a
+ * public IP (with different ports), so for WireGuard only the key is unique.
+ */
+export function uniqueAttrs(publicIP: string, attrs: BackendAttrs): UniqueAttr[] {
+  switch (attrs.type) {
+    case "vxlan": return [{ label: `VTEP MAC ${attrs.vtepMac}`, key: `mac ${attrs.vtepMac}` }, { label: `public IP ${publicIP}`, key: `ip ${publicIP}` }];
+    case "host-gw": return [{ label: `public IP ${publicIP}`, key: `ip ${publicIP}` }];
+    case "wireguard": return [{ label: `WireGuard public key ${attrs.publicKey}`, key: `wg ${attrs.publicKey}` }];
+  }
 }
 
 // DNS-1123 subdomain, as Kubernetes node names.
@@ -41,11 +66,37 @@ export function validateNodeName(name: string, field = "node_name"): void {
   }
 }
 
-export function validatePublicIp(ip: string, field = "public_ip"): void {
+export interface PublicIpRules {
+  /** 169.254.0.0/16 is refused unless allowed (lease server --allow-link-local-public-ip). */
+  readonly allowLinkLocal?: boolean;
+}
+
+/**
+ * Why `ip` can never be a node's underlay address, or undefined when it can. 198.18.0.0/15 (benchmarking,
+ * our tests) and 192.0.0.0/24 stay valid on purpose: labs and benches use them as underlays.
+ */
+export function unusablePublicIp(ip: string, rules: PublicIpRules = {}): string | undefined {
+  const [a, b] = ip.split(".").map(Number) as [number, number];
+  if (a === 0) return "is in 0.0.0.0/8 (\"this network\"), which no other node can send to";
+  if (a === 127) return "is a loopback address";
+  if (ip === "255.255.255.255") return "is the broadcast address";
+  if (a >= 224 && a < 240) return "is a multicast address";
+  if (a >= 240) return "is in the reserved range 240.0.0.0/4";
+  if (a === 169 && b === 254 && !rules.allowLinkLocal) return "is link-local (169.254.0.0/16), usually an address the node gave itself without DHCP; start the lease server with --allow-link-local-public-ip if the underlay really is link-local";
+  return undefined;
+}
+
+export function validatePublicIp(ip: string, field = "public_ip", rules: PublicIpRules = {}): void {
   if (!ip) throw invalid(field, "is empty", "set it to the node's underlay IPv4 address");
   if (!isIpv4(ip)) throw invalid(field, `${JSON.stringify(ip.slice(0, 80))} is not an IPv4 address`, "write it like 198.18.0.1");
-  if (ip === "0.0.0.0" || ip.startsWith("127.") || ip === "255.255.255.255" || Number(ip.split(".")[0]) >= 224) {
-    throw invalid(field, `${ip} cannot be reached by other nodes`, "advertise the node's underlay unicast address");
+  const why = unusablePublicIp(ip, rules);
+  if (why) throw invalid(field, `${ip} ${why}`, "advertise the node's underlay unicast address (agent --public-ip or --iface)");
+}
+
+/** An agent instance id (random, from its state dir); "" means none (an older agent). */
+export function validateInstanceId(id: string | undefined, field = "instance_id"): void {
+  if (id && !/^[A-Za-z0-9_-]{8,64}$/.test(id)) {
+    throw invalid(field, `${JSON.stringify(id.slice(0, 80))} is not an instance id`, "send 8-64 letters, digits, '-' or '_' (the agent keeps one in <state-dir>/instance-id)");
   }
 }
 

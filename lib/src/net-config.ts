@@ -64,10 +64,15 @@ function canonicalKeys(obj: Record<string, unknown>, known: readonly string[], w
       fail(`${where}PSK`, "a pre-shared key in the network config would be sent to every client of GetNetworkConfig", "remove it, put the key in a file on each node (wg genpsk > /etc/weft/wireguard.psk, mode 0600) and start weft-agent with --wireguard-psk-file /etc/weft/wireguard.psk");
     }
     if (!canon && flannelOnly) fail(`${where}${flannelOnly}`, "is a Flannel setting weft does not support yet", `remove ${flannelOnly}`);
-    if (!canon) fail(`${where}${k}`, "unknown key", `valid keys are ${known.join(", ")}`);
+    if (!canon) fail(`${where}${keyName(k)}`, "unknown key", `valid keys are ${known.join(", ")}`);
     out[canon] = v;
   }
   return out;
+}
+
+/** A key as the message shows it: quoted (and cut short) when empty or odd, so the field stays recognisable. */
+function keyName(k: string): string {
+  return /^[A-Za-z0-9_-]{1,64}$/.test(k) ? k : JSON.stringify(k.length > 64 ? `${k.slice(0, 64)}...` : k);
 }
 
 function uint(v: unknown, field: string, min: number, max: number, dflt: number): number {

@@ -20,10 +20,18 @@ export function attrsFromPb(m: PbAttrs): BackendAttrs | undefined {
   return undefined;
 }
 
-export function leaseToPb(l: Lease): PbLease {
+/** What acquire and renew replies add to a lease: the lifetime granted and the store it is in. */
+export interface Grant {
+  readonly ttlMs: number;
+  readonly storeId: string;
+}
+
+/** The instance id is never put on the wire: it is what lets a client renew the lease. */
+export function leaseToPb(l: Lease, grant?: Grant): PbLease {
+  const ttl = grant && { seconds: Math.floor(grant.ttlMs / 1000), nanos: (grant.ttlMs % 1000) * 1_000_000 };
   return {
     subnet: l.subnet, nodeName: l.nodeName, publicIp: l.publicIP, backendType: l.attrs.type,
-    ...attrsToPb(l.attrs), expiresAt: l.expiresAt ? new Date(l.expiresAt) : undefined, revision: l.revision, ttl: undefined, storeId: "",
+    ...attrsToPb(l.attrs), expiresAt: l.expiresAt ? new Date(l.expiresAt) : undefined, revision: l.revision, ttl, storeId: grant?.storeId ?? "",
   };
 }
 
@@ -34,14 +42,21 @@ export function leaseFromPb(m: PbLease): Lease {
   };
 }
 
+/** The grant of an acquire or renew reply; undefined from a server that states no TTL (older weft). */
+export function grantFromPb(m: PbLease): Grant | undefined {
+  if (!m.ttl) return undefined;
+  const ttlMs = Number(m.ttl.seconds) * 1000 + Math.floor(m.ttl.nanos / 1_000_000);
+  return Number.isFinite(ttlMs) && ttlMs > 0 ? { ttlMs, storeId: m.storeId } : undefined;
+}
+
 const TYPE_TO_PB = { added: LeaseEvent_Type.TYPE_ADDED, changed: LeaseEvent_Type.TYPE_CHANGED, removed: LeaseEvent_Type.TYPE_REMOVED } as const;
 
 export function eventToPb(e: LeaseEvent): PbLeaseEvent {
-  return { type: TYPE_TO_PB[e.type], lease: leaseToPb(e.lease), revision: e.revision, reason: "" };
+  return { type: TYPE_TO_PB[e.type], lease: leaseToPb(e.lease), revision: e.revision, reason: e.reason ?? "" };
 }
 
 export function eventFromPb(m: PbLeaseEvent): LeaseEvent | undefined {
   const type = m.type === LeaseEvent_Type.TYPE_ADDED ? "added" : m.type === LeaseEvent_Type.TYPE_CHANGED ? "changed" : m.type === LeaseEvent_Type.TYPE_REMOVED ? "removed" : undefined;
   if (!type || !m.lease) return undefined;
-  return { type, lease: leaseFromPb(m.lease), revision: m.revision };
+  return { type, lease: leaseFromPb(m.lease), revision: m.revision, ...(m.reason ? { reason: m.reason.slice(0, 300) } : {}) };
 }

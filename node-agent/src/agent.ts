@@ -2,8 +2,13 @@
 // server, external interface, backend device (weft devices of another backend
 // are removed first), lease (with the device's attributes), device address,
 // masquerade and forward rules, subnet.env; then these loops run until stop():
-//   - renew: at half the remaining TTL, retried with backoff and jitter;
-//     re-acquires when the server no longer knows the lease;
+//   - renew: at half the TTL the server granted, counted on this host's
+//     monotonic clock from when the request was sent (never by comparing the
+//     server's expiresAt with our wall clock: clocks may be skewed by hours);
+//     retried with backoff and jitter, warning why (at most every 30 s);
+//     re-acquires when the server no longer knows the lease, except after a
+//     revocation: then only after a back-off (30 s doubling to 10 min), so a
+//     revoke does not make every peer flap within milliseconds;
 //   - watch: WatchLeases into the PeerTable, resuming from the last revision;
 //     a server whose store is not the one our lease is in (a store id other
 //     than the one learned after acquiring) is refused: its feed is not applied,
@@ -31,7 +36,7 @@ import type { Dataplane } from "./dataplane/dataplane.js";
 import { DataplaneSync } from "./dataplane-sync.js";
 import type { FirewallOptions, RuleSet } from "./firewall/firewall.js";
 import { selectInterface } from "./iface.js";
-import type { LeaseApi } from "./lease-client.js";
+import type { GrantedLease, LeaseApi } from "./lease-client.js";
 import type { AgentMetrics } from "./metrics.js";
 import { PeerTable } from "./peer-table.js";
 import { Reconciler } from "./reconciler.js";
@@ -46,10 +51,24 @@ export interface AgentDeps {
   readonly metrics: AgentMetrics;
   /** The masquerade and forward rules for this node (firewall.ts on a real host). */
   readonly firewall: (o: FirewallOptions) => RuleSet;
+  /** Wall and monotonic time; tests fake a skewed wall clock. */
+  readonly clock?: AgentClock;
+  /** Re-acquire back-off after a revocation: base, doubling per revoke in a row, up to max (each ±20 %). */
+  readonly revokeBackoff?: { readonly baseMs: number; readonly maxMs: number };
 }
 
-/** Errors that retrying cannot fix. */
-const PERMANENT = new Set(["CONFIG_INVALID", "INVALID_ARGUMENT", "PERMISSION_DENIED"]);
+export interface AgentClock {
+  /** Wall clock (ms since the epoch): only for showing times. */
+  now(): number;
+  /** Monotonic ms: what renewals are scheduled on. */
+  monotonic(): number;
+}
+
+const systemClock: AgentClock = { now: () => Date.now(), monotonic: () => performance.now() };
+
+/** Errors that retrying cannot fix. ALREADY_EXISTS: another agent instance holds this node name, or our attributes. */
+const PERMANENT = new Set(["CONFIG_INVALID", "INVALID_ARGUMENT", "PERMISSION_DENIED", "ALREADY_EXISTS"]);
+const RENEW_WARN_EVERY_MS = 30_000;
 
 export class Agent {
   private readonly ac = new AbortController();
@@ -61,6 +80,15 @@ export class Agent {
   private network: NetworkConfig | undefined;
   private local: LocalNode | undefined;
   private lease: Lease | undefined;
+  /** Monotonic time by which the lease runs out unless renewed (Infinity: never). */
+  private deadline = Infinity;
+  private instanceId = "";
+  private readonly clock: AgentClock;
+  /** Set from a revocation of our lease until the re-acquire after the back-off succeeds. */
+  private revoked: { readonly reason: string; readonly retryAt: number } | undefined;
+  private revokes = { count: 0, last: -Infinity };
+  /** Renewals failing in a row: a watch that gets through again means the server is back, so renew at once. */
+  private renewFailures = 0;
   /** Attributes published (at start-up, or since by announce()); a re-acquire reuses them (no second device set-up). */
   private attrs: BackendAttrs | undefined;
   private wasReady = false;
@@ -83,7 +111,8 @@ export class Agent {
   readonly fatal: Promise<never>;
 
   constructor(private readonly deps: AgentDeps) {
-    this.peers = new PeerTable(deps.config.nodeName);
+    this.clock = deps.clock ?? systemClock;
+    this.peers = new PeerTable(deps.config.nodeName, (c) => deps.log.warn({ peer: c.lease.nodeName, subnet: c.lease.subnet, holder: c.holder.nodeName, holderSubnet: c.holder.subnet }, `peer lease not programmed: ${c.detail}`));
     this.fatal = new Promise<never>((_, reject) => (this.fatalReject = reject));
     this.fatal.catch(() => { /* observed by main */ });
   }
@@ -100,10 +129,14 @@ export class Agent {
     log.info({ iface: iface.name, ip: iface.ip, publicIP: iface.publicIP, mtu: iface.mtu }, "external interface selected");
     this.local = { nodeName: config.nodeName, network: this.network, iface };
 
+    const state = new AgentState(config.stateDir, log.child({ component: "state" }));
+    this.instanceId = await state.instanceId();
+    const previousSubnet = await readPreviousSubnet(config.subnetFile);
+    await this.refuseTakenName(previousSubnet);
     const backend = createBackend({
       dataplane, network: this.network, vxlanDevice: config.vxlanDevice,
       wireguard: { device: config.wireguardDevice, presharedKey: config.wireguardPsk, stateDir: config.stateDir },
-      state: new AgentState(config.stateDir, log.child({ component: "state" })), log: log.child({ component: this.network.backend.type }),
+      state, log: log.child({ component: this.network.backend.type }),
       announce: (a) => this.announce(a),
     });
     this.backend = backend;
@@ -112,15 +145,17 @@ export class Agent {
     const attrs = await backend.init(this.local);
     this.attrs = attrs;
 
-    const previousSubnet = await readPreviousSubnet(config.subnetFile);
-    this.lease = await this.retry("acquire lease", () => client.acquire({ nodeName: config.nodeName, publicIP: iface.publicIP, attrs, previousSubnet }));
+    // ALREADY_EXISTS (another agent instance holds this node name) is permanent: start-up fails here,
+    // before any route, address or rule is touched; only this host's own device exists by now.
+    const sent = this.clock.monotonic();
+    const acquired = await this.retry("acquire lease", () => client.acquire({ nodeName: config.nodeName, publicIP: iface.publicIP, attrs, previousSubnet, instanceId: this.instanceId }));
     this.leaseServer = client.server;
-    this.onLease(this.lease);
-    log.info({ subnet: this.lease.subnet, previousSubnet, expiresAt: new Date(this.lease.expiresAt).toISOString(), server: this.leaseServer }, "lease acquired");
-    await backend.configureSubnet(this.lease);
+    this.onLease(acquired, sent);
+    log.info({ subnet: acquired.subnet, previousSubnet, expiresAt: new Date(acquired.expiresAt).toISOString(), ttlMs: acquired.ttlMs, server: this.leaseServer }, "lease acquired");
+    await backend.configureSubnet(acquired);
 
     // Flannel's order: the rules are in place before subnet.env says FLANNEL_IPMASQ=true.
-    const subnet = parseCidr(this.lease.subnet)!;
+    const subnet = parseCidr(acquired.subnet)!;
     const firewall = this.deps.firewall({ network: this.network.network, subnet, masquerade: config.ipMasq, forward: config.forwardRules });
     await firewall.check();
     await firewall.ensure();
@@ -150,6 +185,21 @@ export class Agent {
     }
   }
 
+  /**
+   * A second agent on the same host (another state dir, the same subnet.env) must fail before it touches
+   * the device the first one uses (a new WireGuard key or VTEP MAC would cut the first off). Renewing the
+   * lease of subnet.env answers ALREADY_EXISTS exactly then; anything else is left to the acquire.
+   */
+  private async refuseTakenName(previousSubnet: string | undefined): Promise<void> {
+    if (!previousSubnet) return;
+    const { client, config } = this.deps;
+    try {
+      await client.renew(config.nodeName, previousSubnet, this.instanceId);
+    } catch (err) {
+      if (isWeftError(err, "ALREADY_EXISTS")) throw err;
+    }
+  }
+
   /** POST /v1/wireguard/rotate-key and the rotation timer. */
   async rotateKey(): Promise<KeyRotation> {
     const b = this.backend;
@@ -165,13 +215,14 @@ export class Agent {
       const old = this.lease!;
       const refused = this.acquireRefusal(client.server);
       if (refused) throw new WeftError("NOT_READY", `not publishing new backend attributes: ${refused}`);
-      const l = await client.acquire({ nodeName: config.nodeName, publicIP: this.local!.iface.publicIP, attrs, previousSubnet: old.subnet });
+      const sent = this.clock.monotonic();
+      const l = await client.acquire({ nodeName: config.nodeName, publicIP: this.local!.iface.publicIP, attrs, previousSubnet: old.subnet, instanceId: this.instanceId });
       this.attrs = attrs;
       if (l.subnet !== old.subnet) {
         this.die(new WeftError("LEASE_CONFLICT", `lease changed from ${old.subnet} to ${l.subnet} while publishing new backend attributes (it had expired); restarting so pods and subnet.env follow`));
         return;
       }
-      this.onLease(l);
+      this.onLease(l, sent);
       log.info({ subnet: l.subnet, attrs }, "backend attributes published");
     });
   }
@@ -203,17 +254,52 @@ export class Agent {
     }
   }
 
-  private onLease(l: Lease): void {
+  /**
+   * A lease from an acquire or renew sent at monotonic time `sent`. Its deadline is sent + the TTL the server
+   * granted (the server counted from later, so we are on the safe side); a server that states no TTL
+   * (an older weft) leaves only expiresAt against our wall clock.
+   */
+  private onLease(l: GrantedLease, sent: number): void {
     this.lease = l;
+    const ttl = l.ttlMs ?? (l.expiresAt ? l.expiresAt - this.clock.now() : Infinity);
+    this.deadline = l.expiresAt ? sent + ttl : Infinity;
     this.deps.metrics.leaseExpiry.set(l.expiresAt / 1000);
+  }
+
+  /** Our lease was revoked (reason from the removal event): re-acquire only after a back-off. */
+  private onRevoked(reason: string): void {
+    const now = this.clock.monotonic();
+    const { baseMs, maxMs } = this.deps.revokeBackoff ?? { baseMs: 30_000, maxMs: 600_000 };
+    // Revokes in a row double the wait; an hour without one starts over.
+    this.revokes = { count: now - this.revokes.last > 3_600_000 ? 1 : this.revokes.count + 1, last: now };
+    const delay = Math.round(Math.min(maxMs, baseMs * 2 ** (this.revokes.count - 1)) * (0.8 + 0.4 * Math.random()));
+    this.revoked = { reason, retryAt: now + delay };
+    this.deps.log.warn({ subnet: this.lease?.subnet, reason, revokes: this.revokes.count, reacquireInMs: delay },
+      `lease ${this.lease?.subnet} was ${reason}; the data plane stays as it is, and the lease is acquired again in ${Math.round(delay / 1000)}s`);
+    this.updateReady();
+    this.renewKick?.();
   }
 
   private async renewLoop(): Promise<void> {
     const { client, config, log, metrics } = this.deps;
     let attempt = 0;
+    let lastWarn = -Infinity;
+    let failures = 0;
     while (!this.signal.aborted) {
+      if (this.revoked) {
+        const wait = this.revoked.retryAt - this.clock.monotonic();
+        if (wait > 0) {
+          await sleep(wait, this.signal);
+          continue;
+        }
+        await this.reacquire();
+        this.revoked = undefined;
+        this.updateReady();
+        attempt = 0;
+        continue;
+      }
       const lease = this.lease!;
-      const remaining = lease.expiresAt ? lease.expiresAt - Date.now() : 3_600_000;
+      const remaining = lease.expiresAt ? this.deadline - this.clock.monotonic() : 3_600_000;
       // Renew at half the remaining time; after a failure retry soon, well before expiry;
       // once the lease has expired anyway, back off properly instead of hammering the server.
       const wait = attempt === 0 ? Math.max(250, remaining / 2)
@@ -225,7 +311,7 @@ export class Agent {
       });
       this.renewKick = undefined;
       if (this.signal.aborted) return;
-      if (!lease.expiresAt) continue;
+      if (this.revoked || !lease.expiresAt) continue;
       const server = client.server;
       const foreign = this.foreignStore(server);
       if (foreign !== undefined) {
@@ -237,12 +323,19 @@ export class Agent {
         continue;
       }
       try {
-        this.onLease(await client.renew(config.nodeName, lease.subnet));
+        const sent = this.clock.monotonic();
+        this.onLease(await client.renew(config.nodeName, lease.subnet, this.instanceId), sent);
         metrics.leaseRenewals.inc({ result: "ok" });
+        if (failures > 0) log.info({ failures, subnet: lease.subnet }, "lease renewed again after failures");
         attempt = 0;
+        failures = 0;
+        this.renewFailures = 0;
       } catch (err) {
+        // Another agent instance holds our node name now (our lease had expired): nothing to retry.
+        if (isWeftError(err, "ALREADY_EXISTS")) throw err;
         if (isWeftError(err, "LEASE_NOT_FOUND")) {
           metrics.leaseRenewals.inc({ result: "not_found" });
+          if (this.revoked) continue; // the revocation's back-off decides when
           const refused = this.acquireRefusal(server);
           if (refused) {
             // Acquiring there would hand this node a second subnet in another lease database.
@@ -257,7 +350,15 @@ export class Agent {
         }
         metrics.leaseRenewals.inc({ result: "error" });
         attempt++;
-        log.warn({ err: (err as Error).message, attempt, expiresInMs: lease.expiresAt - Date.now() }, "lease renew failed; will retry");
+        failures++;
+        this.renewFailures = failures;
+        // The data plane stays as it is whatever happens here; say why at most every 30 s.
+        const now = this.clock.monotonic();
+        const fields = { err: (err as Error).message, failures, expiresInMs: Math.round(this.deadline - now), subnet: lease.subnet };
+        if (now - lastWarn >= RENEW_WARN_EVERY_MS) {
+          lastWarn = now;
+          log.warn(fields, this.deadline > now ? "lease renew failed; will retry (the data plane stays as it is)" : "lease renew failed and the lease has run out; will retry (the data plane stays as it is)");
+        } else log.debug(fields, "lease renew failed; will retry");
       }
     }
   }
@@ -266,18 +367,20 @@ export class Agent {
     const { client, config, log } = this.deps;
     const old = this.lease!;
     // The device (and its MAC) is the one set up at start; repair() keeps it alive. No second init() here.
+    let sent = 0;
     const l = await this.retry("re-acquire lease", () => this.leaseOp(() => {
       // The retries may fail over; never to a server of another store.
       const refused = this.acquireRefusal(client.server);
       if (refused) throw new WeftError("NOT_READY", `not re-acquiring the lease: ${refused}`);
-      return client.acquire({ nodeName: config.nodeName, publicIP: this.local!.iface.publicIP, attrs: this.attrs!, previousSubnet: old.subnet });
+      sent = this.clock.monotonic();
+      return client.acquire({ nodeName: config.nodeName, publicIP: this.local!.iface.publicIP, attrs: this.attrs!, previousSubnet: old.subnet, instanceId: this.instanceId });
     }));
     this.leaseServer = client.server;
     if (l.subnet !== old.subnet) {
       // Pods already hold addresses from the old subnet; only a restart (and re-created pods) can fix that.
       throw new WeftError("LEASE_CONFLICT", `lease changed from ${old.subnet} to ${l.subnet} after expiry; restarting so pods and subnet.env follow`);
     }
-    this.onLease(l);
+    this.onLease(l, sent);
     log.info({ subnet: l.subnet }, "lease re-acquired");
   }
 
@@ -296,6 +399,7 @@ export class Agent {
       this.watchServer = server;
       this.rewatch = end;
       let foreign = false;
+      let first = true;
       try {
         // Revisions only compare within one store: we send our lease's; a server with another answers with a snapshot.
         for await (const m of client.watch(from, stream.signal, this.leaseStore?.id ?? "")) {
@@ -306,6 +410,12 @@ export class Agent {
               break;
             }
             refusals = 0;
+            if (first) {
+              first = false;
+              // After an outage the renew loop may be deep in its back-off; a server of our store answering
+              // a new stream is back, and a lease that ran out meanwhile is kept only for a grace period.
+              if (this.renewFailures > 0) this.renewKick?.();
+            }
           }
           attempt = 0;
           switch (m.kind) {
@@ -323,7 +433,11 @@ export class Agent {
               for (const e of m.events) {
                 if (e.revision && e.revision <= revision) continue;
                 if (e.lease.nodeName === this.deps.config.nodeName) {
-                  if (e.type === "removed") this.renewKick?.();
+                  if (e.type === "removed") {
+                    const current = this.lease && e.lease.subnet === this.lease.subnet && e.revision >= this.lease.revision;
+                    if (current && e.reason?.startsWith("revoked") && !this.revoked) this.onRevoked(e.reason);
+                    else this.renewKick?.();
+                  }
                   continue;
                 }
                 log.info({ type: e.type, subnet: e.lease.subnet, peer: e.lease.nodeName, revision: e.revision }, "lease event");
@@ -432,6 +546,10 @@ export class Agent {
   private notReadyReasons(): string[] {
     if (!this.lease) return ["no lease yet"];
     const store = this.mismatch ? [this.mismatchReason(this.mismatch.server, this.mismatch.id)] : [];
+    if (this.revoked) {
+      const inS = Math.max(0, Math.round((this.revoked.retryAt - this.clock.monotonic()) / 1000));
+      store.push(`lease ${this.lease.subnet} was ${this.revoked.reason}; acquiring it again in ${inS}s`);
+    }
     if (!this.peers.synced) return [...store, "waiting for the lease server's peer snapshot"];
     if (!this.sync?.passDone) return [...store, "peers not programmed yet"];
     return [...store, ...this.sync.problemList()];

@@ -2,14 +2,21 @@
 // metrics. buildApi() wires routes without listening, so tests use inject().
 //
 // Plain node:http rather than fastify: the agent runs on every node and
-// fastify alone cost it about 17 MiB of RSS for five GET routes. Responses
-// (status codes, JSON shapes, content types, 404 and bad-URL bodies, HEAD) are
-// the ones fastify produced for these routes.
+// fastify alone cost it about 17 MiB of RSS for five GET routes. Success
+// responses (status codes, JSON shapes, content types, HEAD) are the ones
+// fastify produced for these routes; every error is an RFC 9457 problem
+// (lib/src/problem.ts), as on the lease server.
+//
+// The one route that changes state, POST /v1/wireguard/rotate-key, needs the
+// bearer token of --admin-token-file when one is configured; without one the
+// agent listens only on loopback (config.ts), where local root may rotate.
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import type { Registry } from "prom-client";
-import { isWeftError, ErrorCodes } from "../../lib/src/errors.js";
+import { bearerToken, tokenMatches } from "../../lib/src/admin-token.js";
+import { WeftError } from "../../lib/src/errors.js";
 import type { Logger } from "../../lib/src/logger.js";
+import { MAX_HEADER_BYTES, PROBLEM_CONTENT_TYPE, clientErrorListener, expectationListener, problem, problemFromError, type Problem } from "../../lib/src/problem.js";
 
 export interface LeaseView {
   readonly subnet: string;
@@ -60,6 +67,14 @@ interface Reply {
   readonly statusCode: number;
   readonly type: string;
   readonly body: string;
+  readonly headers?: Readonly<Record<string, string>>;
+}
+
+interface Request {
+  readonly method: string;
+  readonly url: string;
+  readonly authorization?: string;
+  readonly remote?: string;
 }
 
 export interface InjectResponse {
@@ -73,7 +88,7 @@ export interface AgentApi {
   listen(o: { host: string; port: number }): Promise<string>;
   close(): Promise<void>;
   /** Runs one request through the routes without a socket (tests). */
-  inject(req: string | { method?: string; url: string }): Promise<InjectResponse>;
+  inject(req: string | { method?: string; url: string; headers?: Record<string, string> }): Promise<InjectResponse>;
   /** The listening address, once listen() resolved. */
   address(): AddressInfo | undefined;
 }
@@ -83,6 +98,7 @@ const TEXT = "text/plain";
 
 const json = (statusCode: number, v: unknown): Reply => ({ statusCode, type: JSON_TYPE, body: JSON.stringify(v) });
 const text = (statusCode: number, body: string): Reply => ({ statusCode, type: TEXT, body });
+const problemReply = (p: Problem, headers?: Record<string, string>): Reply => ({ statusCode: p.status, type: `${PROBLEM_CONTENT_TYPE}; charset=utf-8`, body: JSON.stringify(p), headers });
 
 // The response schemas of the fastify version: only these fields, in this order.
 const leaseJson = (l: LeaseView) => ({ subnet: l.subnet, publicIP: l.publicIP, backendType: l.backendType, expiresAt: l.expiresAt });
@@ -101,7 +117,15 @@ function pathOf(url: string): string {
   return url;
 }
 
-export function buildApi(deps: { view: AgentView; registry: Registry; log: Logger }): AgentApi {
+export interface ApiDeps {
+  readonly view: AgentView;
+  readonly registry: Registry;
+  readonly log: Logger;
+  /** From --admin-token-file: POST routes then need "Authorization: Bearer <token>". */
+  readonly adminToken?: string;
+}
+
+export function buildApi(deps: ApiDeps): AgentApi {
   const log = deps.log.child({ component: "api" });
 
   const routes: Record<string, () => Reply | Promise<Reply>> = {
@@ -112,7 +136,7 @@ export function buildApi(deps: { view: AgentView; registry: Registry; log: Logge
     },
     "/v1/lease": () => {
       const l = deps.view.lease();
-      return l ? json(200, leaseJson(l)) : json(503, { code: "LEASE_NOT_FOUND", message: "no lease yet" });
+      return l ? json(200, leaseJson(l)) : problemReply(problem("NOT_READY", "no lease yet: the agent is still acquiring one; /readyz says why", "/v1/lease"));
     },
     "/v1/peers": async () => json(200, (await deps.view.peers()).map(peerJson)),
     "/metrics": async () => ({ statusCode: 200, type: deps.registry.contentType, body: await deps.registry.metrics() }),
@@ -125,36 +149,63 @@ export function buildApi(deps: { view: AgentView; registry: Registry; log: Logge
     },
   };
 
-  async function handle(method: string, url: string): Promise<Reply> {
+  /** undefined: allowed. */
+  function refuseAdmin(req: Request, path: string): Reply | undefined {
+    const presented = bearerToken(req.authorization);
+    let err: WeftError | undefined;
+    if (!deps.adminToken) {
+      // Loopback only (config.ts); a token sent anyway is a mistake worth saying.
+      if (presented !== undefined) err = new WeftError("PERMISSION_DENIED", "this agent takes no bearer token (no --admin-token-file); send the request without Authorization, or start the agent with --admin-token-file");
+    } else if (presented === undefined) {
+      err = new WeftError("UNAUTHENTICATED", "this route changes state and needs the agent's admin token; send Authorization: Bearer <the token in --admin-token-file>");
+    } else if (!tokenMatches(presented, deps.adminToken)) {
+      err = new WeftError("PERMISSION_DENIED", "the bearer token does not match the agent's --admin-token-file; send the token in that file");
+    }
+    if (!err) return undefined;
+    // Never the token.
+    log.warn({ route: `${req.method} ${path}`, remote: req.remote, code: err.code }, "admin request refused");
+    return problemReply(problemFromError(err, path), err.code === "UNAUTHENTICATED" ? { "www-authenticate": 'Bearer realm="weft-agent"' } : undefined);
+  }
+
+  async function handle(req: Request): Promise<Reply> {
+    const { method, url } = req;
     let path = pathOf(url);
     if (path.includes("%")) {
       try {
         path = decodeURI(path);
       } catch {
-        return { statusCode: 400, type: "application/json", body: JSON.stringify({ error: "Bad Request", code: "FST_ERR_BAD_URL", message: `'${path}' is not a valid url component`, statusCode: 400 }) };
+        return problemReply(problem("INVALID_ARGUMENT", `the URL path ${JSON.stringify(path)} has a malformed %-escape; check the request URL`, path));
       }
     }
     const table = method === "POST" ? postRoutes : method === "GET" || method === "HEAD" ? routes : undefined;
     const route = table && Object.hasOwn(table, path) ? table[path] : undefined;
     if (!route) {
-      return json(404, { message: `Route ${method}:${url} not found`, error: "Not Found", statusCode: 404 });
+      const other = Object.hasOwn(postRoutes, path) ? " (it takes POST)" : Object.hasOwn(routes, path) ? " (it takes GET)" : "";
+      return problemReply(problem("NOT_FOUND", `no route ${method} ${path}${other}; the agent serves GET /healthz, /readyz, /v1/lease, /v1/peers, /metrics and POST /v1/wireguard/rotate-key`, path));
+    }
+    if (table === postRoutes) {
+      const refused = refuseAdmin(req, path);
+      if (refused) return refused;
     }
     try {
       return await route();
     } catch (err) {
-      if (isWeftError(err)) return json(ErrorCodes[err.code].http, { code: err.code, message: err.message });
-      log.error({ err }, "request failed");
-      return json(500, { code: "INTERNAL", message: "internal error" });
+      const p = problemFromError(err, path);
+      if (p.code === "INTERNAL") log.error({ err }, "request failed");
+      return problemReply(p);
     }
   }
 
-  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
+  const server = createServer({ maxHeaderSize: MAX_HEADER_BYTES }, (req: IncomingMessage, res: ServerResponse) => {
     const method = req.method ?? "GET";
-    void handle(method, req.url ?? "/").then((r) => {
-      res.writeHead(r.statusCode, { "content-type": r.type, "content-length": Buffer.byteLength(r.body) });
+    void handle({ method, url: req.url ?? "/", authorization: req.headers.authorization, remote: req.socket.remoteAddress }).then((r) => {
+      res.writeHead(r.statusCode, { ...r.headers, "content-type": r.type, "content-length": Buffer.byteLength(r.body) });
       res.end(method === "HEAD" ? undefined : r.body);
     });
   });
+  // Oversized headers and malformed requests never reach the handler; answer them in the problem shape too.
+  server.on("clientError", clientErrorListener(MAX_HEADER_BYTES));
+  server.on("checkExpectation", expectationListener());
   // fastify's defaults.
   server.keepAliveTimeout = 72_000;
   server.requestTimeout = 0;
@@ -177,11 +228,11 @@ export function buildApi(deps: { view: AgentView; registry: Registry; log: Logge
       server.closeIdleConnections();
     }),
     inject: async (req) => {
-      const { method = "GET", url } = typeof req === "string" ? { url: req } : req;
-      const r = await handle(method.toUpperCase(), url);
+      const { method = "GET", url, headers = {} } = typeof req === "string" ? { url: req } : req;
+      const r = await handle({ method: method.toUpperCase(), url, authorization: headers.authorization ?? headers.Authorization });
       const body = method.toUpperCase() === "HEAD" ? "" : r.body;
       return {
-        statusCode: r.statusCode, headers: { "content-type": r.type, "content-length": String(Buffer.byteLength(r.body)) }, body,
+        statusCode: r.statusCode, headers: { ...r.headers, "content-type": r.type, "content-length": String(Buffer.byteLength(r.body)) }, body,
         json: () => JSON.parse(body),
       };
     },

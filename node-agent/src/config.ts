@@ -1,6 +1,7 @@
 // Flags -> one validated, frozen agent config. Nothing else reads argv or env.
 import { hostname } from "node:os";
 import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
 import { X509Certificate } from "node:crypto";
 import { createSecureContext } from "node:tls";
 import { isIpv4 } from "../../lib/src/cidr.js";
@@ -9,8 +10,10 @@ import { parseFlags, parseHostPort, usageError, type FlagSpec } from "../../lib/
 import { validateNodeName, validatePublicIp } from "../../lib/src/lease.js";
 import { deepFreeze } from "../../lib/src/net-config.js";
 import { isWeftError } from "../../lib/src/errors.js";
+import { isLoopbackHost, readAdminTokenFile } from "../../lib/src/admin-token.js";
 import type { TlsFiles } from "./lease-client.js";
 import { isKey } from "./wireguard/keys.js";
+import { JOIN_TOKEN_RE, NODE_CERT_FILE } from "./identity-files.js";
 
 export const BIN = "weft-agent";
 
@@ -35,6 +38,8 @@ export const FLAGS = {
   "tls-ca": { type: "string", value: "FILE", help: "CA (PEM) that signed the lease server's certificate" },
   "tls-cert": { type: "string", value: "FILE", help: "client certificate (PEM) for mTLS; its name must be the node name" },
   "tls-key": { type: "string", value: "FILE", help: "client private key (PEM) for mTLS" },
+  "join-token-file": { type: "string", value: "FILE", help: "file with a join token (POST /v1/join-tokens on the lease server); the agent trades it once for its own client certificate, kept in --state-dir (node.crt, node.key) and renewed without the token; needs --tls-ca" },
+  "admin-token-file": { type: "string", value: "FILE", help: "bearer token (32+ characters, file mode 600) that POST /v1/wireguard/rotate-key then requires; needed when --http-listen is not loopback. Make one with: head -c 32 /dev/urandom | base64 > FILE" },
   "log-level": { type: "string", value: "LEVEL", default: "info", help: "trace, debug, info, warn or error" },
   help: { type: "boolean", help: "print this help" },
 } as const satisfies Record<string, FlagSpec>;
@@ -66,6 +71,13 @@ export interface AgentConfig {
   readonly resyncIntervalMs: number;
   /** undefined = insecure. */
   readonly tls?: TlsFiles;
+  /** From --admin-token-file: the REST API's POST routes need it. */
+  readonly adminToken?: string;
+  /**
+   * --join-token-file: the client certificate is the one in the state dir, obtained with the token
+   * (undefined when the file is gone but a certificate from an earlier join is there).
+   */
+  readonly join?: { readonly file: string; readonly token?: string };
   readonly logLevel: string;
 }
 
@@ -125,6 +137,16 @@ function validateTls(t: TlsFiles): void {
   }
 }
 
+/** The token, checked for form; a missing file is fine once the state dir has a certificate from an earlier join. */
+function readJoinToken(path: string, stateDir: string): { file: string; token?: string } {
+  if (!existsSync(path) && existsSync(join(stateDir, NODE_CERT_FILE))) return { file: path };
+  const token = readFlagFile("join-token-file", path).toString("utf8").trim();
+  if (!JOIN_TOKEN_RE.test(token)) {
+    throw usageError(`--join-token-file: ${path} does not hold a join token (<6 characters>.<16 characters> of a-z, 0-9, as POST /v1/join-tokens answers); write the token alone into the file`);
+  }
+  return { file: path, token };
+}
+
 /** Returns undefined for --help; throws CONFIG_INVALID naming the flag and the fix. */
 export function loadAgentConfig(argv: readonly string[]): AgentConfig | CleanupConfig | undefined {
   const f = parseFlags(argv, FLAGS, BIN);
@@ -169,6 +191,16 @@ export function loadAgentConfig(argv: readonly string[]): AgentConfig | CleanupC
     throw usageError(`--resync-interval: ${JSON.stringify(f["resync-interval"])} is not a duration from 1s to 1h; write it like 10s`);
   }
   const [host, port] = parseHostPort(f["http-listen"], "http-listen");
+  const adminToken = f["admin-token-file"] === undefined ? undefined : readAdminTokenFile(f["admin-token-file"]);
+  if (!adminToken && !isLoopbackHost(host)) {
+    throw usageError(`--http-listen ${host}: POST /v1/wireguard/rotate-key would be open to anyone who reaches this address; pass --admin-token-file FILE (head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE), or listen on 127.0.0.1`);
+  }
+
+  const tokenFile = f["join-token-file"];
+  if (tokenFile !== undefined && f.insecure) throw usageError("--join-token-file conflicts with --insecure: joining needs TLS; pass --tls-ca with the CA of the lease server's certificate");
+  if (tokenFile !== undefined && (f["tls-cert"] || f["tls-key"])) throw usageError("--join-token-file conflicts with --tls-cert/--tls-key: the node gets its certificate with the token; pass one or the other");
+  if (tokenFile !== undefined && !f["tls-ca"]) throw usageError("--join-token-file needs --tls-ca: the CA (PEM) of the lease server's certificate, so the token goes only to the real server");
+  const joining = tokenFile === undefined ? undefined : readJoinToken(tokenFile, f["state-dir"]);
 
   let tls: TlsFiles | undefined;
   const anyTls = f["tls-ca"] || f["tls-cert"] || f["tls-key"];
@@ -182,6 +214,6 @@ export function loadAgentConfig(argv: readonly string[]): AgentConfig | CleanupC
 
   return deepFreeze({
     cleanup: false as const, servers, nodeName, iface: f.iface, publicIP: f["public-ip"], subnetFile: f["subnet-file"], stateDir: f["state-dir"],
-    httpListen: { host, port }, vxlanDevice: f["vxlan-device"], wireguardDevice: f["wireguard-device"], wireguardPsk, wireguardKeyRotationMs, ipMasq: f["ip-masq"], forwardRules: f["forward-rules"], watchKernel: f["watch-kernel"], resyncIntervalMs: resync, tls, logLevel: f["log-level"],
+    httpListen: { host, port }, vxlanDevice: f["vxlan-device"], wireguardDevice: f["wireguard-device"], wireguardPsk, wireguardKeyRotationMs, ipMasq: f["ip-masq"], forwardRules: f["forward-rules"], watchKernel: f["watch-kernel"], resyncIntervalMs: resync, tls, adminToken, join: joining, logLevel: f["log-level"],
   });
 }

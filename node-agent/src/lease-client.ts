@@ -8,7 +8,7 @@ import { LeaseServiceClient, WatchLeasesResponse_Kind, type Lease as PbLease, ty
 import { WeftError, type ErrorCode } from "../../lib/src/errors.js";
 import type { BackendAttrs, Lease, LeaseEvent } from "../../lib/src/lease.js";
 import { parseNetworkConfig, type NetworkConfig } from "../../lib/src/net-config.js";
-import { attrsToPb, eventFromPb, leaseFromPb } from "../../lib/src/proto-convert.js";
+import { attrsToPb, eventFromPb, grantFromPb, leaseFromPb } from "../../lib/src/proto-convert.js";
 import { clampTimerMs } from "./backoff.js";
 
 export type WatchMessage =
@@ -45,6 +45,20 @@ export interface AcquireRequest {
   readonly publicIP: string;
   readonly attrs: BackendAttrs;
   readonly previousSubnet?: string;
+  /** This agent's instance id (<state-dir>/instance-id); binds the lease to it on servers without mTLS. */
+  readonly instanceId?: string;
+}
+
+/**
+ * A lease as an acquire or renew answers it: `ttlMs` is the lifetime the server granted, counted from the
+ * reply (agents schedule renewals from it, not by comparing expiresAt with their own clock); absent from
+ * servers that state none.
+ */
+export type GrantedLease = Lease & { readonly ttlMs?: number; readonly storeId?: string };
+
+function granted(pb: PbLease): GrantedLease {
+  const g = grantFromPb(pb);
+  return g ? { ...leaseFromPb(pb), ttlMs: g.ttlMs, storeId: g.storeId } : leaseFromPb(pb);
 }
 
 const CODE_MAP: Partial<Record<number, ErrorCode>> = {
@@ -52,6 +66,7 @@ const CODE_MAP: Partial<Record<number, ErrorCode>> = {
   [status.INVALID_ARGUMENT]: "INVALID_ARGUMENT",
   [status.RESOURCE_EXHAUSTED]: "LEASE_EXHAUSTED",
   [status.PERMISSION_DENIED]: "PERMISSION_DENIED",
+  [status.ALREADY_EXISTS]: "ALREADY_EXISTS",
   [status.UNAUTHENTICATED]: "PERMISSION_DENIED",
   [status.OUT_OF_RANGE]: "REVISION_COMPACTED",
   [status.ABORTED]: "LEASE_CONFLICT",
@@ -69,9 +84,9 @@ export function buildCredentials(tls: TlsFiles | undefined): ChannelCredentials 
 /** What the agent needs from the lease server (the seam for agent tests). */
 export interface LeaseApi {
   getNetworkConfig(): Promise<NetworkConfig>;
-  acquire(r: AcquireRequest): Promise<Lease>;
-  renew(nodeName: string, subnet: string): Promise<Lease>;
-  release(nodeName: string, subnet: string): Promise<void>;
+  acquire(r: AcquireRequest): Promise<GrantedLease>;
+  renew(nodeName: string, subnet: string, instanceId?: string): Promise<GrantedLease>;
+  release(nodeName: string, subnet: string, instanceId?: string): Promise<void>;
   /** `storeId`: the store the revision belongs to (from the last complete/progress message). */
   watch(fromRevision: number, signal: AbortSignal, storeId?: string): AsyncIterable<WatchMessage>;
   /** The lease server (--server address) the next call or watch goes to. */
@@ -82,20 +97,36 @@ export interface LeaseApi {
 }
 
 export class LeaseClient implements LeaseApi {
-  private readonly clients: LeaseServiceClient[];
+  private clients: LeaseServiceClient[];
   private current = 0;
   private readonly timeoutMs: number;
 
   constructor(private readonly opts: LeaseClientOptions) {
-    const creds = buildCredentials(opts.tls);
+    this.clients = this.connect(opts.tls);
+    this.timeoutMs = opts.callTimeoutMs ?? 5000;
+  }
+
+  private connect(tls: TlsFiles | undefined): LeaseServiceClient[] {
+    const creds = buildCredentials(tls);
     // grpc-js waits up to 120 s between reconnects by default; we want to notice a returning server quickly.
     // Keepalive pings notice a dead connection (peer rebooted, path gone) that TCP alone would hold open for minutes.
     const channelOptions = {
       "grpc.initial_reconnect_backoff_ms": 500, "grpc.max_reconnect_backoff_ms": 5000, "grpc.max_receive_message_length": 64 << 20,
       "grpc.keepalive_time_ms": 20_000, "grpc.keepalive_timeout_ms": 10_000, "grpc.keepalive_permit_without_calls": 1,
     };
-    this.clients = opts.servers.map((s) => new LeaseServiceClient(s, creds, channelOptions));
-    this.timeoutMs = opts.callTimeoutMs ?? 5000;
+    return this.opts.servers.map((s) => new LeaseServiceClient(s, creds, channelOptions));
+  }
+
+  /**
+   * New channels with the TLS files as they are now (a renewed node certificate). Calls and watch
+   * streams already running finish on the old channels (closing a channel ends none of them); the
+   * next call or watch uses the new ones.
+   */
+  reloadCredentials(tls: TlsFiles | undefined = this.opts.tls): void {
+    const fresh = this.connect(tls);
+    const old = this.clients;
+    this.clients = fresh;
+    for (const c of old) c.close();
   }
 
   get server(): string {
@@ -135,17 +166,17 @@ export class LeaseClient implements LeaseApi {
     return parseNetworkConfig(pb.json);
   }
 
-  async acquire(r: AcquireRequest): Promise<Lease> {
-    const req = { nodeName: r.nodeName, publicIp: r.publicIP, previousSubnet: r.previousSubnet ?? "", instanceId: "", ...attrsToPb(r.attrs) };
-    return leaseFromPb(await this.unary<typeof req, PbLease>("acquire lease", (c, q, m, o, cb) => c.acquireLease(q, m, o, cb), req));
+  async acquire(r: AcquireRequest): Promise<GrantedLease> {
+    const req = { nodeName: r.nodeName, publicIp: r.publicIP, previousSubnet: r.previousSubnet ?? "", instanceId: r.instanceId ?? "", ...attrsToPb(r.attrs) };
+    return granted(await this.unary<typeof req, PbLease>("acquire lease", (c, q, m, o, cb) => c.acquireLease(q, m, o, cb), req));
   }
 
-  async renew(nodeName: string, subnet: string): Promise<Lease> {
-    return leaseFromPb(await this.unary<{ nodeName: string; subnet: string; instanceId: string }, PbLease>("renew lease", (c, q, m, o, cb) => c.renewLease(q, m, o, cb), { nodeName, subnet, instanceId: "" }));
+  async renew(nodeName: string, subnet: string, instanceId = ""): Promise<GrantedLease> {
+    return granted(await this.unary<{ nodeName: string; subnet: string; instanceId: string }, PbLease>("renew lease", (c, q, m, o, cb) => c.renewLease(q, m, o, cb), { nodeName, subnet, instanceId }));
   }
 
-  async release(nodeName: string, subnet: string): Promise<void> {
-    await this.unary<{ nodeName: string; subnet: string; instanceId: string }, unknown>("release lease", (c, q, m, o, cb) => c.releaseLease(q, m, o, cb), { nodeName, subnet, instanceId: "" });
+  async release(nodeName: string, subnet: string, instanceId = ""): Promise<void> {
+    await this.unary<{ nodeName: string; subnet: string; instanceId: string }, unknown>("release lease", (c, q, m, o, cb) => c.releaseLease(q, m, o, cb), { nodeName, subnet, instanceId });
   }
 
   /** One WatchLeases stream; ends (throws) when the stream breaks or goes silent. Abort the signal to cancel. */

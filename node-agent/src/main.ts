@@ -9,6 +9,7 @@ import { BIN, FLAGS, loadAgentConfig } from "./config.js";
 import { NetlinkDataplane } from "./dataplane/netlink-dataplane.js";
 import { Firewall } from "./firewall/firewall.js";
 import { LeaseClient } from "./lease-client.js";
+import { NodeIdentity } from "./identity.js";
 import { createAgentMetrics } from "./metrics.js";
 
 export async function main(argv: string[]): Promise<void> {
@@ -47,9 +48,28 @@ export async function main(argv: string[]): Promise<void> {
     // An overflow shows as POLLERR, which the binding reports as "bad file descriptor".
     onMonitorError: (err) => log.warn({ err: err.message }, "kernel notification socket failed (overflowed?); reopening it and checking everything"),
   });
+  // --join-token-file: the node gets its certificate before anything else talks to the lease server.
+  const identityStop = new AbortController();
+  let identity: NodeIdentity | undefined;
+  if (cfg.join) {
+    identity = new NodeIdentity({ nodeName: cfg.nodeName, stateDir: cfg.stateDir, servers: cfg.servers, caFile: cfg.tls!.ca!, joinToken: cfg.join.token, log: log.child({ component: "identity" }) });
+    const abort = () => identityStop.abort();
+    process.once("SIGTERM", abort);
+    process.once("SIGINT", abort);
+    try {
+      await identity.ensure(identityStop.signal);
+    } catch (err) {
+      if (identityStop.signal.aborted) process.exit(0);
+      log.fatal({ err: errorMessage(err) }, "cannot get a node certificate");
+      process.stderr.write(`${BIN}: ${errorMessage(err)}\n`);
+      process.exit(1);
+    }
+    process.off("SIGTERM", abort);
+    process.off("SIGINT", abort);
+  }
   let client: LeaseClient;
   try {
-    client = new LeaseClient({ servers: cfg.servers, tls: cfg.tls, onConnectivity: (up) => metrics.serverConnected.set(up ? 1 : 0) });
+    client = new LeaseClient({ servers: cfg.servers, tls: identity?.tls ?? cfg.tls, onConnectivity: (up) => metrics.serverConnected.set(up ? 1 : 0) });
   } catch (err) {
     // loadAgentConfig already validated the TLS files; this is the last guard against a stack trace.
     process.stderr.write(`${BIN}: ${errorMessage(err)}; check --tls-ca/--tls-cert/--tls-key\n`);
@@ -57,12 +77,15 @@ export async function main(argv: string[]): Promise<void> {
   }
   const firewallLog = log.child({ component: "firewall" });
   const agent = new Agent({ config: cfg, dataplane, client, log, metrics, firewall: (o) => new Firewall(o, firewallLog) });
-  const api = buildApi({ view: agent.view(), registry: metrics.registry, log });
+  const api = buildApi({ view: agent.view(), registry: metrics.registry, log, adminToken: cfg.adminToken });
+  // New connections use the renewed certificate; open ones keep the one they were made with.
+  void identity?.runRenewal(identityStop.signal, () => client.reloadCredentials(identity!.tls));
 
   let stopping = false;
   const stop = (signal: string, code = 0) => {
     if (stopping) return;
     stopping = true;
+    identityStop.abort();
     log.info({ signal }, "shutting down; leaving the device, routes and lease in place");
     Promise.allSettled([agent.stop(), api.close()]).then(() => process.exit(code));
   };

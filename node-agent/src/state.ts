@@ -1,9 +1,12 @@
 // What must survive an agent restart but not live in the kernel: the VTEP MAC
 // (peers' FDB entries point at it, so a new one would break traffic until they
-// all catch up). Stored as JSON in the state dir, written atomically.
-import { mkdir, readFile, rename, writeFile } from "node:fs/promises";
+// all catch up). Stored as JSON in the state dir, written atomically. Beside
+// it, instance-id: this agent's random identity, which binds its lease to it
+// on servers without mTLS (a second agent with the same --node-name is refused).
+import { chmod, mkdir, readFile, rename, writeFile } from "node:fs/promises";
 import { randomBytes } from "node:crypto";
 import { join } from "node:path";
+import { WeftError } from "../../lib/src/errors.js";
 import { isValidMac } from "../../lib/src/lease.js";
 import type { Logger } from "../../lib/src/logger.js";
 
@@ -27,6 +30,31 @@ export class AgentState {
       this.log?.warn({ path: this.path, err: (err as Error).message }, "state file unreadable or corrupt; ignoring it (the VTEP MAC may change)");
       return {};
     }
+  }
+
+  /**
+   * This agent instance's id, made once (random, 0600). Same state dir, same id: a restarted agent takes its
+   * lease back; a copy of the node with a fresh state dir is another instance.
+   */
+  async instanceId(): Promise<string> {
+    const path = join(this.dir, "instance-id");
+    const valid = (s: string) => /^[0-9a-f]{32}$/.test(s);
+    try {
+      const id = (await readFile(path, "utf8")).trim();
+      if (valid(id)) return id;
+      this.log?.warn({ path }, "instance-id file is not a 32-digit hex id; making a new one (a live lease of the old id is refused until it expires)");
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT") {
+        throw new WeftError("CONFIG_INVALID", `cannot read ${path}: ${(err as Error).message}; check that --state-dir is readable by the agent`, { cause: err });
+      }
+    }
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    const id = randomBytes(16).toString("hex");
+    const tmp = `${path}.${process.pid}.${randomBytes(6).toString("hex")}.tmp`;
+    await writeFile(tmp, `${id}\n`, { mode: 0o600 });
+    await chmod(tmp, 0o600);
+    await rename(tmp, path);
+    return id;
   }
 
   async vtepMac(device: string): Promise<string | undefined> {

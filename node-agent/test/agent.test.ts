@@ -2,17 +2,18 @@
 // order, renew timing and retries, re-acquire on NOT_FOUND, a data plane
 // that stays put while the server is unreachable, and a lease server of
 // another store refused.
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { pino } from "pino";
 import { describe, expect, it } from "vitest";
 import { WeftError, isWeftError } from "../../lib/src/errors.js";
 import type { Lease } from "../../lib/src/lease.js";
-import { Agent } from "../src/agent.js";
+import { Agent, type AgentDeps } from "../src/agent.js";
 import { loadAgentConfig, type AgentConfig } from "../src/config.js";
 import type { FirewallOptions, RuleSet } from "../src/firewall/firewall.js";
 import { FakeDataplane } from "./helpers/fake-dataplane.js";
-import type { AcquireRequest, LeaseApi, WatchMessage } from "../src/lease-client.js";
+import type { AcquireRequest, GrantedLease, LeaseApi, WatchMessage } from "../src/lease-client.js";
 import { createAgentMetrics } from "../src/metrics.js";
 import { network, peer, silentLog } from "./helpers/fixtures.js";
 
@@ -34,7 +35,13 @@ const initialFeed = () => new Feed().push({ kind: "snapshot", leases: [peer(2), 
 class ScriptedApi implements LeaseApi {
   acquires: AcquireRequest[] = [];
   renews: number[] = [];
-  renewScript: Array<"ok" | "unavailable" | "not_found"> = [];
+  /** Instance id of every renew, in order. */
+  renewIds: (string | undefined)[] = [];
+  /** State the granted TTL on replies (as a current server does); without it only expiresAt is sent. */
+  grantTtl = false;
+  /** Thrown by the next acquires. */
+  acquireError: Error | undefined;
+  renewScript: Array<"ok" | "unavailable" | "not_found" | "already_exists"> = [];
   renewDefault: "ok" | "unavailable" | "not_found" = "ok";
   /** --server addresses; as in LeaseClient, a SERVER_UNAVAILABLE (renew or watch) moves on to the next. */
   servers = ["198.18.0.254:7600"];
@@ -50,19 +57,26 @@ class ScriptedApi implements LeaseApi {
   /** Streams handed out by the next watch calls; when empty, the initial snapshot of peers 2 and 3. */
   feeds: Feed[] = [];
   feed: Feed | undefined;
-  mine(): Lease {
-    return { subnet: "10.244.1.0/24", nodeName: "node-1", publicIP: "198.18.0.1", attrs: this.acquires.at(-1)!.attrs, expiresAt: Date.now() + this.ttl, revision: 1 };
+  mine(): GrantedLease {
+    const l = { subnet: "10.244.1.0/24", nodeName: "node-1", publicIP: "198.18.0.1", attrs: this.acquires.at(-1)!.attrs, expiresAt: Date.now() + this.ttl, revision: 1 };
+    return this.grantTtl ? { ...l, ttlMs: this.ttl, storeId: "" } : l;
   }
   async getNetworkConfig() { return network; }
-  async acquire(r: AcquireRequest) { this.acquires.push(r); return this.mine(); }
-  async renew() {
+  async acquire(r: AcquireRequest) {
+    this.acquires.push(r);
+    if (this.acquireError) throw this.acquireError;
+    return this.mine();
+  }
+  async renew(_node: string, _subnet: string, instanceId?: string) {
     this.renews.push(Date.now());
+    this.renewIds.push(instanceId);
     const step = this.renewScript.shift() ?? this.renewDefault;
     if (step === "unavailable") {
       this.nextServer();
       throw new WeftError("SERVER_UNAVAILABLE", "lease server down");
     }
     if (step === "not_found") throw new WeftError("LEASE_NOT_FOUND", "no such lease");
+    if (step === "already_exists") throw new WeftError("ALREADY_EXISTS", "held by another agent instance");
     return this.mine();
   }
   async release() {}
@@ -100,7 +114,7 @@ class FakeFirewall implements RuleSet {
   }
 }
 
-function setup(api: ScriptedApi, dp = new FakeDataplane(), dir = mkdtempSync(join(tmpdir(), "weft-agent-")), extra: string[] = []) {
+function setup(api: ScriptedApi, dp = new FakeDataplane(), dir = mkdtempSync(join(tmpdir(), "weft-agent-")), extra: string[] = [], over: Partial<AgentDeps> = {}) {
   if (!dp.links.has("eth0")) {
     dp.links.set("eth0", { index: 2, name: "eth0", mac: "0e:00:00:00:aa:01", mtu: 1500, up: true, kind: undefined });
     dp.addresses.push({ index: 2, ip: "198.18.0.1", prefix: 24 });
@@ -109,7 +123,7 @@ function setup(api: ScriptedApi, dp = new FakeDataplane(), dir = mkdtempSync(joi
     "--subnet-file", join(dir, "run", "subnet.env"), "--state-dir", join(dir, "state"), "--resync-interval", "1s", ...extra]) as AgentConfig;
   const metrics = createAgentMetrics();
   const fw = new FakeFirewall();
-  const agent = new Agent({ config, dataplane: dp, client: api, log: silentLog, metrics, firewall: (o) => { fw.opts = o; return fw; } });
+  const agent = new Agent({ config, dataplane: dp, client: api, log: silentLog, metrics, firewall: (o) => { fw.opts = o; return fw; }, ...over });
   return { agent, dp, dir, config, metrics, fw };
 }
 
@@ -539,3 +553,158 @@ describe("Agent data plane health", () => {
     await s.agent.stop();
   });
 });
+
+/** A logger whose JSON lines the test reads. */
+function capturedLog() {
+  const lines: Record<string, unknown>[] = [];
+  const log = pino({ level: "debug" }, { write: (l: string) => void lines.push(JSON.parse(l) as Record<string, unknown>) });
+  return { log, lines };
+}
+
+describe("Agent lease integrity", () => {
+  it("keeps a random instance id in its state dir (0600), sends it on every acquire and renew, and again after a restart", async () => {
+    const api = new ScriptedApi();
+    const first = setup(api);
+    await first.agent.start();
+    await until("a renew", () => api.renews.length > 0);
+    await first.agent.stop();
+    const path = join(first.dir, "state", "instance-id");
+    const id = readFileSync(path, "utf8").trim();
+    expect(id).toMatch(/^[0-9a-f]{32}$/);
+    expect(statSync(path).mode & 0o777).toBe(0o600);
+    expect(api.acquires[0]!.instanceId).toBe(id);
+    expect(api.renewIds[0]).toBe(id);
+    const again = setup(api, new FakeDataplane(), first.dir);
+    await again.agent.start();
+    await again.agent.stop();
+    expect(api.acquires[1]!.instanceId).toBe(id);
+    // Another state dir is another instance.
+    const other = setup(api);
+    await other.agent.start();
+    await other.agent.stop();
+    expect(api.acquires[2]!.instanceId).not.toBe(id);
+  });
+
+  it("fails start-up at once on ALREADY_EXISTS (another instance holds the node name), with the server's message, programming nothing", async () => {
+    const api = new ScriptedApi();
+    const msg = `acquire lease (lease server 198.18.0.254:7600): node "node-1" already holds 10.244.1.0/24 from another agent instance (instance 0a1b2c..., expires 2026-11-29T06:00:00.000Z); not acquired: stop the other agent or give this node another --node-name`;
+    api.acquireError = new WeftError("ALREADY_EXISTS", msg);
+    const { agent, dp, fw } = setup(api);
+    await expect(agent.start()).rejects.toMatchObject({ code: "ALREADY_EXISTS", message: msg });
+    expect(api.acquires).toHaveLength(1);
+    expect(dp.calls.filter((c) => /^(addAddress|replaceRoute|addRoute|replaceNeighbour|replaceFdb)/.test(c))).toEqual([]);
+    expect(dp.routeMap.size).toBe(0);
+    expect(fw.ensures).toBe(0);
+    await agent.stop();
+  });
+
+  it("fails before touching the device when subnet.env names a lease another instance holds (a second agent on this host)", async () => {
+    const api = new ScriptedApi();
+    const first = setup(api);
+    await first.agent.start();
+    await first.agent.stop();
+    // The same host and subnet.env, a fresh state dir: another instance.
+    api.renewScript = ["already_exists"];
+    api.acquireError = new WeftError("ALREADY_EXISTS", "node \"node-1\" already holds 10.244.1.0/24 from another agent instance");
+    const dp = new FakeDataplane();
+    const second = setup(api, dp, first.dir, ["--state-dir", join(first.dir, "state-2")]);
+    await expect(second.agent.start()).rejects.toMatchObject({ code: "ALREADY_EXISTS" });
+    expect(dp.calls.filter((c) => !/^(list|get|watch)/.test(c))).toEqual([]);
+    expect(api.acquires).toHaveLength(1);
+    await second.agent.stop();
+  });
+
+  it.each([["an hour behind", -3_600_000], ["an hour ahead", 3_600_000]])("renews on time from the granted TTL with a wall clock %s", async (_, skew) => {
+    const api = new ScriptedApi();
+    api.grantTtl = true;
+    const clock = { now: () => Date.now() + skew, monotonic: () => performance.now() };
+    const { agent } = setup(api, undefined, undefined, [], { clock });
+    await agent.start();
+    const started = Date.now();
+    await sleep(1600);
+    await agent.stop();
+    // TTL 600 ms: a renewal every ~300 ms, never so late the lease lapses, never in a hurry.
+    const at = [started, ...api.renews];
+    const gaps = at.slice(1).map((t, i) => t - at[i]!);
+    expect(api.renews.length).toBeGreaterThanOrEqual(4);
+    expect(api.renews.length).toBeLessThanOrEqual(6);
+    expect(Math.max(...gaps)).toBeLessThan(TTL);
+    expect(Math.min(...gaps.slice(1))).toBeGreaterThanOrEqual(280);
+    expect(agent.view().lease()?.subnet).toBe("10.244.1.0/24");
+  });
+
+  it("after a revocation logs the reason, reports not ready, keeps the data plane, and re-acquires only after the back-off", async () => {
+    const api = new ScriptedApi();
+    api.grantTtl = true;
+    const { log, lines } = capturedLog();
+    const { agent, dp } = setup(api, undefined, undefined, [], { log, revokeBackoff: { baseMs: 700, maxMs: 2000 } });
+    await agent.start();
+    await until("ready", () => agent.view().status().ready);
+    const routes = routeDsts(dp);
+    // The server answers NOT_FOUND from now until the re-acquire.
+    api.renewDefault = "not_found";
+    const revokedAt = Date.now();
+    api.feed!.push({ kind: "events", revision: 10, events: [{ type: "removed", lease: { ...api.mine(), revision: 1 }, revision: 10, reason: "revoked: disk replaced" }] });
+    await until("the revocation", () => !agent.view().status().ready);
+    expect(agent.view().status().reasons).toEqual([expect.stringMatching(/^lease 10\.244\.1\.0\/24 was revoked: disk replaced; acquiring it again in \d+s$/)]);
+    expect(lines.find((l) => l.level === 40 && l.reason === "revoked: disk replaced")).toMatchObject({ subnet: "10.244.1.0/24", revokes: 1 });
+    await sleep(450);
+    expect(api.acquires).toHaveLength(1); // 700 ms ±20 %: not before 560 ms
+    api.renewDefault = "ok";
+    await until("the re-acquire", () => api.acquires.length === 2, 3000);
+    expect(Date.now() - revokedAt).toBeGreaterThanOrEqual(540);
+    await until("ready again", () => agent.view().status().ready);
+    expect(routeDsts(dp)).toEqual(routes);
+    expect(api.acquires[1]).toMatchObject({ previousSubnet: "10.244.1.0/24", instanceId: api.acquires[0]!.instanceId });
+    await agent.stop();
+  });
+
+  it("re-acquires at once when its lease merely expired", async () => {
+    const api = new ScriptedApi();
+    api.ttl = 60_000;
+    const { agent } = setup(api);
+    await agent.start();
+    await until("watching", () => api.feed !== undefined);
+    api.renewScript = ["not_found"];
+    api.feed!.push({ kind: "events", revision: 10, events: [{ type: "removed", lease: { ...api.mine(), revision: 1 }, revision: 10, reason: "expired" }] });
+    await until("the re-acquire", () => api.acquires.length === 2, 1000);
+    await agent.stop();
+  });
+
+  it("renews at once when the server is back (a new watch stream), not at the end of its back-off", async () => {
+    const api = new ScriptedApi();
+    api.grantTtl = true;
+    api.renewDefault = "unavailable";
+    const { agent } = setup(api);
+    await agent.start();
+    // TTL 600 ms: the lease runs out at ~600 ms; the next retry after that is 2 s or more away.
+    await sleep(1000);
+    const okFrom = api.renews.length;
+    api.renewDefault = "ok";
+    const back = Date.now();
+    api.feed!.push(broken());
+    await until("a renew soon after the watch is back", () => api.renews.length > okFrom, 1200);
+    expect(Date.now() - back).toBeLessThan(1200);
+    await agent.stop();
+  });
+
+  it("warns why renewals fail at most every 30 s, and keeps the data plane and readiness", async () => {
+    const api = new ScriptedApi();
+    api.grantTtl = true;
+    api.renewDefault = "unavailable";
+    const { log, lines } = capturedLog();
+    const { agent, dp } = setup(api, undefined, undefined, [], { log });
+    await agent.start();
+    await until("ready", () => agent.view().status().ready);
+    const routes = routeDsts(dp);
+    await sleep(1500);
+    const warns = lines.filter((l) => l.level === 40 && String(l.msg).startsWith("lease renew failed"));
+    expect(api.renews.length).toBeGreaterThanOrEqual(3);
+    expect(warns).toHaveLength(1);
+    expect(warns[0]).toMatchObject({ err: "lease server down", failures: 1 });
+    expect(routeDsts(dp)).toEqual(routes);
+    expect(agent.view().status().ready).toBe(true);
+    await agent.stop();
+  });
+});
+

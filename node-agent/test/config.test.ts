@@ -115,3 +115,27 @@ describe("agent flags: WireGuard", () => {
     }
   });
 });
+
+describe("agent flags: --admin-token-file", () => {
+  const dir = mkdtempSync(join(tmpdir(), "weft-agent-admin-"));
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  const TOKEN = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+  const file = (name: string, text: string, mode = 0o600) => {
+    const p = join(dir, name);
+    writeFileSync(p, text, { mode });
+    return p;
+  };
+  const base = ["--server", "a:1", "--insecure"];
+
+  it("a non-loopback --http-listen needs a token; loopback works without", () => {
+    expect(() => loadAgentConfig([...base, "--http-listen", "0.0.0.0:9464"])).toThrow(/--http-listen 0\.0\.0\.0: POST \/v1\/wireguard\/rotate-key would be open.*--admin-token-file FILE/);
+    expect(loadAgentConfig([...base, "--http-listen", "127.0.0.1:9464"])).toMatchObject({ adminToken: undefined });
+    expect(loadAgentConfig([...base, "--http-listen", "0.0.0.0:9464", "--admin-token-file", file("ok", `${TOKEN}\n`)])).toMatchObject({ adminToken: TOKEN });
+  });
+
+  it("refuses a token file others can read, or a short token", () => {
+    expect(() => loadAgentConfig([...base, "--admin-token-file", file("shared", TOKEN, 0o644)])).toThrow(/readable by others.*chmod 600/);
+    expect(() => loadAgentConfig([...base, "--admin-token-file", file("short", "abc")])).toThrow(/3 characters, fewer than 32/);
+    expect(() => loadAgentConfig([...base, "--admin-token-file", join(dir, "absent")])).toThrow(/cannot read.*ENOENT/);
+  });
+});

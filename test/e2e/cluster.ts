@@ -72,6 +72,8 @@ export class Cluster {
   /** Servers after the first (etcd store). */
   readonly moreServers: Array<ChildProcess | undefined> = [];
   etcd?: ChildProcess;
+  /** The lease servers' --admin-token-file content: send it as "Authorization: Bearer" to the REST routes that change state. */
+  readonly adminToken = "e2e-admin-token-0123456789abcdefghijklmnopqrstuvwxyz";
 
   constructor(readonly opts: ClusterOptions) {
     this.prefix = `${NS_PREFIX}${opts.runId}-`;
@@ -201,10 +203,13 @@ export class Cluster {
   /** Starts lease server `i` (port 7600 + 10 i, REST on 127.0.0.1:7601 + 10 i) and waits for its health. */
   async startServerAt(i: number, storeArgs?: string[]): Promise<void> {
     const args = storeArgs ?? ["--store", `etcd:${ETCD_URL}`];
+    const tokenFile = join(this.workDir, "admin-token");
+    writeFileSync(tokenFile, this.adminToken, { mode: 0o600 });
     const p = this.spawnIn(this.srv, i === 0 ? "lease-server" : `lease-server-${i}`, [...this.nodeCmd("server"),
       ...args, "--listen", `${SERVER_IP}:${GRPC_PORT + 10 * i}`,
-      "--http-listen", `127.0.0.1:${7601 + 10 * i}`, "--lease-ttl", this.opts.leaseTtl ?? "30s",
-      ...(this.opts.mtls ? ["--tls-cert", this.cert("server.crt"), "--tls-key", this.cert("server.key"), "--tls-client-ca", this.cert("ca.crt")] : ["--insecure"])]);
+      "--http-listen", `127.0.0.1:${7601 + 10 * i}`, "--admin-token-file", tokenFile, "--lease-ttl", this.opts.leaseTtl ?? "30s",
+      // With TLS the servers keep their node CA (join tokens) in one state dir of the run: one CA for all.
+      ...(this.opts.mtls ? ["--tls-cert", this.cert("server.crt"), "--tls-key", this.cert("server.key"), "--tls-client-ca", this.cert("ca.crt"), "--state-dir", join(this.workDir, "server-state")] : ["--insecure"])]);
     if (i === 0) this.server = p;
     else this.moreServers[i - 1] = p;
     await waitFor(`lease server ${i}`, async () => (await this.curl(this.srv, `http://127.0.0.1:${7601 + 10 * i}/healthz`)).code === 200, 20_000, 200);
@@ -229,13 +234,15 @@ export class Cluster {
     }
   }
 
-  /** certName: whose client certificate to present (default the node's own). */
-  startAgent(i: number, extra: string[] = [], env?: NodeJS.ProcessEnv, certName?: string): ChildProcess {
+  /** certName: whose client certificate to present (default the node's own); { joinTokenFile }: join with that token instead. */
+  startAgent(i: number, extra: string[] = [], env?: NodeJS.ProcessEnv, certName?: string | { joinTokenFile: string }): ChildProcess {
     const n = this.nodes[i]!;
     n.agent = this.spawnIn(n.ns, n.name, [...this.nodeCmd("agent"),
       "--server", this.serverAddrs.join(","), "--node-name", n.name, "--iface", "eth0", "--subnet-file", n.subnetFile,
       "--state-dir", n.stateDir, "--http-listen", `127.0.0.1:${AGENT_API_PORT}`,
-      ...(this.opts.mtls ? ["--tls-ca", this.cert("ca.crt"), "--tls-cert", this.cert(`${certName ?? n.name}.crt`), "--tls-key", this.cert(`${certName ?? n.name}.key`)] : ["--insecure"]),
+      ...(!this.opts.mtls ? ["--insecure"]
+        : typeof certName === "object" ? ["--tls-ca", this.cert("ca.crt"), "--join-token-file", certName.joinTokenFile]
+        : ["--tls-ca", this.cert("ca.crt"), "--tls-cert", this.cert(`${certName ?? n.name}.crt`), "--tls-key", this.cert(`${certName ?? n.name}.key`)]),
       "--resync-interval", this.opts.resyncInterval ?? "2s", ...extra], env);
     return n.agent;
   }
@@ -264,6 +271,17 @@ export class Cluster {
     };
     await leaf("server", "weft-lease-server", `IP:${SERVER_IP}`);
     for (const n of this.nodes) await leaf(n.name, n.name, `DNS:${n.name}`);
+  }
+
+  /** POST /v1/join-tokens on lease server 0 (as an admin); the answer's token is written to a 0600 file. */
+  async makeJoinToken(body: { ttl?: string; uses?: number }): Promise<{ token: string; id: string; file: string }> {
+    const r = await sh("ip", ["netns", "exec", this.srv, "curl", "-s", "-m", "5", "-X", "POST", "-H", `Authorization: Bearer ${this.adminToken}`,
+      "-H", "Content-Type: application/json", "-d", JSON.stringify(body), "http://127.0.0.1:7601/v1/join-tokens"]);
+    const made = JSON.parse(r.stdout) as { token?: string; id?: string };
+    if (!made.token || !made.id) throw new Error(`POST /v1/join-tokens did not answer a token: ${r.stdout}`);
+    const file = join(this.workDir, `join-token-${made.id}`);
+    writeFileSync(file, `${made.token}\n`, { mode: 0o600 });
+    return { token: made.token, id: made.id, file };
   }
 
   async curl(ns: string, url: string): Promise<{ code: number; body: string }> {

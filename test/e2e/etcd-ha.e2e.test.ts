@@ -52,7 +52,7 @@ describe.skipIf(!etcdOk)("lease servers on etcd: failover and Flannel's layout (
     await new Promise((r) => setTimeout(r, 1000));
     await c.stopServer("SIGKILL", 0);
     // Every agent's watch moves to the survivor and hears a change made there.
-    const { stdout } = await nsExec(c.srv, "curl", "-s", "-XPOST", "-H", "content-type: application/json", "-d", '{"subnet":"10.244.200.0/24","nodeName":"reserved-node"}', "http://127.0.0.1:7611/v1/reservations");
+    const { stdout } = await nsExec(c.srv, "curl", "-s", "-XPOST", "-H", "content-type: application/json", "-H", `authorization: Bearer ${c.adminToken}`, "-d", '{"subnet":"10.244.200.0/24","nodeName":"reserved-node"}', "http://127.0.0.1:7611/v1/reservations");
     expect(stdout).toMatch(/10\.244\.200\.0\/24|reserved-node/);
     const loss = await ping;
     console.log(`lease server killed under a 10/s ping between pods: ${loss.sent} sent, ${loss.lost} lost`);

@@ -10,10 +10,12 @@
 // flanneld nodes and weft agents see each other; weft adds its own fields to
 // the value and keeps its other data beside them:
 //   <prefix>/subnets/10.244.1.0-24   {"PublicIP","PublicIPv6","BackendType","BackendData",
-//                                     "WeftNodeName","WeftExpiresAt"}, on an etcd lease (TTL)
+//                                     "WeftNodeName","WeftExpiresAt","WeftInstance"}, on an etcd lease (TTL)
 //   <prefix>/weft/nodes/<node>       the node's subnet, on the same etcd lease: one lease per node
 //   <prefix>/weft/reservations/<10.244.1.0-24>, <prefix>/weft/reserved-nodes/<node>
 //   <prefix>/weft/freed/<10.244.1.0-24>  {"NodeName"}; its mod revision orders frees
+//   <prefix>/weft/reasons/<10.244.1.0-24>  why it was last removed, written in the removal's transaction
+//   <prefix>/weft/alive              when a lease server last said it serves this store (ms)
 //   <prefix>/weft/store-id           made once: the identity agents compare across servers
 //   <prefix>/weft/fences/<id>        written by eventsSince to know it has seen all history
 //
@@ -21,12 +23,18 @@
 // from its last revision). When etcd cancels it (history compacted past it),
 // the store lists the leases again after a backoff, diffs them with what it
 // had, and tells subscribers the difference as ordinary events, once.
+//
+// Outages: a lost quorum is bridged by etcd itself (a new leader extends every
+// etcd lease by its TTL). For an outage of every lease server, each etcd lease
+// outlives the weft expiry by `expiryGraceMs` (the server passes one renew
+// interval), so agents that were renewing every TTL/2 find their lease again
+// after an outage of up to about the TTL; a longer one expires them in etcd.
 import { randomBytes } from "node:crypto";
 import { Etcd3, type IKeyValue, type IOptions, type Watcher } from "etcd3";
 import { WeftError, errorMessage } from "../../../lib/src/errors.js";
 import type { BackendAttrs, Lease, LeaseEvent } from "../../../lib/src/lease.js";
 import type { Logger } from "../../../lib/src/logger.js";
-import type { FreedSubnet, LeaseStore, NewLease, RemoveReason, Reservation } from "./lease-store.js";
+import type { FreedSubnet, LeaseChange, LeaseStore, NewLease, RemoveReason, Reservation } from "./lease-store.js";
 
 export interface EtcdStoreOptions {
   readonly endpoints: readonly string[];
@@ -35,6 +43,8 @@ export interface EtcdStoreOptions {
   readonly tls?: { readonly ca?: Buffer; readonly cert?: Buffer; readonly key?: Buffer };
   readonly auth?: { readonly username: string; readonly password: string };
   readonly log: Logger;
+  /** How long an etcd lease outlives the weft expiry (WeftExpiresAt); default 0. */
+  readonly expiryGraceMs?: number;
 }
 
 const RETRIES = 5;
@@ -50,6 +60,7 @@ interface FlannelLeaseValue {
   BackendData?: Record<string, unknown> | null;
   WeftNodeName?: string;
   WeftExpiresAt?: number;
+  WeftInstance?: string;
 }
 
 function toValue(l: NewLease): string {
@@ -57,7 +68,7 @@ function toValue(l: NewLease): string {
   const data = a.type === "vxlan" ? { VNI: a.vni, VtepMAC: a.vtepMac } : a.type === "wireguard" ? { PublicKey: a.publicKey, Port: a.listenPort } : undefined;
   return JSON.stringify({
     PublicIP: l.publicIP, PublicIPv6: null, BackendType: a.type, ...(data ? { BackendData: data } : {}),
-    WeftNodeName: l.nodeName, WeftExpiresAt: l.expiresAt,
+    WeftNodeName: l.nodeName, WeftExpiresAt: l.expiresAt, ...(l.instanceId ? { WeftInstance: l.instanceId } : {}),
   });
 }
 
@@ -73,7 +84,7 @@ function fromValue(subnet: string, v: FlannelLeaseValue, revision: number): Leas
   }
   if (typeof v.PublicIP !== "string") return undefined;
   const nodeName = v.WeftNodeName ?? `flannel-${subnet.split("/")[0]!.replaceAll(".", "-")}`;
-  return { subnet, nodeName, publicIP: v.PublicIP, attrs, expiresAt: v.WeftExpiresAt ?? 0, revision };
+  return { subnet, nodeName, publicIP: v.PublicIP, attrs, expiresAt: v.WeftExpiresAt ?? 0, revision, ...(v.WeftInstance ? { instanceId: v.WeftInstance } : {}) };
 }
 
 const text = (b: Buffer | undefined): string => (b ? b.toString("utf8") : "");
@@ -92,10 +103,16 @@ export class EtcdLeaseStore implements LeaseStore {
   readonly #fenceId = randomBytes(6).toString("hex");
   /** "<prefix>/subnets/": every watch event is checked against it. */
   readonly #subnetsPrefix: string;
+  readonly #reasonsPrefix: string;
+  readonly #graceMs: number;
+  /** The last removal reason seen on the watch per subnet, with its revision (same transaction = same revision). */
+  readonly #reasons = new Map<string, { reason: string; revision: number }>();
 
   constructor(o: EtcdStoreOptions) {
     this.#prefix = (o.prefix ?? "/weft/network").replace(/\/+$/, "");
     this.#subnetsPrefix = `${this.#prefix}/subnets/`;
+    this.#reasonsPrefix = `${this.#prefix}/weft/reasons/`;
+    this.#graceMs = o.expiryGraceMs ?? 0;
     this.#log = o.log;
     const opts: IOptions = {
       hosts: [...o.endpoints],
@@ -108,6 +125,11 @@ export class EtcdLeaseStore implements LeaseStore {
 
   get prefix(): string {
     return this.#prefix;
+  }
+
+  /** The etcd client, for weft data kept beside the leases under the prefix (join tokens). */
+  get client(): Etcd3 {
+    return this.#client;
   }
 
   /** How often the watch had to be restarted from a fresh listing (etcd cancelled it, e.g. compaction). */
@@ -157,7 +179,7 @@ export class EtcdLeaseStore implements LeaseStore {
   /** An etcd lease that ends when `expiresAt` does (0: none, the key stays until removed). */
   async #grant(expiresAt: number): Promise<string> {
     if (!expiresAt) return "0";
-    const ttl = Math.max(1, Math.ceil((expiresAt - Date.now()) / 1000));
+    const ttl = Math.max(1, Math.ceil((expiresAt + this.#graceMs - Date.now()) / 1000));
     const r = await this.#call("grant an etcd lease", () => this.#client.leaseClient.leaseGrant({ TTL: ttl, ID: 0 }));
     return r.ID;
   }
@@ -248,7 +270,7 @@ export class EtcdLeaseStore implements LeaseStore {
     return { ...l, revision: Number(r.header.revision) };
   }
 
-  async update(subnet: string, nodeName: string, change: Partial<Pick<NewLease, "publicIP" | "attrs" | "expiresAt">>): Promise<Lease | undefined> {
+  async update(subnet: string, nodeName: string, change: LeaseChange): Promise<Lease | undefined> {
     for (let attempt = 0; attempt < RETRIES; attempt++) {
       const cur = await this.#getLease(subnet);
       if (!cur || cur.lease.nodeName !== nodeName) return undefined;
@@ -272,14 +294,16 @@ export class EtcdLeaseStore implements LeaseStore {
     throw new WeftError("LEASE_CONFLICT", `lease ${subnet} kept changing under this update (other lease servers?); retry`);
   }
 
-  async remove(subnet: string, nodeName: string | undefined, _reason: RemoveReason): Promise<Lease | undefined> {
+  async remove(subnet: string, nodeName: string | undefined, reason: RemoveReason): Promise<Lease | undefined> {
     for (let attempt = 0; attempt < RETRIES; attempt++) {
       const cur = await this.#getLease(subnet);
       if (!cur || (nodeName !== undefined && cur.lease.nodeName !== nodeName)) return undefined;
       const nodeKey = this.#key("weft", "nodes", cur.lease.nodeName);
       const r = await this.#call("remove a lease", () => this.#client.kv.txn({
         compare: [{ key: cur.kv.key, target: "Mod", result: "Equal", mod_revision: cur.kv.mod_revision }],
+        // The reason goes first: watchers see its event before the deletion of the same revision.
         success: [
+          { request_put: { key: this.#key("weft", "reasons", subnetKeyPart(subnet)), value: Buffer.from(reason) } },
           { request_delete_range: { key: cur.kv.key } },
           { request_delete_range: { key: nodeKey } },
           { request_put: { key: this.#key("weft", "freed", subnetKeyPart(subnet)), value: Buffer.from(JSON.stringify({ NodeName: cur.lease.nodeName })) } },
@@ -288,7 +312,7 @@ export class EtcdLeaseStore implements LeaseStore {
       }));
       if (r.succeeded) {
         this.#revoke(cur.kv.lease);
-        return cur.lease;
+        return { ...cur.lease, revision: Number(r.header.revision) };
       }
     }
     throw new WeftError("LEASE_CONFLICT", `lease ${subnet} kept changing under this removal (other lease servers?); retry`);
@@ -297,6 +321,16 @@ export class EtcdLeaseStore implements LeaseStore {
   /** etcd expires leases itself (their etcd lease runs out): nothing to sweep, on any server's clock. */
   async expire(_now: number): Promise<Lease[]> {
     return [];
+  }
+
+  async lastAlive(): Promise<number | undefined> {
+    const r = await this.#call("read the alive time", () => this.#client.kv.range({ key: this.#key("weft", "alive") }));
+    const v = Number(text(r.kvs[0]?.value));
+    return r.kvs[0] && Number.isFinite(v) ? v : undefined;
+  }
+
+  async markAlive(now: number): Promise<void> {
+    await this.#call("write the alive time", () => this.#client.kv.put({ key: this.#key("weft", "alive"), value: Buffer.from(String(now)) }));
   }
 
   async putReservation(r: Reservation): Promise<void> {
@@ -384,8 +418,13 @@ export class EtcdLeaseStore implements LeaseStore {
   /** One etcd watch event as a lease event (undefined for keys that are not leases). */
   #toEvent(type: "Put" | "Delete", kv: IKeyValue, prevKv: IKeyValue | undefined, known: Map<string, Lease>): LeaseEvent | undefined {
     const key = text(kv.key);
-    if (!key.startsWith(this.#subnetsPrefix)) return undefined;
     const revision = Number(kv.mod_revision);
+    if (key.startsWith(this.#reasonsPrefix)) {
+      const subnet = subnetFromKey(key.slice(this.#reasonsPrefix.length));
+      if (subnet && type === "Put") this.#reasons.set(subnet, { reason: text(kv.value), revision });
+      return undefined;
+    }
+    if (!key.startsWith(this.#subnetsPrefix)) return undefined;
     if (type === "Put") {
       const lease = this.#leaseFrom(kv);
       if (!lease) return undefined;
@@ -396,7 +435,11 @@ export class EtcdLeaseStore implements LeaseStore {
     if (!subnet) return undefined;
     const last = (prevKv && this.#leaseFrom(prevKv)) ?? known.get(subnet);
     known.delete(subnet);
-    return last ? { type: "removed", lease: last, revision } : undefined;
+    // Kept (one entry per subnet): the history watch of eventsSince reads the same revision too.
+    const why = this.#reasons.get(subnet);
+    // No reason written in the deleting transaction: etcd's lease ran out.
+    const reason = why?.revision === revision ? why.reason : "expired";
+    return last ? { type: "removed", lease: last, revision, reason } : undefined;
   }
 
   subscribe(listener: (events: readonly LeaseEvent[]) => void): () => void {
@@ -424,7 +467,8 @@ export class EtcdLeaseStore implements LeaseStore {
         const fresh = new Map(leases.map((l) => [l.subnet, l]));
         if (this.#resets > 0) this.#emit(this.#diff(fresh, revision));
         this.#mirror = fresh;
-        const w = await this.#client.watch().prefix(this.#key("subnets", "")).startRevision(String(revision + 1)).withPreviousKV().create();
+        // The whole prefix: a removal's reason is another key of the same transaction.
+        const w = await this.#client.watch().prefix(this.#key("")).startRevision(String(revision + 1)).withPreviousKV().create();
         this.#watcher = w;
         w.on("data", (res) => {
           const batch: LeaseEvent[] = [];

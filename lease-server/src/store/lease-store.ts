@@ -10,6 +10,8 @@ export interface NewLease {
   readonly publicIP: string;
   readonly attrs: BackendAttrs;
   readonly expiresAt: number;
+  /** The agent instance that holds it; "" or absent: not bound to one. */
+  readonly instanceId?: string;
 }
 
 export interface Reservation {
@@ -24,7 +26,10 @@ export interface FreedSubnet {
   readonly revision: number;
 }
 
-export type RemoveReason = "released" | "revoked" | "expired" | "replaced";
+/** Kept with the removal event; "revoked: <text>" carries an operator's reason. */
+export type RemoveReason = "released" | "revoked" | "expired" | "replaced" | `revoked: ${string}`;
+
+export type LeaseChange = Partial<Pick<NewLease, "publicIP" | "attrs" | "expiresAt" | "instanceId">>;
 
 export interface LeaseStore {
   /** A stable random identity of this store's data: revisions only compare within one store. */
@@ -38,11 +43,14 @@ export interface LeaseStore {
   /** Inserts iff neither the subnet nor the node holds a lease; undefined on conflict. */
   create(lease: NewLease): Promise<Lease | undefined>;
   /** Changes a lease iff `nodeName` still holds `subnet`; undefined otherwise. */
-  update(subnet: string, nodeName: string, change: Partial<Pick<NewLease, "publicIP" | "attrs" | "expiresAt">>): Promise<Lease | undefined>;
+  update(subnet: string, nodeName: string, change: LeaseChange): Promise<Lease | undefined>;
   /** Deletes iff held by `nodeName` (any holder when undefined); returns what was removed. */
   remove(subnet: string, nodeName: string | undefined, reason: RemoveReason): Promise<Lease | undefined>;
   /** Deletes every lease with 0 < expiresAt <= now and returns them. */
   expire(now: number): Promise<Lease[]>;
+  /** When a lease server last said it was serving this store (markAlive); undefined for a new store. */
+  lastAlive(): Promise<number | undefined>;
+  markAlive(now: number): Promise<void>;
   /** Throws ALREADY_EXISTS when the subnet or the node is reserved differently. */
   putReservation(r: Reservation): Promise<void>;
   deleteReservation(subnet: string): Promise<boolean>;

@@ -30,7 +30,7 @@ export interface LocalNode {
 
 /** Why a peer is not programmed on purpose; `reason` is a stable label for metrics. */
 export interface Rejection {
-  readonly reason: "invalid" | "backend_mismatch" | "overlaps_own_subnet" | "duplicate_vtep_mac" | "not_on_segment" | "invalid_key";
+  readonly reason: "invalid" | "backend_mismatch" | "overlaps_own_subnet" | "outside_network" | "duplicate_vtep_mac" | "not_on_segment" | "invalid_key";
   readonly detail: string;
 }
 

@@ -61,7 +61,7 @@ export class HostGwBackend implements Backend {
   desired(peers: readonly Lease[]): DesiredState {
     const iface = this.local!.iface;
     const routes: DesiredEntry<Route>[] = [];
-    const { usable, rejected } = screenPeers(peers, "host-gw", this.ownSubnet);
+    const { usable, rejected } = screenPeers(peers, "host-gw", this.ownSubnet, this.deps.network);
     for (const { lease: p } of usable) {
       const ip = parseIpv4(p.publicIP);
       if (ip === undefined || !onSegment(iface, ip)) {

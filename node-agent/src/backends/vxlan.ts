@@ -168,7 +168,7 @@ export class VxlanBackend implements Backend {
     const routes: DesiredEntry<Route>[] = [];
     const neighbours: DesiredEntry<Neighbour>[] = [];
     const fdb: DesiredEntry<FdbEntry>[] = [];
-    const { usable, rejected } = screenPeers(peers, "vxlan", this.ownSubnet);
+    const { usable, rejected } = screenPeers(peers, "vxlan", this.ownSubnet, this.deps.network);
     const tunnelled: Array<{ p: Lease; net: Ipv4Net; mac: string }> = [];
     const byMac = new Map<string, Lease[]>();
     const reject = (p: Lease, detail: string, reason: Rejection["reason"] = "invalid") => rejected.set(p.subnet, { reason, detail });

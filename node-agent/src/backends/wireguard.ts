@@ -217,7 +217,7 @@ export class WireguardBackend implements Backend {
   }
 
   desired(peers: readonly Lease[]): DesiredState {
-    const { usable, rejected } = screenPeers(peers, "wireguard", this.ownSubnet);
+    const { usable, rejected } = screenPeers(peers, "wireguard", this.ownSubnet, this.deps.network);
     const entries: DesiredEntry<WgPeerConfig>[] = [];
     // One key on two leases (a cloned state dir) would make the device move the AllowedIPs back and forth: the older lease keeps it.
     const holder = new Map<string, Lease>();

@@ -2,7 +2,7 @@
 import { existsSync, readFileSync } from "node:fs";
 import { WeftError, errorMessage } from "../../lib/src/errors.js";
 import { parseDuration } from "../../lib/src/duration.js";
-import { parseFlags, parseHostPort, usageError, type FlagSpec } from "../../lib/src/flags.js";
+import { parseHostPort, readFlags, usageError, type Env, type FlagSpec, type ParsedFlags } from "../../lib/src/flags.js";
 import { deepFreeze, parseNetworkConfig, type NetworkConfig } from "../../lib/src/net-config.js";
 import { readAdminTokenFile } from "../../lib/src/admin-token.js";
 import { assertAdminExposure } from "./http-auth.js";
@@ -102,9 +102,17 @@ function readFlagFile(flag: string, path: string): Buffer {
   }
 }
 
-/** Returns undefined for --help; throws CONFIG_INVALID naming the flag and the fix. */
-export function loadServerConfig(argv: readonly string[]): ServerConfig | undefined {
-  const f = parseFlags(argv, FLAGS, BIN);
+/**
+ * Returns undefined for --help; throws CONFIG_INVALID naming the flag (or its WEFT_* variable) and the fix.
+ * `env`: main() passes process.env; WEFT_<FLAG> sets --<flag> unless argv sets it too. `warn` hears
+ * about WEFT_* variables that are no flag.
+ */
+export function loadServerConfig(argv: readonly string[], env: Env = {}, warn?: (message: string) => void): ServerConfig | undefined {
+  const flags = readFlags(argv, FLAGS, BIN, env, warn);
+  return flags.explain(() => fromFlags(flags));
+}
+
+function fromFlags({ values: f, given }: ParsedFlags<typeof FLAGS>): ServerConfig | undefined {
   if (f.help) return undefined;
 
   const store = parseStore(f);
@@ -158,7 +166,7 @@ export function loadServerConfig(argv: readonly string[]): ServerConfig | undefi
   };
 
   // With etcd, a missing default file means: the config lives in etcd (Flannel's way).
-  const explicit = argv.some((a) => a === "--network-config" || a.startsWith("--network-config="));
+  const explicit = given.has("network-config");
   let network: NetworkConfig | undefined;
   if (store.kind === "sqlite" || explicit || existsSync(f["network-config"])) {
     const text = readFlagFile("network-config", f["network-config"]).toString("utf8");
@@ -181,7 +189,7 @@ export function loadServerConfig(argv: readonly string[]): ServerConfig | undefi
   });
 }
 
-type Flags = ReturnType<typeof parseFlags<typeof FLAGS>>;
+type Flags = ParsedFlags<typeof FLAGS>["values"];
 
 function parseStore(f: Flags): StoreConfig {
   const sqlite = /^sqlite:(.+)$/.exec(f.store);

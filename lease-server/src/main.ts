@@ -5,10 +5,11 @@ import { createLogger } from "../../lib/src/logger.js";
 import { BIN, FLAGS, loadServerConfig } from "./config.js";
 import { startLeaseServer } from "./server.js";
 
-export async function main(argv: string[]): Promise<void> {
+/** `env`: the WEFT_<FLAG> variables that set flags; the config loader gets it from here and never reads process.env itself. */
+export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<void> {
   let cfg;
   try {
-    cfg = loadServerConfig(argv);
+    cfg = loadServerConfig(argv, env, (warning) => process.stderr.write(`${BIN}: ${warning}\n`));
   } catch (err) {
     process.stderr.write(`${BIN}: ${isWeftError(err) ? err.message : `unexpected error reading the configuration: ${String(err)}`}\n`);
     process.exit(2);

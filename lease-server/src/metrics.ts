@@ -1,6 +1,7 @@
 // Prometheus metrics of the lease server, on their own registry.
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import { registerProcessMetrics } from "../../lib/src/metrics.js";
+import { registerBuildInfo } from "../../lib/src/build-info.js";
 import type { WatchHubMetrics } from "./watch-hub.js";
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
@@ -26,6 +27,7 @@ export function createServerMetrics() {
     watchEventsSent: new Counter({ name: "weft_lease_server_watch_events_sent_total", help: "Lease events and snapshot entries written to watch streams (one per stream).", registers }),
     watchMessagesSent: new Counter({ name: "weft_lease_server_watch_messages_sent_total", help: "Messages written to watch streams.", registers }),
     watchDropped: new Counter({ name: "weft_lease_server_watch_streams_dropped_total", help: "Watch streams dropped for falling too far behind.", registers }),
+    buildInfo: registerBuildInfo(registry),
     limitRejections: new Counter({ name: "weft_lease_server_limit_rejections_total", help: "Requests, streams or connections refused by a protective limit, by limit.", labelNames: ["limit"] as const, registers }),
     watchBatch: new Histogram({ name: "weft_lease_server_watch_batch_events", help: "Lease events per fan-out batch.", buckets: [1, 2, 5, 10, 50, 100, 500, 1000, 5000], registers }),
   };

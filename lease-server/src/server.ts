@@ -108,6 +108,7 @@ export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {
 
   // Gauges are read at scrape time, so lease changes cost the hot path nothing.
   metrics.subnetsTotal.set(subnetCount(network));
+  metrics.buildInfo.setBackend(network.backend.type);
   metrics.observe({
     leases: () => hub.leaseCount,
     revision: () => hub.revision,

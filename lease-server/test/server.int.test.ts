@@ -9,6 +9,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { WatchLeasesResponse_Kind as Kind, LeaseEvent_Type } from "../../gen/weft/v1/lease.js";
 import { connect, runBin, startServer, vxlanReq, watch, writeNetConf, type ServerProcess } from "./server-process.js";
 import { tempDir, waitFor } from "./helpers.js";
+import { FLAGS } from "../src/config.js";
 import { requireTools } from "../../test/tools.js";
 
 
@@ -332,7 +333,8 @@ describe("weft-lease-server flags and config errors", () => {
   it("prints help", async () => {
     const r = await runBin(["--help"]);
     expect(r.code).toBe(0);
-    for (const f of ["--store", "--network-config", "--listen", "--http-listen", "--lease-ttl", "--tls-cert", "--tls-key", "--tls-client-ca", "--insecure", "--admin-token-file", "--http-tls-cert", "--http-tls-key", "--admin-client-ca"]) expect(r.stdout).toContain(f);
+    for (const f of Object.keys(FLAGS)) expect(r.stdout).toContain(`--${f}`);
+    expect(r.stdout).toContain("Every flag can also be set as WEFT_<FLAG>");
   });
 
   it.each([

@@ -125,6 +125,7 @@ export class Agent {
   async start(): Promise<void> {
     const { config, dataplane, client, log, metrics } = this.deps;
     this.network = await this.retry("get network config", () => client.getNetworkConfig());
+    metrics.buildInfo.setBackend(this.network.backend.type);
     const iface = await selectInterface(dataplane, { iface: config.iface, publicIP: config.publicIP });
     log.info({ iface: iface.name, ip: iface.ip, publicIP: iface.publicIP, mtu: iface.mtu }, "external interface selected");
     this.local = { nodeName: config.nodeName, network: this.network, iface };

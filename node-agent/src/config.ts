@@ -6,7 +6,7 @@ import { X509Certificate } from "node:crypto";
 import { createSecureContext } from "node:tls";
 import { isIpv4 } from "../../lib/src/cidr.js";
 import { parseDuration } from "../../lib/src/duration.js";
-import { parseFlags, parseHostPort, usageError, type FlagSpec } from "../../lib/src/flags.js";
+import { parseHostPort, readFlags, usageError, type Env, type FlagSpec, type ParsedFlags } from "../../lib/src/flags.js";
 import { validateNodeName, validatePublicIp } from "../../lib/src/lease.js";
 import { deepFreeze } from "../../lib/src/net-config.js";
 import { isWeftError } from "../../lib/src/errors.js";
@@ -25,6 +25,7 @@ export const FLAGS = {
   "subnet-file": { type: "string", value: "PATH", default: "/run/flannel/subnet.env", help: "where to write FLANNEL_NETWORK/SUBNET/MTU/IPMASQ" },
   "state-dir": { type: "string", value: "DIR", default: "/var/lib/weft", help: "state kept across restarts (the VTEP MAC, the WireGuard private key)" },
   "http-listen": { type: "string", value: "HOST:PORT", default: "127.0.0.1:9464", help: "REST API: /healthz, /readyz, /v1/lease, /v1/peers, /metrics, POST /v1/wireguard/rotate-key" },
+  "metrics-listen": { type: "string", value: "HOST:PORT", help: "read-only listener for Prometheus and probes: GET /metrics, /healthz and /readyz, nothing else; any address is fine, e.g. 0.0.0.0:9465 (default: off)" },
   "vxlan-device": { type: "string", value: "NAME", help: "VXLAN device name (default: weft.<VNI>)" },
   "wireguard-device": { type: "string", value: "NAME", default: "weft-wg", help: "WireGuard device name (wireguard-go's UAPI socket path is shared by all network namespaces: give each node on one host its own)" },
   "wireguard-psk-file": { type: "string", value: "FILE", help: "file with a WireGuard pre-shared key (base64, as wg genpsk prints) used with every peer; every node needs the same one" },
@@ -59,6 +60,8 @@ export interface AgentConfig {
   readonly subnetFile: string;
   readonly stateDir: string;
   readonly httpListen: { readonly host: string; readonly port: number };
+  /** --metrics-listen; `name` is how it was set (--metrics-listen or WEFT_METRICS_LISTEN), for bind errors. */
+  readonly metricsListen?: { readonly host: string; readonly port: number; readonly name: string };
   readonly vxlanDevice?: string;
   readonly wireguardDevice: string;
   /** base64; from --wireguard-psk-file. */
@@ -137,6 +140,8 @@ function validateTls(t: TlsFiles): void {
   }
 }
 
+const isWildcard = (host: string) => host === "0.0.0.0" || host === "::";
+
 /** The token, checked for form; a missing file is fine once the state dir has a certificate from an earlier join. */
 function readJoinToken(path: string, stateDir: string): { file: string; token?: string } {
   if (!existsSync(path) && existsSync(join(stateDir, NODE_CERT_FILE))) return { file: path };
@@ -147,9 +152,17 @@ function readJoinToken(path: string, stateDir: string): { file: string; token?: 
   return { file: path, token };
 }
 
-/** Returns undefined for --help; throws CONFIG_INVALID naming the flag and the fix. */
-export function loadAgentConfig(argv: readonly string[]): AgentConfig | CleanupConfig | undefined {
-  const f = parseFlags(argv, FLAGS, BIN);
+/**
+ * Returns undefined for --help; throws CONFIG_INVALID naming the flag (or its WEFT_* variable) and the fix.
+ * `env`: main() passes process.env; WEFT_<FLAG> sets --<flag> unless argv sets it too. `warn` hears
+ * about WEFT_* variables that are no flag.
+ */
+export function loadAgentConfig(argv: readonly string[], env: Env = {}, warn?: (message: string) => void): AgentConfig | CleanupConfig | undefined {
+  const flags = readFlags(argv, FLAGS, BIN, env, warn);
+  return flags.explain(() => fromFlags(flags));
+}
+
+function fromFlags({ values: f, nameOf }: ParsedFlags<typeof FLAGS>): AgentConfig | CleanupConfig | undefined {
   if (f.help) return undefined;
   if (!LOG_LEVELS.includes(f["log-level"])) {
     throw usageError(`--log-level: ${JSON.stringify(f["log-level"])} is not a level; use trace, debug, info, warn or error`);
@@ -195,6 +208,15 @@ export function loadAgentConfig(argv: readonly string[]): AgentConfig | CleanupC
   if (!adminToken && !isLoopbackHost(host)) {
     throw usageError(`--http-listen ${host}: POST /v1/wireguard/rotate-key would be open to anyone who reaches this address; pass --admin-token-file FILE (head -c 32 /dev/urandom | base64 > FILE; chmod 600 FILE), or listen on 127.0.0.1`);
   }
+  // Any address: it serves nothing that changes state.
+  let metricsListen: AgentConfig["metricsListen"];
+  if (f["metrics-listen"] !== undefined) {
+    const [mHost, mPort] = parseHostPort(f["metrics-listen"], "metrics-listen");
+    if (mPort !== 0 && mPort === port && (mHost === host || isWildcard(mHost) || isWildcard(host))) {
+      throw usageError(`--metrics-listen ${f["metrics-listen"]} and --http-listen ${f["http-listen"]} use the same port; give --metrics-listen another one, e.g. ${mHost.includes(":") ? `[${mHost}]` : mHost}:${port + 1}`);
+    }
+    metricsListen = { host: mHost, port: mPort, name: nameOf("metrics-listen") };
+  }
 
   const tokenFile = f["join-token-file"];
   if (tokenFile !== undefined && f.insecure) throw usageError("--join-token-file conflicts with --insecure: joining needs TLS; pass --tls-ca with the CA of the lease server's certificate");
@@ -214,6 +236,6 @@ export function loadAgentConfig(argv: readonly string[]): AgentConfig | CleanupC
 
   return deepFreeze({
     cleanup: false as const, servers, nodeName, iface: f.iface, publicIP: f["public-ip"], subnetFile: f["subnet-file"], stateDir: f["state-dir"],
-    httpListen: { host, port }, vxlanDevice: f["vxlan-device"], wireguardDevice: f["wireguard-device"], wireguardPsk, wireguardKeyRotationMs, ipMasq: f["ip-masq"], forwardRules: f["forward-rules"], watchKernel: f["watch-kernel"], resyncIntervalMs: resync, tls, adminToken, join: joining, logLevel: f["log-level"],
+    httpListen: { host, port }, metricsListen, vxlanDevice: f["vxlan-device"], wireguardDevice: f["wireguard-device"], wireguardPsk, wireguardKeyRotationMs, ipMasq: f["ip-masq"], forwardRules: f["forward-rules"], watchKernel: f["watch-kernel"], resyncIntervalMs: resync, tls, adminToken, join: joining, logLevel: f["log-level"],
   });
 }

@@ -11,11 +11,13 @@ import { Firewall } from "./firewall/firewall.js";
 import { LeaseClient } from "./lease-client.js";
 import { NodeIdentity } from "./identity.js";
 import { createAgentMetrics } from "./metrics.js";
+import { buildMetricsListener } from "./metrics-listener.js";
 
-export async function main(argv: string[]): Promise<void> {
+/** `env`: the WEFT_<FLAG> variables that set flags; the config loader gets it from here and never reads process.env itself. */
+export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<void> {
   let cfg;
   try {
-    cfg = loadAgentConfig(argv);
+    cfg = loadAgentConfig(argv, env, (warning) => process.stderr.write(`${BIN}: ${warning}\n`));
   } catch (err) {
     if (isWeftError(err)) {
       process.stderr.write(`${BIN}: ${err.message}\n`);
@@ -48,28 +50,15 @@ export async function main(argv: string[]): Promise<void> {
     // An overflow shows as POLLERR, which the binding reports as "bad file descriptor".
     onMonitorError: (err) => log.warn({ err: err.message }, "kernel notification socket failed (overflowed?); reopening it and checking everything"),
   });
-  // --join-token-file: the node gets its certificate before anything else talks to the lease server.
+  // --join-token-file: the node gets its certificate (in start-up below, once health answers) before the agent talks to the lease server.
   const identityStop = new AbortController();
-  let identity: NodeIdentity | undefined;
-  if (cfg.join) {
-    identity = new NodeIdentity({ nodeName: cfg.nodeName, stateDir: cfg.stateDir, servers: cfg.servers, caFile: cfg.tls!.ca!, joinToken: cfg.join.token, log: log.child({ component: "identity" }) });
-    const abort = () => identityStop.abort();
-    process.once("SIGTERM", abort);
-    process.once("SIGINT", abort);
-    try {
-      await identity.ensure(identityStop.signal);
-    } catch (err) {
-      if (identityStop.signal.aborted) process.exit(0);
-      log.fatal({ err: errorMessage(err) }, "cannot get a node certificate");
-      process.stderr.write(`${BIN}: ${errorMessage(err)}\n`);
-      process.exit(1);
-    }
-    process.off("SIGTERM", abort);
-    process.off("SIGINT", abort);
-  }
+  const identity = cfg.join
+    ? new NodeIdentity({ nodeName: cfg.nodeName, stateDir: cfg.stateDir, servers: cfg.servers, caFile: cfg.tls!.ca!, joinToken: cfg.join.token, log: log.child({ component: "identity" }) })
+    : undefined;
   let client: LeaseClient;
   try {
-    client = new LeaseClient({ servers: cfg.servers, tls: identity?.tls ?? cfg.tls, onConnectivity: (up) => metrics.serverConnected.set(up ? 1 : 0) });
+    // With a join token the client starts with --tls-ca alone; the node's certificate replaces it before the agent starts.
+    client = new LeaseClient({ servers: cfg.servers, tls: cfg.tls, onConnectivity: (up) => metrics.serverConnected.set(up ? 1 : 0) });
   } catch (err) {
     // loadAgentConfig already validated the TLS files; this is the last guard against a stack trace.
     process.stderr.write(`${BIN}: ${errorMessage(err)}; check --tls-ca/--tls-cert/--tls-key\n`);
@@ -77,17 +66,16 @@ export async function main(argv: string[]): Promise<void> {
   }
   const firewallLog = log.child({ component: "firewall" });
   const agent = new Agent({ config: cfg, dataplane, client, log, metrics, firewall: (o) => new Firewall(o, firewallLog) });
-  const api = buildApi({ view: agent.view(), registry: metrics.registry, log, adminToken: cfg.adminToken });
-  // New connections use the renewed certificate; open ones keep the one they were made with.
-  void identity?.runRenewal(identityStop.signal, () => client.reloadCredentials(identity!.tls));
-
+  const view = agent.view();
+  const api = buildApi({ view, registry: metrics.registry, log, adminToken: cfg.adminToken });
+  const scrape = cfg.metricsListen ? buildMetricsListener({ registry: metrics.registry, status: () => view.status(), log }) : undefined;
   let stopping = false;
   const stop = (signal: string, code = 0) => {
     if (stopping) return;
     stopping = true;
     identityStop.abort();
     log.info({ signal }, "shutting down; leaving the device, routes and lease in place");
-    Promise.allSettled([agent.stop(), api.close()]).then(() => process.exit(code));
+    Promise.allSettled([agent.stop(), api.close(), scrape?.close()]).then(() => process.exit(code));
   };
   process.on("SIGTERM", () => stop("SIGTERM"));
   process.on("SIGINT", () => stop("SIGINT"));
@@ -96,11 +84,30 @@ export async function main(argv: string[]): Promise<void> {
     // Health answers during start-up; /readyz stays 503 until the peers are programmed.
     await api.listen({ host: cfg.httpListen.host, port: cfg.httpListen.port });
     log.info({ address: `http://${cfg.httpListen.host}:${cfg.httpListen.port}` }, "api listening");
+    if (scrape && cfg.metricsListen) {
+      const address = await scrape.listen({ host: cfg.metricsListen.host, port: cfg.metricsListen.port, flag: cfg.metricsListen.name });
+      log.info({ address }, "metrics listener listening (read-only: /metrics, /healthz, /readyz)");
+    }
+    if (identity) {
+      try {
+        await identity.ensure(identityStop.signal);
+      } catch (err) {
+        if (stopping) return;
+        log.fatal({ err: errorMessage(err) }, "cannot get a node certificate");
+        process.stderr.write(`${BIN}: ${errorMessage(err)}\n`);
+        process.exit(1);
+      }
+      client.reloadCredentials(identity.tls);
+      // New connections use the renewed certificate; open ones keep the one they were made with.
+      void identity.runRenewal(identityStop.signal, () => client.reloadCredentials(identity.tls));
+    }
     await agent.start();
   } catch (err) {
     if (stopping) return;
     log.fatal({ err }, "start-up failed");
     process.stderr.write(`${BIN}: ${isWeftError(err) ? err.message : String(err)}\n`);
+    // Exit 2 is for flags and config files (loadAgentConfig, above), which systemd does not retry; what fails
+    // here (a port in use, a device weft did not create) may be fixed while it retries.
     process.exit(1);
   }
   agent.fatal.catch((err) => {

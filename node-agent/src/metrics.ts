@@ -1,6 +1,7 @@
 // The agent's Prometheus metrics, on a registry of its own (never the global one).
 import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import { registerProcessMetrics } from "../../lib/src/metrics.js";
+import { registerBuildInfo } from "../../lib/src/build-info.js";
 
 export function createAgentMetrics() {
   const registry = new Registry();
@@ -8,6 +9,7 @@ export function createAgentMetrics() {
   const registers = [registry];
   return {
     registry,
+    buildInfo: registerBuildInfo(registry),
     peers: new Gauge({ name: "weft_agent_peers", help: "Remote peers whose kernel objects (routes; for VXLAN also ARP and FDB entries) are all programmed", registers }),
     knownPeers: new Gauge({ name: "weft_agent_known_peers", help: "Remote leases known from the lease server", registers }),
     reconcileDuration: new Histogram({

@@ -139,3 +139,26 @@ describe("agent flags: --admin-token-file", () => {
     expect(() => loadAgentConfig([...base, "--admin-token-file", join(dir, "absent")])).toThrow(/cannot read.*ENOENT/);
   });
 });
+
+describe("agent flags: --metrics-listen", () => {
+  const base = ["--server", "a:1", "--insecure"];
+  const load = (...argv: string[]) => loadAgentConfig([...base, ...argv]) as AgentConfig;
+
+  it("is off by default and may use any address: it serves nothing that changes state", () => {
+    expect(load().metricsListen).toBeUndefined();
+    expect(load("--metrics-listen", "0.0.0.0:9465").metricsListen).toEqual({ host: "0.0.0.0", port: 9465, name: "--metrics-listen" });
+    expect(load("--metrics-listen", "[::]:9465").metricsListen).toEqual({ host: "::", port: 9465, name: "--metrics-listen" });
+  });
+
+  it.each([
+    [["--metrics-listen", "9465"], /--metrics-listen: "9465" is not HOST:PORT/],
+    [["--metrics-listen", "127.0.0.1:9464"], /--metrics-listen 127\.0\.0\.1:9464 and --http-listen 127\.0\.0\.1:9464 use the same port; give --metrics-listen another one, e\.g\. 127\.0\.0\.1:9465/],
+    [["--metrics-listen", "0.0.0.0:9464"], /use the same port/],
+  ])("rejects %j", (argv, re) => {
+    expect(() => load(...argv)).toThrow(re);
+  });
+
+  it("the same port on another specific address is fine", () => {
+    expect(load("--metrics-listen", "198.18.0.1:9464").metricsListen).toMatchObject({ port: 9464 });
+  });
+});

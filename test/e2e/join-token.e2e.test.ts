@@ -71,6 +71,17 @@ describe.skipIf(!env.ok)("joining with a join token (nodes in namespaces)", () =
     await waitFor("node 2 never appears as a peer", async () => (await c.agentApi<unknown[]>(0, "/v1/peers")).json.length === 1, 2000);
   }, 120_000);
 
+  it("answers /healthz while it waits for its certificate, and /readyz says it is not ready", async () => {
+    // 198.18.0.250 is on the underlay but nothing answers there: the join retries until stopped.
+    c.startAgent(3, ["--server", "198.18.0.250:7600"], undefined, { joinTokenFile: expiring.file });
+    await waitFor("node-3's /healthz answers while it joins", async () => (await c.agentApi(3, "/healthz")).code === 200, 15_000);
+    const ready = await c.agentApi(3, "/readyz");
+    expect(ready.code).toBe(503);
+    expect(ready.body).toMatch(/no lease yet/);
+    expect(readFileSync(c.logPath("node-3"), "utf8")).not.toMatch(/issued node certificate|lease acquired/);
+    await c.stopAgent(3);
+  }, 30_000);
+
   it("refuses an expired token with a clear log line", async () => {
     await new Promise((r) => setTimeout(r, Math.max(0, expiresAt - Date.now() + 1500)));
     c.startAgent(3, [], undefined, { joinTokenFile: expiring.file });

@@ -1,8 +1,7 @@
 // The agent's local REST API: health, readiness, our lease, the peers and
 // metrics. buildApi() wires routes without listening, so tests use inject().
 //
-// Plain node:http rather than fastify: the agent runs on every node and
-// fastify alone cost it about 17 MiB of RSS for five GET routes. Success
+// Plain node:http (http-listener.ts) rather than fastify. Success
 // responses (status codes, JSON shapes, content types, HEAD) are the ones
 // fastify produced for these routes; every error is an RFC 9457 problem
 // (lib/src/problem.ts), as on the lease server.
@@ -10,13 +9,12 @@
 // The one route that changes state, POST /v1/wireguard/rotate-key, needs the
 // bearer token of --admin-token-file when one is configured; without one the
 // agent listens only on loopback (config.ts), where local root may rotate.
-import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
 import type { Registry } from "prom-client";
 import { bearerToken, tokenMatches } from "../../lib/src/admin-token.js";
 import { WeftError } from "../../lib/src/errors.js";
 import type { Logger } from "../../lib/src/logger.js";
-import { MAX_HEADER_BYTES, PROBLEM_CONTENT_TYPE, clientErrorListener, expectationListener, problem, problemFromError, type Problem } from "../../lib/src/problem.js";
+import { problem, problemFromError } from "../../lib/src/problem.js";
+import { problemReply, serveReplies, type HttpListener, type Reply } from "./http-listener.js";
 
 export interface LeaseView {
   readonly subnet: string;
@@ -63,13 +61,6 @@ export interface AgentView {
   rotateKey(): Promise<{ publicKey: string; previousPublicKey: string }>;
 }
 
-interface Reply {
-  readonly statusCode: number;
-  readonly type: string;
-  readonly body: string;
-  readonly headers?: Readonly<Record<string, string>>;
-}
-
 interface Request {
   readonly method: string;
   readonly url: string;
@@ -84,13 +75,9 @@ export interface InjectResponse {
   json(): unknown;
 }
 
-export interface AgentApi {
-  listen(o: { host: string; port: number }): Promise<string>;
-  close(): Promise<void>;
+export interface AgentApi extends HttpListener {
   /** Runs one request through the routes without a socket (tests). */
   inject(req: string | { method?: string; url: string; headers?: Record<string, string> }): Promise<InjectResponse>;
-  /** The listening address, once listen() resolved. */
-  address(): AddressInfo | undefined;
 }
 
 const JSON_TYPE = "application/json; charset=utf-8";
@@ -98,7 +85,6 @@ const TEXT = "text/plain";
 
 const json = (statusCode: number, v: unknown): Reply => ({ statusCode, type: JSON_TYPE, body: JSON.stringify(v) });
 const text = (statusCode: number, body: string): Reply => ({ statusCode, type: TEXT, body });
-const problemReply = (p: Problem, headers?: Record<string, string>): Reply => ({ statusCode: p.status, type: `${PROBLEM_CONTENT_TYPE}; charset=utf-8`, body: JSON.stringify(p), headers });
 
 // The response schemas of the fastify version: only these fields, in this order.
 const leaseJson = (l: LeaseView) => ({ subnet: l.subnet, publicIP: l.publicIP, backendType: l.backendType, expiresAt: l.expiresAt });
@@ -196,37 +182,9 @@ export function buildApi(deps: ApiDeps): AgentApi {
     }
   }
 
-  const server = createServer({ maxHeaderSize: MAX_HEADER_BYTES }, (req: IncomingMessage, res: ServerResponse) => {
-    const method = req.method ?? "GET";
-    void handle({ method, url: req.url ?? "/", authorization: req.headers.authorization, remote: req.socket.remoteAddress }).then((r) => {
-      res.writeHead(r.statusCode, { ...r.headers, "content-type": r.type, "content-length": Buffer.byteLength(r.body) });
-      res.end(method === "HEAD" ? undefined : r.body);
-    });
-  });
-  // Oversized headers and malformed requests never reach the handler; answer them in the problem shape too.
-  server.on("clientError", clientErrorListener(MAX_HEADER_BYTES));
-  server.on("checkExpectation", expectationListener());
-  // fastify's defaults.
-  server.keepAliveTimeout = 72_000;
-  server.requestTimeout = 0;
-
+  const listener = serveReplies((req) => handle({ method: req.method ?? "GET", url: req.url ?? "/", authorization: req.headers.authorization, remote: req.socket.remoteAddress }));
   return {
-    listen: ({ host, port }) => new Promise<string>((resolve, reject) => {
-      const onError = (err: Error) => reject(err);
-      server.once("error", onError);
-      server.listen(port, host, () => {
-        server.off("error", onError);
-        const a = server.address() as AddressInfo;
-        const address = `http://${a.family === "IPv6" ? `[${a.address}]` : a.address}:${a.port}`;
-        log.info(`Server listening at ${address}`);
-        resolve(address);
-      });
-    }),
-    close: () => new Promise<void>((resolve) => {
-      if (!server.listening) return resolve();
-      server.close(() => resolve());
-      server.closeIdleConnections();
-    }),
+    ...listener,
     inject: async (req) => {
       const { method = "GET", url, headers = {} } = typeof req === "string" ? { url: req } : req;
       const r = await handle({ method: method.toUpperCase(), url, authorization: headers.authorization ?? headers.Authorization });
@@ -236,6 +194,5 @@ export function buildApi(deps: ApiDeps): AgentApi {
         json: () => JSON.parse(body),
       };
     },
-    address: () => (server.listening ? (server.address() as AddressInfo) : undefined),
   };
 }

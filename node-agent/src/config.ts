@@ -59,7 +59,8 @@ export interface AgentConfig {
   readonly publicIP?: string;
   readonly subnetFile: string;
   readonly stateDir: string;
-  readonly httpListen: { readonly host: string; readonly port: number };
+  /** `name`: how the operator set it (--http-listen or WEFT_HTTP_LISTEN), for bind errors. */
+  readonly httpListen: { readonly host: string; readonly port: number; readonly name: string };
   /** --metrics-listen; `name` is how it was set (--metrics-listen or WEFT_METRICS_LISTEN), for bind errors. */
   readonly metricsListen?: { readonly host: string; readonly port: number; readonly name: string };
   readonly vxlanDevice?: string;
@@ -236,6 +237,6 @@ function fromFlags({ values: f, nameOf }: ParsedFlags<typeof FLAGS>): AgentConfi
 
   return deepFreeze({
     cleanup: false as const, servers, nodeName, iface: f.iface, publicIP: f["public-ip"], subnetFile: f["subnet-file"], stateDir: f["state-dir"],
-    httpListen: { host, port }, metricsListen, vxlanDevice: f["vxlan-device"], wireguardDevice: f["wireguard-device"], wireguardPsk, wireguardKeyRotationMs, ipMasq: f["ip-masq"], forwardRules: f["forward-rules"], watchKernel: f["watch-kernel"], resyncIntervalMs: resync, tls, adminToken, join: joining, logLevel: f["log-level"],
+    httpListen: { host, port, name: nameOf("http-listen") }, metricsListen, vxlanDevice: f["vxlan-device"], wireguardDevice: f["wireguard-device"], wireguardPsk, wireguardKeyRotationMs, ipMasq: f["ip-masq"], forwardRules: f["forward-rules"], watchKernel: f["watch-kernel"], resyncIntervalMs: resync, tls, adminToken, join: joining, logLevel: f["log-level"],
   });
 }

@@ -82,8 +82,8 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
 
   try {
     // Health answers during start-up; /readyz stays 503 until the peers are programmed.
-    await api.listen({ host: cfg.httpListen.host, port: cfg.httpListen.port });
-    log.info({ address: `http://${cfg.httpListen.host}:${cfg.httpListen.port}` }, "api listening");
+    const address = await api.listen({ host: cfg.httpListen.host, port: cfg.httpListen.port, flag: cfg.httpListen.name });
+    log.info({ address }, "api listening");
     if (scrape && cfg.metricsListen) {
       const address = await scrape.listen({ host: cfg.metricsListen.host, port: cfg.metricsListen.port, flag: cfg.metricsListen.name });
       log.info({ address }, "metrics listener listening (read-only: /metrics, /healthz, /readyz)");

@@ -66,7 +66,7 @@ describe("agent REST API: WireGuard", () => {
   it("POST /v1/wireguard/rotate-key over a real socket", async () => {
     const view = makeView();
     const app = api(view);
-    const base = await app.listen({ host: "127.0.0.1", port: 0 });
+    const base = await app.listen({ host: "127.0.0.1", port: 0, flag: "--http-listen" });
     try {
       const r = await fetch(`${base}/v1/wireguard/rotate-key`, { method: "POST" });
       expect(r.status).toBe(200);
@@ -223,7 +223,7 @@ describe("agent REST API: errors and the admin token", () => {
   it("over a socket: the token is checked, headers over 16 KiB get a 431 problem, a malformed request a 400 problem", async () => {
     const v = view();
     const app = buildApi({ view: v, registry: createAgentMetrics().registry, log: silentLog, adminToken: TOKEN });
-    const base = await app.listen({ host: "127.0.0.1", port: 0 });
+    const base = await app.listen({ host: "127.0.0.1", port: 0, flag: "--http-listen" });
     try {
       const none = await fetch(`${base}/v1/wireguard/rotate-key`, { method: "POST" });
       expect(none.status).toBe(401);

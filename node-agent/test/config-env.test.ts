@@ -38,10 +38,16 @@ beforeAll(async () => {
   };
 });
 
-/** The environment's config records that --metrics-listen came from WEFT_METRICS_LISTEN (for bind errors). */
-const fromEnvName = (c: unknown) => {
-  const m = (c as AgentConfig).metricsListen;
-  return m ? { ...(c as AgentConfig), metricsListen: { ...m, name: "WEFT_METRICS_LISTEN" } } : c;
+/** The environment's config records that the listen addresses came from WEFT_METRICS_LISTEN / WEFT_HTTP_LISTEN (for bind errors). */
+const fromEnvName = (scenario: Readonly<Record<string, string>>) => (c: unknown) => {
+  const a = c as AgentConfig;
+  if (a.cleanup) return c;
+  const m = a.metricsListen;
+  return {
+    ...a,
+    ...("http-listen" in scenario ? { httpListen: { ...a.httpListen, name: "WEFT_HTTP_LISTEN" } } : {}),
+    ...(m ? { metricsListen: { ...m, name: "WEFT_METRICS_LISTEN" } } : {}),
+  };
 };
 
 describe("weft-agent configuration from the environment", () => {
@@ -50,7 +56,7 @@ describe("weft-agent configuration from the environment", () => {
   });
 
   it.each(["mTLS with every option", "join token", "plaintext", "cleanup"])("%s: WEFT_* alone give the config the flags give, and each one counts", (name) => {
-    expectEnvEqualsArgv(FLAGS, scenarios[name]!, loadAgentConfig, fromEnvName);
+    expectEnvEqualsArgv(FLAGS, scenarios[name]!, loadAgentConfig, fromEnvName(scenarios[name]!));
   });
 
   it("the command line wins", () => {

@@ -17,7 +17,7 @@ describe("agent metrics listener", () => {
   const listener: MetricsListener = buildMetricsListener({ registry: metrics.registry, status: () => status, log: silentLog });
   let base = "";
   beforeAll(async () => {
-    base = await listener.listen({ host: "127.0.0.1", port: 0 });
+    base = await listener.listen({ host: "127.0.0.1", port: 0, flag: "--metrics-listen" });
   });
   afterAll(() => listener.close());
 

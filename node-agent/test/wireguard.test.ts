@@ -19,11 +19,13 @@ const net = parseNetworkConfig('{"Network": "10.244.0.0/16", "Backend": {"Type":
 const local = { ...localNode, network: net };
 const PSK = generateKeyPair().privateKey;
 const keys = Array.from({ length: 6 }, () => generateKeyPair());
+/** One expiry for every lease here, so two wgPeer(i) compare equal. */
+const EXPIRES_AT = Date.now() + 600_000;
 
 function wgPeer(i: number, over: Partial<Lease> = {}, key = keys[i]!.publicKey): Lease {
   return {
     subnet: `10.244.${i}.0/24`, nodeName: `node-${i}`, publicIP: `198.18.0.${i}`,
-    attrs: { type: "wireguard", publicKey: key, listenPort: 51820 }, expiresAt: Date.now() + 60_000, revision: i, ...over,
+    attrs: { type: "wireguard", publicKey: key, listenPort: 51820 }, expiresAt: EXPIRES_AT, revision: i, ...over,
   };
 }
 

@@ -27,7 +27,7 @@ let base: URL;
 
 beforeAll(async () => {
   api = buildApi({ view, registry: createAgentMetrics().registry, log: silentLog });
-  base = new URL(await api.listen({ host: "127.0.0.1", port: 0 }));
+  base = new URL(await api.listen({ host: "127.0.0.1", port: 0, flag: "--http-listen" }));
 });
 afterAll(async () => {
   await api?.close();

@@ -11,11 +11,14 @@ import { FakeDataplane } from "./fake-dataplane.js";
 
 export const silentLog = pino({ level: "silent" });
 
+/** One expiry for every fixture lease: two peer(2) calls must compare equal even a millisecond apart. */
+const EXPIRES_AT = Date.now() + 600_000;
+
 export function peer(i: number, over: Partial<Lease> = {}): Lease {
   return {
     subnet: `10.244.${i}.0/24`, nodeName: `node-${i}`, publicIP: `198.18.0.${i}`,
     attrs: { type: "vxlan", vni: 1, vtepMac: `0e:00:00:00:00:${i.toString(16).padStart(2, "0")}` },
-    expiresAt: Date.now() + 60_000, revision: i, ...over,
+    expiresAt: EXPIRES_AT, revision: i, ...over,
   };
 }
 

@@ -14,6 +14,7 @@ packages=(
   iperf3                                                  # throughput benchmark
   prometheus                                              # promtool, to lint /metrics
   etcd-server etcd-client                                 # the etcd store's tests start real etcd (test/etcd.ts)
+  systemd                                                 # systemd-analyze verifies the units in deploy/ (a container may lack it)
   python3 make g++                                        # better-sqlite3 compiles from source
 )
 

@@ -2,7 +2,7 @@ import { defineConfig } from "vitest/config";
 
 export default defineConfig({
   test: {
-    include: ["lib/test/**/*.test.ts", "lease-server/test/**/*.test.ts", "node-agent/test/**/*.test.ts", "test/**/*.test.ts"],
+    include: ["lib/test/**/*.test.ts", "lease-server/test/**/*.test.ts", "node-agent/test/**/*.test.ts", "cli/test/**/*.test.ts", "test/**/*.test.ts"],
     exclude: ["node_modules/**", "dist/**"],
     testTimeout: 30_000,
     hookTimeout: 60_000,

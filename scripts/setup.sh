@@ -16,6 +16,7 @@ packages=(
   etcd-server etcd-client                                 # the etcd store's tests start real etcd (test/etcd.ts)
   systemd                                                 # systemd-analyze verifies the units in deploy/ (a container may lack it)
   python3 make g++                                        # better-sqlite3 compiles from source
+  chromium fonts-dejavu-core                              # the status page's browser test (headless, driven by playwright-core)
 )
 
 NODE_VERSION=20.20.2   # the Node.js this project is tested on

@@ -4,17 +4,18 @@
 import * as grpc from "@grpc/grpc-js";
 import {
   LeaseServiceService, NetworkConfig as PbNetworkConfig, WatchLeasesResponse, WatchLeasesResponse_Kind,
-  type LeaseServiceServer, type AcquireLeaseRequest,
+  type LeaseServiceServer, type AcquireLeaseRequest, type NodeStatus, type ReportStatusResponse,
 } from "../../gen/weft/v1/lease.js";
 import { ErrorCodes, WeftError, invalid, isWeftError } from "../../lib/src/errors.js";
 import { attrsFromPb, eventToPb, leaseToPb } from "../../lib/src/proto-convert.js";
 import { formatCidr, formatIpv4 } from "../../lib/src/cidr.js";
-import { networkConfigJson, type NetworkConfig } from "../../lib/src/net-config.js";
+import { BACKEND_TYPES, networkConfigJson, type NetworkConfig } from "../../lib/src/net-config.js";
 import { validateNodeName, type Lease, type LeaseEvent } from "../../lib/src/lease.js";
 import type { Logger } from "../../lib/src/logger.js";
 import type { LeaseManager } from "./lease-manager.js";
 import type { FrameEncoder, WatchHub } from "./watch-hub.js";
 import { abortCall } from "./grpc-limits.js";
+import type { Fleet, NodeReport, ReporterHandle } from "./fleet.js";
 
 /** How long an ended watch may take to deliver its last messages before its stream is reset. */
 const STALLED_STREAM_RESET_MS = 5000;
@@ -115,9 +116,30 @@ export function certNodeNames(call: Pick<grpc.ServerUnaryCall<unknown, unknown>,
   return [...names];
 }
 
+/** Limits of one NodeStatus: the agent sends its /readyz reasons, a handful of short sentences. */
+export const MAX_PROBLEMS = 8;
+export const MAX_PROBLEM_CHARS = 200;
+
+/** Checks one NodeStatus; every field the server keeps is bounded. */
+export function reportFromPb(m: NodeStatus): NodeReport {
+  const applied = Number(m.appliedRevision);
+  if (!Number.isSafeInteger(applied) || applied < 0) throw invalid("applied_revision", `${m.appliedRevision} is out of range`, "send the last lease-feed revision the kernel reflects");
+  if (m.problems.length > MAX_PROBLEMS) throw invalid("problems", `${m.problems.length} entries, at most ${MAX_PROBLEMS}`, "send the first ones");
+  const long = m.problems.find((p) => p.length > MAX_PROBLEM_CHARS);
+  if (long !== undefined) throw invalid("problems", `an entry has ${long.length} characters, at most ${MAX_PROBLEM_CHARS}`, "shorten it");
+  if (m.backend !== "" && !(BACKEND_TYPES as readonly string[]).includes(m.backend)) throw invalid("backend", `${JSON.stringify(m.backend.slice(0, 40))} is not a backend`, `send one of ${BACKEND_TYPES.join(", ")}`);
+  if (m.version.length > 64) throw invalid("version", `${m.version.length} characters, at most 64`, "send the agent's version");
+  if (m.subnet.length > 18) throw invalid("subnet", `${m.subnet.length} characters; not a subnet`, "send the node's subnet, e.g. 10.244.3.0/24");
+  return { appliedRevision: applied, healthy: m.healthy, problems: m.problems, backend: m.backend, version: m.version, peers: m.peers, subnet: m.subnet };
+}
+
 export interface ServiceDeps {
   readonly manager: LeaseManager;
   readonly hub: WatchHub;
+  /** Per-node applied revision and health (ReportStatus). */
+  readonly fleet: Fleet;
+  /** Counts status messages received. */
+  readonly onReport?: () => void;
   readonly log: Logger;
   /**
    * With TLS, every call needs a verified client certificate, and clients may act only for the node names
@@ -169,6 +191,41 @@ export function createLeaseService(deps: ServiceDeps): LeaseServiceServer {
       await manager.release(call.request.nodeName, call.request.subnet, call.request.instanceId);
       return {};
     }),
+    reportStatus: (call: grpc.ServerReadableStream<NodeStatus, ReportStatusResponse>, callback: grpc.sendUnaryData<ReportStatusResponse>) => {
+      let node: string | undefined;
+      let handle: ReporterHandle | undefined;
+      let done = false;
+      const finish = (err?: unknown) => {
+        handle?.close();
+        if (done) return;
+        done = true;
+        if (err === undefined) callback(null, {});
+        else callback(toServiceError(err, log) as grpc.ServiceError);
+      };
+      call.on("data", (m: NodeStatus) => {
+        if (done) return;
+        try {
+          checkDecoded(m);
+          deps.onReport?.();
+          if (node === undefined) {
+            authorize(call as unknown as grpc.ServerUnaryCall<unknown, unknown>, m.nodeName);
+            node = m.nodeName;
+            handle = deps.fleet.connect(node);
+          } else if (m.nodeName !== node) {
+            throw invalid("node_name", `${JSON.stringify(m.nodeName.slice(0, 64))} differs from ${JSON.stringify(node)}, the node this stream reports for`, "open one stream per node");
+          }
+          handle!.report(reportFromPb(m));
+        } catch (err) {
+          finish(err);
+        }
+      });
+      call.on("end", () => finish());
+      call.on("error", () => finish());
+      call.on("cancelled", () => {
+        handle?.close();
+        done = true;
+      });
+    },
     watchLeases: (call) => {
       try {
         checkDecoded(call.request);

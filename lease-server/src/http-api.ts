@@ -19,6 +19,8 @@ import type { ServerMetrics } from "./metrics.js";
 import { registerAdminAuth, type AdminAuth } from "./http-auth.js";
 import { registerJoinTokenRoutes } from "./identity/join-token-routes.js";
 import type { JoinTokens } from "./identity/join-tokens.js";
+import type { Fleet } from "./fleet.js";
+import { registerFleetRoutes } from "./fleet-routes.js";
 
 /** The largest REST request body: reservations and tokens are a few hundred bytes. */
 export const HTTP_BODY_LIMIT = 64 * 1024;
@@ -81,6 +83,8 @@ export interface HttpApiDeps {
   readonly https?: { readonly cert: Buffer; readonly key: Buffer; readonly clientCa?: Buffer };
   /** Join tokens (undefined without TLS on the gRPC port: the routes then say why). */
   readonly joinTokens?: JoinTokens;
+  /** Every node's applied revision and health: GET /v1/nodes, GET /v1/events. */
+  readonly fleet: Fleet;
 }
 
 function pathOnly(url: string): string {
@@ -223,17 +227,21 @@ export async function buildHttpApi(deps: HttpApiDeps): Promise<FastifyInstance> 
     return { network: formatCidr(cfg.network), subnetLen: cfg.subnetLen, subnetMin: formatIpv4(cfg.subnetMin), subnetMax: formatIpv4(cfg.subnetMax), backend: { ...cfg.backend }, subnets: subnetCount(cfg), leases: leases.length };
   });
 
+  const fleetRoutes = registerFleetRoutes(app as unknown as FastifyInstance, deps.fleet, store);
+
   app.get("/v1/reservations", { schema: { summary: "Subnets reserved for node names", response: { 200: Type.Array(ReservationJson) } } },
     async () => store.listReservations());
   app.post("/v1/reservations", { config: admin.config, schema: { summary: "Reserve a subnet for a node name", security: admin.security, body: ReservationJson, response: { 201: ReservationJson, ...problems, ...admin.responses } } },
     async (req, reply) => {
       await manager.reserve({ subnet: req.body.subnet, nodeName: req.body.nodeName });
+      fleetRoutes.reservationsChanged();
       return reply.code(201).send({ subnet: req.body.subnet, nodeName: req.body.nodeName });
     });
   app.delete("/v1/reservations/:subnet", { config: admin.config, schema: { summary: "Delete a reservation", security: admin.security, params: SubnetParam, response: { 204: Type.Null(), ...problems, ...admin.responses } } },
     async (req, reply) => {
       const subnet = subnetFromPath(req.params.subnet);
       if (!(await manager.unreserve(subnet))) throw new WeftError("NOT_FOUND", `no reservation for ${subnet}; GET /v1/reservations lists them`);
+      fleetRoutes.reservationsChanged();
       return reply.code(204).send(null);
     });
 

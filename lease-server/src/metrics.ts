@@ -3,6 +3,7 @@ import { Counter, Gauge, Histogram, Registry } from "prom-client";
 import { registerProcessMetrics } from "../../lib/src/metrics.js";
 import { registerBuildInfo } from "../../lib/src/build-info.js";
 import type { WatchHubMetrics } from "./watch-hub.js";
+import { AGENT_STATES, type AgentState } from "./fleet.js";
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5];
 
@@ -11,7 +12,10 @@ export function createServerMetrics() {
   registerProcessMetrics(registry, "weft_lease_server_");
   const registers = [registry];
   // Scrape-time sources for the gauges below; server.ts binds them with observe().
-  const src = { leases: () => 0, revision: () => 0, reservations: async () => 0 };
+  const src = {
+    leases: () => 0, revision: () => 0, reservations: async () => 0,
+    agents: (): Record<AgentState, number> => ({ converged: 0, lagging: 0, unhealthy: 0, disconnected: 0 }),
+  };
   const m = {
     registry,
     leases: new Gauge({ name: "weft_lease_server_leases", help: "Live subnet leases.", registers, collect() { this.set(src.leases()); } }),
@@ -29,6 +33,20 @@ export function createServerMetrics() {
     watchDropped: new Counter({ name: "weft_lease_server_watch_streams_dropped_total", help: "Watch streams dropped for falling too far behind.", registers }),
     buildInfo: registerBuildInfo(registry),
     limitRejections: new Counter({ name: "weft_lease_server_limit_rejections_total", help: "Requests, streams or connections refused by a protective limit, by limit.", labelNames: ["limit"] as const, registers }),
+    agents: new Gauge({
+      name: "weft_lease_server_agents", help: "Nodes by state: converged (applied the newest revision), lagging, unhealthy (reports problems), disconnected (a lease but no status stream to this server).",
+      labelNames: ["state"] as const, registers,
+      collect() {
+        const counts = src.agents();
+        for (const state of AGENT_STATES) this.set({ state }, counts[state]);
+      },
+    }),
+    convergenceSeconds: new Histogram({
+      name: "weft_lease_server_convergence_seconds", help: "From a lease change reaching this server until every connected agent reported it applied.",
+      buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300], registers,
+    }),
+    convergenceGaveUp: new Counter({ name: "weft_lease_server_convergence_abandoned_total", help: "Lease changes that some connected agent did not apply within 10 minutes (not in the convergence histogram).", registers }),
+    agentReports: new Counter({ name: "weft_lease_server_agent_reports_total", help: "Status reports received from agents (ReportStatus messages).", registers }),
     watchBatch: new Histogram({ name: "weft_lease_server_watch_batch_events", help: "Lease events per fan-out batch.", buckets: [1, 2, 5, 10, 50, 100, 500, 1000, 5000], registers }),
   };
   return {

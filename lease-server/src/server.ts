@@ -17,6 +17,7 @@ import { EtcdLeaseStore } from "./store/etcd-lease-store.js";
 import { SqliteLeaseStore } from "./store/sqlite-lease-store.js";
 import { monitorStore, type StoreHealth } from "./store/monitored-store.js";
 import { setupNodeIdentity, type NodeIdentity } from "./identity/setup.js";
+import { Fleet } from "./fleet.js";
 import type { LeaseStore } from "./store/lease-store.js";
 
 export interface RunningServer {
@@ -24,6 +25,7 @@ export interface RunningServer {
   readonly httpPort: number;
   readonly manager: LeaseManager;
   readonly hub: WatchHub;
+  readonly fleet: Fleet;
   readonly store: LeaseStore;
   readonly metrics: ServerMetrics;
   readonly http: FastifyInstance;
@@ -103,7 +105,12 @@ export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {
   await manager.expire().catch((err) => {
     if (!isWeftError(err) || err.code !== "STORE_UNAVAILABLE") throw err;
   });
-  const hub = new WatchHub({ store, encoder: frameEncoder, log, metrics: hubMetrics(metrics), ...opts.hub, historyEvents });
+  // The hub tells the fleet what changed; the fleet reads the hub's leases and revision.
+  const fleet: Fleet = new Fleet({
+    revision: () => hub.revision, leases: () => hub.leases(),
+    onConverged: (s) => metrics.convergenceSeconds.observe(s), onGaveUp: () => metrics.convergenceGaveUp.inc(),
+  });
+  const hub: WatchHub = new WatchHub({ store, encoder: frameEncoder, log, metrics: hubMetrics(metrics), ...opts.hub, historyEvents, onCommit: (evs, at) => fleet.committed(evs, at) });
   await hub.start();
 
   // Gauges are read at scrape time, so lease changes cost the hot path nothing.
@@ -113,6 +120,7 @@ export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {
     leases: () => hub.leaseCount,
     revision: () => hub.revision,
     reservations: async () => (await store.listReservations()).length,
+    agents: () => fleet.counts(),
   });
 
   // Expired leases are swept here; a failed sweep is retried on the next tick.
@@ -145,7 +153,7 @@ export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {
     // stream; nothing here reads it (bench:fanout, docs/benchmarks.md).
     "grpc.enable_channelz": 0,
   });
-  grpcServer.addService(leaseServiceDefinition, createLeaseService({ manager, hub, log, requireClientIdentity: !!cfg.tls }));
+  grpcServer.addService(leaseServiceDefinition, createLeaseService({ manager, hub, fleet, log, requireClientIdentity: !!cfg.tls, onReport: () => metrics.agentReports.inc() }));
   identity?.addTo(grpcServer);
   const health = new HealthImplementation({ "": "SERVING", "weft.v1.LeaseService": "SERVING" });
   health.addToServer(grpcServer);
@@ -158,7 +166,7 @@ export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {
   const ready = () => !closing && monitored.health().ok;
   const notReadyReason = () => (closing ? "shutting down" : monitored.health().reason && `lease store writes fail: ${monitored.health().reason}`);
   const http = await buildHttpApi({
-    manager, store, metrics, log, ready, notReadyReason, joinTokens: identity?.tokens,
+    manager, store, metrics, log, ready, notReadyReason, joinTokens: identity?.tokens, fleet,
     admin: { token: cfg.adminToken, clientCertificates: !!cfg.httpTls?.clientCa }, https: cfg.httpTls,
   });
   let grpcPort = 0;
@@ -174,6 +182,7 @@ export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {
     grpcServer.forceShutdown();
     clearInterval(sweep);
     hub.stop();
+    fleet.close();
     await http.close();
     await store.close();
     const addr = flag === "listen" ? cfg.listen : cfg.httpListen;
@@ -183,13 +192,14 @@ export async function startLeaseServer(cfg: ServerConfig, opts: StartOptions = {
   log.info({ grpc: `${cfg.listen.host}:${grpcPort}`, http: `${cfg.httpListen.host}:${httpPort}`, https: !!cfg.httpTls, adminToken: !!cfg.adminToken, adminCertificates: !!cfg.httpTls?.clientCa, tls: !!cfg.tls, mtls: !!cfg.tls, nodeCa: identity?.ca.source, revision: hub.revision }, "lease server listening");
 
   return {
-    grpcPort, httpPort, manager, hub, store, metrics, http,
+    grpcPort, httpPort, manager, hub, fleet, store, metrics, http,
     async close() {
       closing = true;
       health.setStatus("", "NOT_SERVING");
       clearInterval(sweep);
       listener?.close();
       hub.stop();
+      fleet.close();
       await new Promise<void>((resolve) => {
         const t = setTimeout(() => { grpcServer.forceShutdown(); resolve(); }, 2000);
         grpcServer.tryShutdown(() => { clearTimeout(t); resolve(); });

@@ -58,6 +58,8 @@ export interface WatchHubOptions {
   readonly maxEventsPerMessage?: number;
   readonly progressIntervalMs?: number;
   readonly metrics?: WatchHubMetrics;
+  /** Each applied batch, with the monotonic ms when its first change reached the hub (fleet convergence). */
+  readonly onCommit?: (events: readonly LeaseEvent[], at: number) => void;
 }
 
 /** Memory one queued or in-flight frame costs besides its bytes (measured, rounded up). */
@@ -127,6 +129,7 @@ export class WatchHub {
   #revision = 0;
   #storeId = "";
   #pending: LeaseEvent[] = [];
+  #pendingSince = 0;
   #flushTimer: NodeJS.Timeout | undefined;
   #progressTimer: NodeJS.Timeout | undefined;
   #unsubscribe: (() => void) | undefined;
@@ -150,6 +153,11 @@ export class WatchHub {
 
   get leaseCount(): number {
     return this.#leases.size;
+  }
+
+  /** The live leases (do not hold on to the iterator across changes). */
+  leases(): IterableIterator<Lease> {
+    return this.#leases.values();
   }
 
   get streams(): number {
@@ -185,6 +193,7 @@ export class WatchHub {
   }
 
   #onEvents(evs: readonly LeaseEvent[]): void {
+    if (this.#pending.length === 0) this.#pendingSince = performance.now();
     appendAll(this.#pending, evs);
     if (this.#flushTimer !== undefined) return;
     const window = this.#o.batchWindowMs ?? 5;
@@ -216,6 +225,7 @@ export class WatchHub {
     this.#resumeCache.clear();
     this.#o.metrics?.batch(batch.length);
     for (const frame of this.#eventFrames(batch)) this.#broadcast(frame);
+    this.#o.onCommit?.(batch, this.#pendingSince);
   }
 
   #eventFrames(events: readonly LeaseEvent[]): Frame[] {

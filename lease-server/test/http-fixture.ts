@@ -6,13 +6,15 @@ import { createServerMetrics } from "../src/metrics.js";
 import { SqliteLeaseStore } from "../src/store/sqlite-lease-store.js";
 import type { LeaseStore } from "../src/store/lease-store.js";
 import { memoryLogger } from "./helpers.js";
+import { Fleet } from "../src/fleet.js";
 
 export async function httpApi(over: Partial<Omit<HttpApiDeps, "manager" | "metrics" | "log">> & { store?: LeaseStore } = {}) {
   const { log, lines } = memoryLogger();
   const store = over.store ?? new SqliteLeaseStore(":memory:");
   const manager = new LeaseManager({ store, network: parseNetworkConfig('{"Network":"10.244.0.0/16"}'), ttlMs: 60_000, log });
   const metrics = createServerMetrics();
-  const app = await buildHttpApi({ ready: () => true, ...over, store, manager, metrics, log });
+  const fleet = over.fleet ?? new Fleet({ revision: () => 0, leases: () => [] });
+  const app = await buildHttpApi({ ready: () => true, ...over, store, manager, metrics, log, fleet });
   return {
     app, store, manager, metrics, lines,
     /** Starts a real listener on 127.0.0.1; returns its base URL. */
@@ -23,6 +25,7 @@ export async function httpApi(over: Partial<Omit<HttpApiDeps, "manager" | "metri
     },
     async close() {
       await app.close();
+      fleet.close();
       await store.close();
     },
     async rejections(limit: string): Promise<number> {

@@ -17,6 +17,9 @@ COPY scripts scripts
 COPY lib lib
 COPY lease-server lease-server
 COPY node-agent node-agent
+COPY cli cli
+# npm run gen makes weftctl's REST client types from the OpenAPI documents.
+COPY api-docs/lease-server.openapi.json api-docs/node-agent.openapi.json api-docs/
 # tsconfig.json also compiles bench/ and scripts/, which import test/e2e: needed
 # here for the build to pass, never copied into the runtime stage.
 COPY bench bench
@@ -39,7 +42,11 @@ COPY --from=build /opt/weft/node_modules node_modules
 COPY --from=build /opt/weft/dist/gen dist/gen
 COPY --from=build /opt/weft/dist/lib dist/lib
 COPY --from=build /opt/weft/dist/lease-server dist/lease-server
+# The status page (/ui/): static files the compiled server reads at start-up.
+COPY --from=build /opt/weft/lease-server/ui lease-server/ui
 COPY --from=build /opt/weft/dist/node-agent dist/node-agent
+# bin/weftctl, the operator CLI: docker exec <container> bin/weftctl nodes
+COPY --from=build /opt/weft/dist/cli dist/cli
 COPY bin bin
 # compose.yaml's one-shot init (admin token, TLS and node CA on the first run).
 COPY deploy/compose/init.mjs deploy/compose/init.mjs

@@ -9,11 +9,13 @@ const to = Number(toS);
 const client = new LeaseClient({ servers: [server!], callTimeoutMs: 30_000 });
 let next = from;
 const hex = (n: number) => n.toString(16).padStart(2, "0");
+// Every node needs its own public IP (the server refuses a second holder): 198.19.<i/254>.<1..254>.
+const publicIP = (i: number) => `198.19.${Math.floor(i / 254)}.${(i % 254) + 1}`;
 async function worker(): Promise<void> {
   while (next < to) {
     const i = next++;
     await client.acquire({
-      nodeName: `bench-${i}`, publicIP: `198.19.${(i >> 8) & 255}.${(i & 255) || 1}`,
+      nodeName: `bench-${i}`, publicIP: publicIP(i),
       attrs: { type: "vxlan", vni: 1, vtepMac: `0e:be:00:${hex((i >> 16) & 255)}:${hex((i >> 8) & 255)}:${hex(i & 255)}` },
     });
   }

@@ -1,5 +1,5 @@
 // npm run bench:fanout -- [--watchers N] [--changes K] [--interval-ms MS] [--client-procs P] [--target weft|etcd]
-//                         [--store sqlite|etcd] [--servers N] [--compare]
+//                         [--store sqlite|etcd] [--servers N] [--isolated] [--report-status] [--compare [--configs LIST]]
 //
 // Fan-out benchmark of the lease server's WatchLeases streams. It starts the
 // real server (bin/weft-lease-server) as its own process on 127.0.0.1 with a
@@ -20,6 +20,10 @@
 // reads the prefix and then watches it; changes are puts and deletes.
 //
 // --compare runs all of these side by side for a list of sizes and prints one table.
+//
+// --isolated sends each change only once the previous one reached every
+// watcher; --report-status makes each weft watcher also stream its status as
+// an agent does (ReportStatus) and reads the server's convergence histogram.
 //
 // Everything is bounded: watcher count, change count, setup, settle and total
 // time. Every process this bench starts is killed on exit, also on failure.

@@ -1,8 +1,9 @@
 // npm run demo: a lease server on SQLite and 3 nodes with 2 pods each, all in
 // network namespaces: the subnet map, pings across the VXLAN overlay, a host
 // outside the cluster seeing the pods' traffic masqueraded (--ip-masq), a
-// deleted route put back by the agent, and each agent's API. Ctrl-C or
-// SIGTERM cleans everything up.
+// deleted route put back by the agent, each agent's API, the fleet as
+// `weftctl nodes` shows it and the status page (the server's REST port is
+// relayed to this host's 127.0.0.1). Ctrl-C or SIGTERM cleans everything up.
 //   npm run demo -- --duration 30      (or WEFT_DEMO_DURATION=30) for non-interactive runs
 //
 // Each run gets its own id (wft-<pid>r<random>-*), so two demos never collide.
@@ -13,7 +14,8 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { AGENT_API_PORT, Cluster, EXTERNAL_IP, ROOT, SERVER_IP, GRPC_PORT, type Pod } from "../test/e2e/cluster.js";
-import { findBin, ip, ipJson, newRunId, sh, timeUntil } from "../test/e2e/netns.js";
+import { findBin, ip, ipJson, newRunId, sh, timeUntil, waitFor } from "../test/e2e/netns.js";
+import { forwardFromNamespace, type Forward } from "./ns-forward.js";
 
 const NODES = 3;
 const PODS = 2;
@@ -59,9 +61,11 @@ async function main(): Promise<void> {
   const c = new Cluster({ runId: newRunId(), nodes: NODES, leaseTtl: "30s", runner: "dist" });
 
   let cleaning: Promise<void> | undefined;
+  let forward: Forward | undefined;
   const cleanup = () => (cleaning ??= (async () => {
     process.stdout.write(`\ncleaning up: stopping agents and the lease server, deleting namespaces ${c.prefix}* ...\n`);
     try {
+      await forward?.close();
       await c.destroy();
       process.stdout.write("done.\n");
     } catch (err) {
@@ -96,6 +100,16 @@ async function main(): Promise<void> {
       const [link] = await ipJson<Array<{ address: string }>>(n.ns, "link", "show", "weft.1");
       process.stdout.write(`  ${n.name.padEnd(7)} ${n.underlayIP.padEnd(12)} ${lease.subnet.padEnd(15)} ${link!.address.padEnd(18)} ip netns exec ${n.ns} curl -s http://127.0.0.1:${AGENT_API_PORT}/v1/peers\n`);
     }
+    // The REST port listens on 127.0.0.1 inside the server's namespace; relay it here for a browser and weftctl.
+    forward = await forwardFromNamespace(c.srv, 7601, c.workDir, 7601);
+    const serverUrl = `http://127.0.0.1:${forward.port}`;
+    await waitFor("every node converged", async () => {
+      const r = await fetch(`${serverUrl}/v1/nodes`).then((x) => x.json() as Promise<{ agents: { converged: number } }>, () => undefined);
+      return r?.agents.converged === NODES;
+    }, 30_000, 200);
+    const ctl = await sh(join(ROOT, "bin/weftctl"), ["nodes", "--server-url", serverUrl], { allowFail: true });
+    process.stdout.write(`\nweftctl nodes --server-url ${serverUrl}\n${(ctl.stdout || ctl.stderr).replace(/^/gm, "  ").trimEnd()}\n`);
+    process.stdout.write(`\nstatus page: ${serverUrl}/ui/   (relayed from 127.0.0.1:7601 in ${c.srv}; also: bin/weftctl leases|network|peers --server-url ${serverUrl})\n`);
     process.stdout.write("\npods\n");
     for (const p of pods) process.stdout.write(`  ${p.ns.padEnd(16)} ${p.ip.padEnd(12)} on node-${p.node}\n`);
 

@@ -4,12 +4,12 @@
 // Each run is this bench again as a child process in a process group of its
 // own, bounded by --timeout-s (its own hard limit) and a watchdog 30 s later
 // that kills the whole group; a run that cannot finish is a row that says so.
-import { execFileSync, spawn, type ChildProcess } from "node:child_process";
+import { spawn, type ChildProcess } from "node:child_process";
 import { cpus, loadavg, release } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import type { Opts } from "./options.js";
-import { fdHardLimit, fdLimit, sleep } from "./proc.js";
+import { raiseFileLimit, sleep } from "./proc.js";
 import { r1, type Result } from "./report.js";
 import { filesNeeded } from "./run.js";
 
@@ -40,23 +40,9 @@ function killGroup(): void {
   try { process.kill(-pid, "SIGKILL"); } catch { /* all gone */ }
 }
 
-/** The server holds one socket per watcher: make room for the largest size where the hard limit (or root) allows. */
-function raiseFileLimit(need: number, log: (s: string) => void): void {
-  const have = fdLimit();
-  if (have >= need) return;
-  const hard = fdHardLimit();
-  const to = hard >= need ? hard : Math.max(need, 65_536);
-  try {
-    execFileSync("prlimit", ["--pid", String(process.pid), `--nofile=${to}:${Math.max(to, hard)}`], { stdio: "ignore" });
-    log(`raised the open-file limit from ${have} to ${fdLimit()} (prlimit)`);
-  } catch (err) {
-    log(`could not raise the open-file limit (${have}, hard ${hard}) to ${to}: ${(err as Error).message}; sizes that need more are skipped`);
-  }
-}
-
 function runOne(o: Opts, c: Config, watchers: number, clientProcs: number, log: (s: string) => void): Promise<Row> {
   const args = [ENTRY, ...c.args, "--watchers", String(watchers), "--client-procs", String(clientProcs),
-    "--changes", String(o.changes), "--interval-ms", String(o.intervalMs), "--leases", String(o.leases),
+    "--changes", String(o.changes), "--interval-ms", String(o.intervalMs), "--leases", String(o.leases), ...(o.isolated ? ["--isolated"] : []),
     "--connect-concurrency", String(o.connectConcurrency), "--setup-timeout-s", String(o.setupTimeoutS),
     "--settle-timeout-s", String(o.settleTimeoutS), "--timeout-s", String(o.timeoutS),
     ...(o.verbose ? ["--verbose"] : []), ...o.serverNodeArgs.flatMap((a) => ["--server-node-arg", a])];
@@ -155,16 +141,35 @@ export function table(rows: Row[]): string {
   return lines.join("\n");
 }
 
+/** Per size: weft on SQLite against etcd direct, p99 and server CPU per event (the issue's "twice as well" is p99 ratio <= 0.5). */
+function ratios(rows: Row[]): string[] {
+  const out: string[] = [];
+  for (const size of [...new Set(rows.map((r) => r.watchers))]) {
+    const w = rows.find((r) => r.watchers === size && r.config === "weft-sqlite-1" && r.status === "ok")?.result;
+    const e = rows.find((r) => r.watchers === size && r.config === "etcd-direct" && r.status === "ok")?.result;
+    if (!w || !e) continue;
+    const cpu = (x: Result) => ("serverCpuPerEventUs" in x ? x.serverCpuPerEventUs : null);
+    const wc = cpu(w);
+    const ec = cpu(e);
+    out.push(`${size.toLocaleString("en-US")} watchers: weft p99 / etcd p99 = ${(w.p99Ms / e.p99Ms).toFixed(2)} (${Math.round(w.p99Ms)} / ${Math.round(e.p99Ms)} ms); `
+      + `p50 ${(w.p50Ms / e.p50Ms).toFixed(2)}; server CPU per event ${wc ?? "-"} / ${ec ?? "-"} µs`);
+  }
+  return out.length ? ["", ...out] : [];
+}
+
 export async function runCompare(o: Opts): Promise<void> {
   const log = (s: string) => process.stderr.write(`[fanout:compare] ${s}\n`);
   process.on("exit", killGroup);
   raiseFileLimit(Math.max(...o.sizes.map((n) => filesNeeded({ watchers: n, clientProcs: procsFor(o, n) }))), log);
+  const unknown = o.configs.filter((id) => !CONFIGS.some((c) => c.id === id));
+  if (unknown.length > 0) throw new Error(`--configs: ${unknown.join(", ")} unknown; choose from ${CONFIGS.map((c) => c.id).join(", ")}`);
+  const configs = o.configs.length > 0 ? CONFIGS.filter((c) => o.configs.includes(c.id)) : CONFIGS;
   const rows: Row[] = [];
   const started = new Date();
-  log(`sizes ${o.sizes.join(", ")}; ${CONFIGS.map((c) => c.id).join(", ")}; ${o.changes} changes every ${o.intervalMs} ms; each run at most ${o.timeoutS} s; load average ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
+  log(`sizes ${o.sizes.join(", ")}; ${configs.map((c) => c.id).join(", ")}; ${o.changes} changes ${o.isolated ? "isolated, + " : "every "}${o.intervalMs} ms; each run at most ${o.timeoutS} s; load average ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
   for (const size of o.sizes) {
     const procs = procsFor(o, size);
-    for (const c of CONFIGS) {
+    for (const c of configs) {
       log(`${c.label}, ${size} watchers in ${procs} process(es)`);
       const row = await runOne(o, c, size, procs, log);
       rows.push(row);
@@ -174,14 +179,15 @@ export async function runCompare(o: Opts): Promise<void> {
     }
   }
   const out = [
-    `fan-out comparison: ${o.changes} changes every ${o.intervalMs} ms, snapshot ${o.leases} leases; latency from sending the change until the last watcher got it;`,
+    `fan-out comparison: ${o.changes} changes ${o.isolated ? `isolated (each after the previous reached every watcher, + ${o.intervalMs} ms)` : `every ${o.intervalMs} ms`}, snapshot ${o.leases} leases; latency from sending the change until the last watcher got it;`,
     `CPU per event = a server's CPU time in the change phase / (watcher, change) deliveries (etcd behind weft: its CPU over all watchers' deliveries);`,
     `${cpus().length} cores, ${release()}, Node.js ${process.version}, started ${started.toISOString()}, load average at the end ${loadavg().map((x) => x.toFixed(2)).join(" ")}`,
     "",
     table(rows),
+    ...ratios(rows),
   ];
   process.stdout.write(out.join("\n") + "\n" + JSON.stringify({
-    bench: "fanout-compare", sizes: o.sizes, changes: o.changes, intervalMs: o.intervalMs, snapshotLeases: o.leases, timeoutS: o.timeoutS,
+    bench: "fanout-compare", sizes: o.sizes, changes: o.changes, intervalMs: o.intervalMs, isolated: o.isolated, configs: configs.map((c) => c.id), snapshotLeases: o.leases, timeoutS: o.timeoutS,
     cpus: cpus().length, kernel: release(), node: process.version, started: started.toISOString(),
     runs: rows.map(({ result, ...r }) => ({ ...r, result: result ?? null })),
   }) + "\n");

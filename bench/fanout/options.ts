@@ -14,6 +14,12 @@ export interface Opts {
   compare: boolean;
   changes: number;
   intervalMs: number;
+  /** Each change waits until the previous one reached every watcher, then --interval-ms: changes never queue. */
+  isolated: boolean;
+  /** --target weft: every watcher also streams its status (ReportStatus) as an agent does. */
+  reportStatus: boolean;
+  /** --compare: the set-ups to run (ids of compare.ts CONFIGS); empty: all. */
+  configs: string[];
   leases: number;
   clientProcs: number;
   /** Whether --client-procs was given (--compare picks a count per size otherwise). */
@@ -34,6 +40,11 @@ export const HELP = `usage: npm run bench:fanout -- [flags]
   --watchers N             watch streams, each on its own connection (default 1000, max 50000)
   --changes K              lease changes to make (default 50, max 10000)
   --interval-ms MS         pause between changes (default 150)
+  --isolated               send each change only once the previous one reached every watcher, then wait
+                           --interval-ms: changes never queue behind each other (latency of one change alone)
+  --report-status          --target weft: each watcher also opens a ReportStatus stream as an agent does (its
+                           own node name, applied_revision = the revision of each event it gets, healthy, and
+                           a heartbeat every 10 s); the run also reads weft_lease_server_convergence_seconds
   --leases M               leases created before the watchers connect, i.e. snapshot size (default 100)
   --client-procs P         watcher processes (default 1: all watchers in one Node.js process)
   --connect-concurrency C  watchers connecting at once per process (default 200)
@@ -47,12 +58,20 @@ export const HELP = `usage: npm run bench:fanout -- [flags]
                            etcd: one etcd (/usr/bin/etcd, temp data dir, 127.0.0.1) that the servers share)
   --servers N              --target weft --store etcd: lease servers on that etcd (default 1, max 8);
                            watchers are spread evenly over them, changes go through the first
-  --per-server             also report each server's CPU per delivered event and RSS
-                           (on by itself with --store etcd)
+  --per-server             report each server's CPU per delivered event and RSS (always on; kept for old scripts)
   --compare                run weft+sqlite (1 server), weft+etcd (1 and 2 servers) and etcd direct, one
                            after the other for each size, and print one table; --watchers takes a list
                            (default 1000,5000,10000), --timeout-s bounds each run (default 240),
                            --setup-timeout-s defaults to 150, --client-procs to 1 per 2,500 watchers
+  --configs LIST           --compare: only these set-ups, e.g. weft-sqlite-1,etcd-direct (default: all four:
+                           weft-sqlite-1, weft-etcd-1, weft-etcd-2, etcd-direct)
+
+Open files: each watcher is a socket in its watcher process and one in the server. When the soft limit
+(ulimit -n) is too low, the bench raises its own limit with prlimit (up to the hard limit, or beyond it
+as root) before it starts any process, so the server, etcd and the watcher processes inherit it.
+Above 20,000 watchers per server, the watchers connect from several loopback source addresses
+(127.0.0.2, 127.0.0.3, ...; all of 127.0.0.0/8 is local): one source address has only the ~28,000
+ephemeral ports of net.ipv4.ip_local_port_range towards one server port.
 `;
 
 export function usage(msg: string): never {
@@ -62,7 +81,7 @@ export function usage(msg: string): never {
 
 export function parseOpts(argv: string[]): Opts {
   const o: Opts = {
-    target: "weft", store: "sqlite", servers: 1, watchers: 1000, sizes: [], compare: false, changes: 50, intervalMs: 150, leases: 100, clientProcs: 1,
+    target: "weft", store: "sqlite", servers: 1, watchers: 1000, sizes: [], compare: false, changes: 50, intervalMs: 150, isolated: false, reportStatus: false, configs: [], leases: 100, clientProcs: 1,
     clientProcsSet: false, connectConcurrency: 200, setupTimeoutS: 300, settleTimeoutS: 60, timeoutS: 900, given: new Set(), perServer: false,
     verbose: false, serverNodeArgs: [],
   };
@@ -101,6 +120,9 @@ export function parseOpts(argv: string[]): Opts {
       }
       case "--servers": o.servers = int(flag, val(), 1, 8); break;
       case "--per-server": o.perServer = true; break;
+      case "--isolated": o.isolated = true; break;
+      case "--report-status": o.reportStatus = true; break;
+      case "--configs": o.configs = String(val()).split(",").map((s) => s.trim()).filter(Boolean); break;
       case "--compare": o.compare = true; break;
       case "--verbose": o.verbose = true; break;
       case "--server-node-arg": o.serverNodeArgs.push(String(val())); break;
@@ -110,6 +132,7 @@ export function parseOpts(argv: string[]): Opts {
   }
   if (o.compare) {
     for (const f of ["--target", "--store", "--servers"]) if (o.given.has(f)) usage(`${f} does not go with --compare (it runs every target)`);
+    if (o.reportStatus) usage("--report-status does not go with --compare; run --target weft with and without it");
     o.sizes = (o.given.has("--watchers") ? String(watchersArg) : "1000,5000,10000").split(",").map((s) => int("--watchers", s.trim(), 1, 50_000));
     o.watchers = Math.max(...o.sizes);
     if (!o.given.has("--timeout-s")) o.timeoutS = 240;
@@ -117,7 +140,10 @@ export function parseOpts(argv: string[]): Opts {
   } else {
     if (o.target !== "weft" && (o.given.has("--store") || o.given.has("--servers"))) usage("--store and --servers go with --target weft (--target etcd is etcd alone)");
     if (o.servers > 1 && o.store !== "etcd") usage(`--servers ${o.servers}: several lease servers need a store they share; add --store etcd`);
-    if (o.store === "etcd" || o.servers > 1) o.perServer = true;
+    if (o.reportStatus && o.target !== "weft") usage("--report-status goes with --target weft (etcd has no status stream)");
+    if (o.given.has("--configs")) usage("--configs goes with --compare");
   }
+  // CPU per delivered event is a headline figure: always measured per server.
+  o.perServer = true;
   return o;
 }

@@ -1,7 +1,7 @@
 // Processes and /proc: what the fan-out bench reads about the machine and the
 // processes it starts, and how it starts, drains and stops them. Every child
 // and temp dir registered here is removed by killAll(), also on failure.
-import type { ChildProcess } from "node:child_process";
+import { execFileSync, type ChildProcess } from "node:child_process";
 import { readFileSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { dirname, resolve } from "node:path";
@@ -60,6 +60,25 @@ export function fdHardLimit(): number {
   } catch {
     return Infinity;
   }
+}
+
+/**
+ * The server holds one socket per watcher, and a watcher process one per watcher of its share: raise this
+ * process's open-file limit (prlimit on our own pid) before any child starts, so every child inherits it.
+ * Up to the hard limit, or past it as root. Returns the limit in force afterwards.
+ */
+export function raiseFileLimit(need: number, log: (s: string) => void): number {
+  const have = fdLimit();
+  if (have >= need) return have;
+  const hard = fdHardLimit();
+  const to = hard >= need ? hard : Math.max(need, 65_536);
+  try {
+    execFileSync("prlimit", ["--pid", String(process.pid), `--nofile=${to}:${Math.max(to, hard)}`], { stdio: "ignore" });
+    log(`raised the open-file limit from ${have} to ${fdLimit()} (prlimit --pid ${process.pid} --nofile=${to}:${Math.max(to, hard)}); the server and watcher processes inherit it`);
+  } catch (err) {
+    log(`could not raise the open-file limit (${have}, hard ${hard}) to ${to}: ${(err as Error).message}`);
+  }
+  return fdLimit();
 }
 
 export function freePort(): Promise<number> {

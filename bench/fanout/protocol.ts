@@ -13,9 +13,16 @@ export interface WorkerStart {
   concurrency: number;
   setupTimeoutS: number;
   offset: number;
+  /** --isolated: say "complete" when every watcher of this process has a change. */
+  notifyComplete: boolean;
+  /** Loopback source addresses to spread the connections over (empty: the system's choice, 127.0.0.1). */
+  srcAddrs: string[];
+  /** --report-status: each weft watcher also streams its NodeStatus. */
+  reportStatus: boolean;
 }
 export type ToWorker = WorkerStart | { cmd: "report" } | { cmd: "exit" };
 export type FromWorker =
   | { ev: "ready"; opened: number; failed: number; setupMs: number; openedByServer: number[]; failReasons: Record<string, number> }
-  | { ev: "report"; arrivals: Arrival[]; reconnects: number; streamErrors: number; eventMessages: number; rss: number; heapUsed: number }
+  | { ev: "report"; arrivals: Arrival[]; reconnects: number; streamErrors: number; eventMessages: number; statusReports: number; statusErrors: number; rss: number; heapUsed: number }
+  | { ev: "complete"; rev: number; type: string; key: string }
   | { ev: "fatal"; message: string };

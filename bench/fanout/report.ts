@@ -72,6 +72,37 @@ export interface ServerFigures {
   rssPeakMiB: number;
 }
 
+/** p50/p99 of a Prometheus histogram over a run: the bucket counts of `after` less `before`, interpolated inside a bucket as Prometheus does. */
+export function histogramQuantiles(before: string | undefined, after: string | undefined, name: string): { count: number; p50Ms: number | null; p99Ms: number | null } | undefined {
+  if (after === undefined) return undefined;
+  const buckets = (text: string | undefined) => {
+    const m = new Map<number, number>();
+    const re = new RegExp(`^${name}_bucket\\{(?:[^}]*,)?le="([^"]+)"[^}]*\\}\\s+(\\S+)`, "gm");
+    for (const x of (text ?? "").matchAll(re)) m.set(x[1] === "+Inf" ? Infinity : Number(x[1]), (m.get(x[1] === "+Inf" ? Infinity : Number(x[1])) ?? 0) + Number(x[2]));
+    return m;
+  };
+  const a = buckets(after);
+  const b = buckets(before);
+  const rows = [...a].map(([le, n]) => [le, n - (b.get(le) ?? 0)] as const).sort((x, y) => x[0] - y[0]);
+  const count = rows.at(-1)?.[1] ?? 0;
+  const q = (p: number): number | null => {
+    if (count === 0) return null;
+    const rank = p * count;
+    let prevLe = 0;
+    let prevN = 0;
+    for (const [le, n] of rows) {
+      if (n >= rank) {
+        if (le === Infinity) return r1(prevLe * 1000);
+        return r1((prevLe + ((le - prevLe) * (rank - prevN)) / Math.max(1, n - prevN)) * 1000);
+      }
+      prevLe = le;
+      prevN = n;
+    }
+    return null;
+  };
+  return { count, p50Ms: q(0.5), p99Ms: q(0.99) };
+}
+
 export interface RunFacts {
   opened: number;
   failed: number;
@@ -81,6 +112,13 @@ export interface RunFacts {
   streamErrors: number;
   /** Messages the watchers received after their snapshot that carried new events. */
   eventMessages: number;
+  /** --report-status: status messages the watchers sent, and status streams that ended with an error. */
+  statusReports?: number;
+  statusErrors?: number;
+  /** --report-status: the server's weft_lease_server_convergence_seconds over the change phase. */
+  convergence?: { count: number; p50Ms: number | null; p99Ms: number | null };
+  /** --isolated: changes that did not reach every watcher within --settle-timeout-s before the next was sent. */
+  isolatedTimeouts: number;
   rssAfterConnect: number;
   serverPeak: number;
   serverRssEnd: number;
@@ -108,6 +146,16 @@ export function buildResult(o: Opts, f: RunFacts) {
     clientProcs: o.clientProcs,
     changes: o.changes,
     intervalMs: o.intervalMs,
+    // --isolated: each change sent once the previous one reached every watcher (then --interval-ms)
+    isolated: o.isolated,
+    isolatedTimeouts: f.isolatedTimeouts,
+    reportStatus: o.reportStatus,
+    statusReports: f.statusReports ?? null,
+    statusErrors: f.statusErrors ?? null,
+    // the server's own convergence histogram (commit -> every agent reported it), bucket-interpolated
+    convergenceCount: f.convergence?.count ?? null,
+    convergenceP50Ms: f.convergence?.p50Ms ?? null,
+    convergenceP99Ms: f.convergence?.p99Ms ?? null,
     snapshotLeases: o.leases,
     // time from sending the change until the LAST watcher received it
     p50Ms: r1(pct(lat.lastMs, 50)),
@@ -173,7 +221,7 @@ export type Result = ReturnType<typeof buildResult>;
 export function formatResult(o: Opts, res: Result): string {
   const pad = (s: string) => s.padEnd(34);
   const out = [
-    `fan-out: ${o.target}, ${res.opened}/${o.watchers} watchers (own connection each) in ${o.clientProcs} process(es), ${o.changes} changes every ${o.intervalMs} ms, snapshot ${o.leases} leases`,
+    `fan-out: ${o.target}, ${res.opened}/${o.watchers} watchers (own connection each) in ${o.clientProcs} process(es), ${o.changes} changes ${o.isolated ? `isolated (each after the previous reached every watcher, + ${o.intervalMs} ms)` : `every ${o.intervalMs} ms`}, snapshot ${o.leases} leases${o.reportStatus ? ", every watcher reporting its status" : ""}`,
     `${pad("until last watcher saw the change")}p50 ${res.p50Ms} ms   p99 ${res.p99Ms} ms   max ${res.maxMs} ms`,
     `${pad("until first watcher saw it")}p50 ${res.firstP50Ms} ms`,
     `${pad("all deliveries (watcher x change)")}p50 ${res.deliveryP50Ms} ms   p99 ${res.deliveryP99Ms} ms`,
@@ -184,6 +232,11 @@ export function formatResult(o: Opts, res: Result): string {
     `${pad("CPU in change phase")}${res.changePhaseS} s wall: server ${res.serverCpuS} s (${res.serverCpuPct}%), watchers ${res.watcherCpuS} s (${res.watcherCpuPct}%), coordinator ${res.coordinatorCpuS} s; machine ${res.machineBusyPct}% busy (of ${cpus().length} cores)`,
     `${pad("watcher process RSS (peak, sum)")}${res.watcherRssPeakMiB} MiB`,
   ];
+  if (o.isolated && res.isolatedTimeouts > 0) out.push(`${pad("isolated: changes not complete")}${res.isolatedTimeouts} did not reach every watcher within ${o.settleTimeoutS} s before the next was sent`);
+  if (o.reportStatus) {
+    out.push(`${pad("status reports (sent / errors)")}${res.statusReports} / ${res.statusErrors}`);
+    out.push(`${pad("server convergence histogram")}${res.convergenceCount} revisions: p50 ${res.convergenceP50Ms ?? "-"} ms   p99 ${res.convergenceP99Ms ?? "-"} ms (weft_lease_server_convergence_seconds, bucket-interpolated)`);
+  }
   if ("perServer" in res) {
     if (o.target === "weft") out[0] += `; store ${o.store}, ${o.servers} lease server(s)${o.store === "etcd" ? " on one etcd" : ""}`;
     for (const s of res.perServer) {

@@ -5,17 +5,28 @@ import { fork, type ChildProcess } from "node:child_process";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { usage, type Opts } from "./options.js";
-import { MiB, children, cpuSeconds, fdLimit, killAll, now, rssBytes, sleep, stopChild, systemCpu } from "./proc.js";
+import { MiB, children, cpuSeconds, killAll, now, raiseFileLimit, rssBytes, sleep, stopChild, systemCpu } from "./proc.js";
 import type { Arrival, FromWorker, ToWorker } from "./protocol.js";
-import { buildResult, formatResult, latencies, r1, type SentChange, type ServerFigures } from "./report.js";
+import { buildResult, formatResult, histogramQuantiles, latencies, r1, type SentChange, type ServerFigures } from "./report.js";
 import { startEtcd } from "./etcd-target.js";
 import { startWeft } from "./weft-target.js";
 
 const WORKER = join(dirname(fileURLToPath(import.meta.url)), "worker.js");
 
-/** Open files the busiest process of a run needs (the server, or a watcher process). */
-export function filesNeeded(o: Pick<Opts, "watchers" | "clientProcs">): number {
-  return Math.max(Math.ceil(o.watchers / o.clientProcs), o.watchers) + 200;
+/** Open files the busiest process of a run needs (a server: its share of the watchers, or a watcher process). */
+export function filesNeeded(o: Pick<Opts, "watchers" | "clientProcs"> & Partial<Pick<Opts, "servers" | "target">>): number {
+  const perServer = o.target === "weft" ? Math.ceil(o.watchers / (o.servers ?? 1)) : o.watchers;
+  return Math.max(Math.ceil(o.watchers / o.clientProcs), perServer) + 200;
+}
+
+/** Connections one loopback source address takes to one server port (the ephemeral range is ~28,000). */
+const PER_SOURCE_ADDRESS = 20_000;
+
+/** Source addresses for the watchers: none (127.0.0.1, the default) up to 20,000 per server, else 127.0.0.2, .3, ... */
+export function sourceAddresses(o: Pick<Opts, "watchers">, servers: number): string[] {
+  const perServer = Math.ceil(o.watchers / servers);
+  if (perServer <= PER_SOURCE_ADDRESS) return [];
+  return Array.from({ length: Math.ceil(perServer / PER_SOURCE_ADDRESS) }, (_, k) => `127.0.0.${k + 2}`);
 }
 
 export async function runOnce(o: Opts): Promise<void> {
@@ -28,20 +39,22 @@ export async function runOnce(o: Opts): Promise<void> {
 
   // Each watcher is one socket in a watcher process and one in the server.
   const perProc = Math.ceil(o.watchers / o.clientProcs);
-  const limit = fdLimit();
+  const log = (s: string) => process.stderr.write(`[fanout] ${s}\n`);
+  const limit = raiseFileLimit(filesNeeded(o), log);
   if (filesNeeded(o) > limit) {
-    usage(`--watchers ${o.watchers} needs about ${filesNeeded(o)} open files per process (the server holds one socket per watcher), but ulimit -n is ${limit}. `
-      + `Raise it (ulimit -n 65536, or prlimit --nofile=65536 -p $$) and run again, or use fewer watchers`);
+    const streams = Math.max(1, limit - 200);
+    usage(`--watchers ${o.watchers} needs about ${filesNeeded(o)} open files per process (a server holds one socket per watcher), but ulimit -n is ${limit} and the bench could not raise it `
+      + `(only the hard limit's owner, or a process with CAP_SYS_RESOURCE, can raise it: a container may not). Raise it (ulimit -n 65536, or prlimit --nofile=65536 -p $$; as root) and run again, `
+      + `or use fewer watchers${o.target === "weft" ? `, or spread them over lease servers: --store etcd --servers ${Math.ceil(o.watchers / streams)} (${streams} streams per server under this limit)` : ""}`);
   }
 
-  const log = (s: string) => process.stderr.write(`[fanout] ${s}\n`);
   // Other work on the machine skews every number here: measure it first.
   const idleA = systemCpu();
   await sleep(1000);
   const idleB = systemCpu();
   const busyBeforePct = Math.round(((idleB.busy - idleA.busy) / Math.max(1, idleB.total - idleA.total)) * 100);
   if (busyBeforePct > 10) log(`WARNING: the machine is already ${busyBeforePct}% busy before the bench starts; the results will be worse than on an idle machine`);
-  log(`target=${o.target} watchers=${o.watchers} clientProcs=${o.clientProcs} changes=${o.changes} intervalMs=${o.intervalMs} leases=${o.leases} (ulimit -n ${limit})`);
+  log(`target=${o.target} watchers=${o.watchers} clientProcs=${o.clientProcs} changes=${o.changes} intervalMs=${o.intervalMs}${o.isolated ? " isolated" : ""}${o.reportStatus ? " report-status" : ""} leases=${o.leases} (ulimit -n ${limit})`);
   const target = o.target === "weft" ? await startWeft(o) : await startEtcd(o);
   log(`server pid ${target.pid} at ${target.addr}`);
   if (target.procs.length > 1) log(`servers: ${target.procs.map((p) => `${p.name} pid ${p.pid}${p.watchIndex !== undefined ? ` at ${target.addrs[p.watchIndex]}` : ""}`).join(", ")}`);
@@ -60,6 +73,9 @@ export async function runOnce(o: Opts): Promise<void> {
   const sampler = setInterval(sample, 250);
 
   const inbox = new Map<ChildProcess, FromWorker[]>();
+  // --isolated: which changes each watcher process has seen reach all of its watchers.
+  const completes = new Map<ChildProcess, Extract<FromWorker, { ev: "complete" }>[]>();
+  let onComplete: (() => void) | undefined;
   const waiters = new Map<ChildProcess, (m: FromWorker) => void>();
   const next = (w: ChildProcess, ev: FromWorker["ev"], timeoutMs: number) => new Promise<FromWorker>((res, rej) => {
     const q = inbox.get(w)!;
@@ -78,12 +94,33 @@ export async function runOnce(o: Opts): Promise<void> {
     });
   });
 
+  /** --isolated: waits (at most --settle-timeout-s) until every watcher process says all its watchers have change s; notes its revision. */
+  const everyWatcherHas = async (s: SentChange, prevRev: number): Promise<boolean> => {
+    const seen = (c: Extract<FromWorker, { ev: "complete" }>) => (s.rev !== undefined ? c.rev === s.rev : c.type === s.type && c.key === s.key && c.rev > prevRev);
+    const all = () => reporting.every((w) => completes.get(w)!.some(seen));
+    const ok = await new Promise<boolean>((resolve) => {
+      if (all()) return resolve(true);
+      const t = setTimeout(() => { onComplete = undefined; resolve(false); }, o.settleTimeoutS * 1000);
+      onComplete = () => {
+        if (!all()) return;
+        clearTimeout(t);
+        onComplete = undefined;
+        resolve(true);
+      };
+    });
+    s.rev ??= completes.get(reporting[0]!)!.find(seen)?.rev;
+    return ok;
+  };
+  let reporting: ChildProcess[] = [];
+
   const cpuMark = () => ({
     server: cpuSeconds(target.pid), procs: target.procs.map((p) => cpuSeconds(p.pid)), workers: workers.reduce((s, w) => s + cpuSeconds(w.pid!), 0),
     self: process.cpuUsage(), sys: systemCpu(), t: now(),
   });
   try {
     let offset = 0;
+    const srcAddrs = sourceAddresses(o, target.addrs.length);
+    if (srcAddrs.length > 0) log(`watchers connect from ${srcAddrs.join(", ")} (${PER_SOURCE_ADDRESS.toLocaleString("en-US")} per source address at most: ephemeral ports)`);
     for (let p = 0; p < o.clientProcs; p++) {
       const count = Math.min(perProc, o.watchers - offset);
       if (count <= 0) break;
@@ -91,9 +128,19 @@ export async function runOnce(o: Opts): Promise<void> {
       children.add(w);
       workers.push(w);
       inbox.set(w, []);
-      w.on("message", (m: FromWorker) => (waiters.get(w) ?? ((x: FromWorker) => inbox.get(w)!.push(x)))(m));
+      completes.set(w, []);
+      w.on("message", (m: FromWorker) => {
+        if (m.ev === "complete") {
+          completes.get(w)!.push(m);
+          return onComplete?.();
+        }
+        (waiters.get(w) ?? ((x: FromWorker) => inbox.get(w)!.push(x)))(m);
+      });
       w.on("exit", (code) => code && log(`watcher process ${w.pid} exited with ${code}`));
-      w.send({ cmd: "start", target: o.target, addrs: target.addrs, count, concurrency: o.connectConcurrency, setupTimeoutS: o.setupTimeoutS, offset } satisfies ToWorker);
+      w.send({
+        cmd: "start", target: o.target, addrs: target.addrs, count, concurrency: o.connectConcurrency, setupTimeoutS: o.setupTimeoutS, offset,
+        notifyComplete: o.isolated, srcAddrs, reportStatus: o.reportStatus,
+      } satisfies ToWorker);
       offset += count;
     }
     const setupStart = cpuMark();
@@ -116,16 +163,22 @@ export async function runOnce(o: Opts): Promise<void> {
     if (opened === 0) throw new Error("no watcher connected");
     await sleep(1000); // let connection setup settle before measuring
 
-    // Changes, spaced --interval-ms apart (sent on a fixed schedule, not waiting for delivery).
+    // Changes, spaced --interval-ms apart: on a fixed schedule (not waiting for delivery), or with
+    // --isolated each one after the previous one reached every watcher.
     const sent: SentChange[] = [];
+    const metricsBefore = o.reportStatus ? await target.metricsText?.() : undefined;
     const phaseStart = cpuMark();
     const t0 = now();
+    reporting = workers.filter((_, k) => readies[k]!.opened > 0);
+    let isolatedTimeouts = 0;
     for (let i = 0; i < o.changes; i++) {
-      const due = t0 + i * o.intervalMs;
+      const due = o.isolated ? now() + (i === 0 ? 0 : o.intervalMs) : t0 + i * o.intervalMs;
       if (due > now()) await sleep(due - now());
       const tSend = now();
       const r = await target.change(i);
-      sent.push({ i, tSend, tAck: now(), ...r });
+      const s: SentChange = { i, tSend, tAck: now(), ...r };
+      sent.push(s);
+      if (o.isolated && !(await everyWatcherHas(s, sent[i - 1]?.rev ?? 0))) isolatedTimeouts++;
     }
     const changesEnd = now();
 
@@ -153,6 +206,7 @@ export async function runOnce(o: Opts): Promise<void> {
       if (done || now() > settleUntil) break;
     }
     const phaseEnd = cpuMark();
+    const metricsAfter = o.reportStatus ? await target.metricsText?.() : undefined;
     sample();
     clearInterval(sampler);
     const metricsRss = await target.metricsRss();
@@ -184,6 +238,10 @@ export async function runOnce(o: Opts): Promise<void> {
       reconnects: reports.reduce((s, r) => s + r.reconnects, 0),
       streamErrors: reports.reduce((s, r) => s + r.streamErrors, 0),
       eventMessages: reports.reduce((s, r) => s + r.eventMessages, 0),
+      statusReports: o.reportStatus ? reports.reduce((s, r) => s + r.statusReports, 0) : undefined,
+      statusErrors: o.reportStatus ? reports.reduce((s, r) => s + r.statusErrors, 0) : undefined,
+      convergence: o.reportStatus ? histogramQuantiles(metricsBefore, metricsAfter, "weft_lease_server_convergence_seconds") : undefined,
+      isolatedTimeouts,
       rssAfterConnect, serverPeak, serverRssEnd, metricsRss,
       serverCpuSetupS: setupEnd.server - setupStart.server,
       wallS,

@@ -19,6 +19,8 @@ export interface Target {
   procs: ServerProc[];
   /** Server RSS as the server reports it in its metrics, when it has them. */
   metricsRss(): Promise<number | undefined>;
+  /** The first server's Prometheus text, when it has metrics (weft). */
+  metricsText?(): Promise<string | undefined>;
   /** Makes change i; returns its revision if the reply carries it, and a key to find it. */
   change(i: number): Promise<{ rev?: number; type: string; key: string }>;
   seed(n: number): Promise<void>;

@@ -85,6 +85,13 @@ export async function startWeft(o: Opts): Promise<Target> {
     addr,
     addrs: servers.map((s) => s.ports.grpc),
     procs,
+    async metricsText() {
+      try {
+        return await (await fetch(`http://${first.ports.http}/metrics`, { signal: AbortSignal.timeout(5000) })).text();
+      } catch {
+        return undefined;
+      }
+    },
     async metricsRss() {
       try {
         const text = await (await fetch(`http://${first.ports.http}/metrics`, { signal: AbortSignal.timeout(5000) })).text();

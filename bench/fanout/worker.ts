@@ -1,13 +1,14 @@
 // A watcher process: opens its share of the watchers (each on its own
 // connection), records when each change reached each watcher, and reports
 // to the coordinator over IPC. Forked by the coordinator (run.ts); not run by hand.
+import net from "node:net";
 import * as grpc from "@grpc/grpc-js";
-import { LeaseServiceClient, WatchLeasesResponse_Kind, LeaseEvent_Type, type WatchLeasesResponse } from "../../gen/weft/v1/lease.js";
+import { LeaseServiceClient, WatchLeasesResponse_Kind, LeaseEvent_Type, type NodeStatus, type WatchLeasesResponse } from "../../gen/weft/v1/lease.js";
 import { now } from "./proc.js";
 import type { Arrival, FromWorker, ToWorker } from "./protocol.js";
 
 /** eventMessages: messages after the snapshot that carried at least one new event (one per change unless the server batched). */
-interface WatchCounters { reconnects: number; streamErrors: number; eventMessages: number }
+interface WatchCounters { reconnects: number; streamErrors: number; eventMessages: number; statusReports: number; statusErrors: number }
 type Recorder = (rev: number, type: string, key: string, t: number) => void;
 /** Where an open is, for the reason of a failed one. */
 interface Stage { phase: string }
@@ -15,20 +16,24 @@ interface Stage { phase: string }
 async function runWorker(): Promise<void> {
   const send = (m: FromWorker) => process.send!(m);
   const arrivals = new Map<number, Arrival>();
-  const counters: WatchCounters = { reconnects: 0, streamErrors: 0, eventMessages: 0 };
+  const counters: WatchCounters = { reconnects: 0, streamErrors: 0, eventMessages: 0, statusReports: 0, statusErrors: 0 };
   let servers = 1;
+  // --isolated: the coordinator sends the next change once every watcher has this one.
+  let notifyAt = Infinity;
   const recorderFor = (server: number): Recorder => (rev, type, key, t) => {
     let a = arrivals.get(rev);
     if (!a) arrivals.set(rev, (a = { rev, type, key, times: [], byServer: new Array<number>(servers).fill(0) }));
     a.times.push(t);
     a.byServer[server]!++;
+    if (a.times.length === notifyAt) send({ ev: "complete", rev, type, key });
   };
   const closers: (() => void)[] = [];
   process.on("message", async (m: ToWorker) => {
     try {
       if (m.cmd === "start") {
-        const open = m.target === "weft" ? openWeftWatcher : openEtcdWatcher;
+        const open = m.target === "weft" ? (m.reportStatus ? openReportingWatcher : openWeftWatcher) : openEtcdWatcher;
         servers = m.addrs.length;
+        spreadSourceAddresses(m.srcAddrs);
         const openedByServer = new Array<number>(servers).fill(0);
         const started = now();
         let next = 0;
@@ -59,6 +64,7 @@ async function runWorker(): Promise<void> {
           }
         };
         await Promise.all(Array.from({ length: Math.min(m.concurrency, m.count) }, lane));
+        if (m.notifyComplete) notifyAt = closers.length;
         send({ ev: "ready", opened: closers.length, failed: failed + (m.count - next), setupMs: now() - started, openedByServer, failReasons });
       } else if (m.cmd === "report") {
         const mem = process.memoryUsage();
@@ -74,11 +80,88 @@ async function runWorker(): Promise<void> {
   process.on("disconnect", () => process.exit(0));
 }
 
+/**
+ * Above ~28,000 connections from one source address to one server port the
+ * ephemeral ports run out (net.ipv4.ip_local_port_range): spread this
+ * process's connections over loopback source addresses. grpc-js opens its
+ * TCP connections with net.connect({host, port}); this adds localAddress.
+ */
+function spreadSourceAddresses(srcAddrs: string[]): void {
+  if (srcAddrs.length === 0) return;
+  const connect = net.connect;
+  let k = 0;
+  (net as { connect: unknown }).connect = (...args: unknown[]) => {
+    const o = args[0];
+    if (o && typeof o === "object" && !(o as net.TcpNetConnectOpts).localAddress && (o as net.TcpNetConnectOpts).port !== undefined) {
+      args[0] = { ...o, localAddress: srcAddrs[k++ % srcAddrs.length] };
+    }
+    return (connect as (...a: unknown[]) => net.Socket)(...args);
+  };
+}
+
 /** Opens one WatchLeases stream on its own connection; resolves at SNAPSHOT_COMPLETE. */
-function openWeftWatcher(addr: string, _i: number, record: Recorder, counters: WatchCounters, deadline: number, stage: Stage): Promise<() => void> {
+function openWeftWatcher(addr: string, i: number, record: Recorder, counters: WatchCounters, deadline: number, stage: Stage): Promise<() => void> {
+  return openWeft(addr, i, record, counters, deadline, stage, false);
+}
+
+/** A watcher that also reports its status as an agent does (--report-status). */
+function openReportingWatcher(addr: string, i: number, record: Recorder, counters: WatchCounters, deadline: number, stage: Stage): Promise<() => void> {
+  return openWeft(addr, i, record, counters, deadline, stage, true);
+}
+
+/** Every open status stream of this process, for the heartbeat. */
+const reporters = new Set<{ heartbeat(t: number): void }>();
+const HEARTBEAT_MS = 10_000;
+setInterval(() => {
+  const t = now();
+  for (const r of reporters) r.heartbeat(t);
+}, 1000).unref();
+
+/**
+ * The ReportStatus stream of watcher i, on the watcher's own connection: a
+ * NodeStatus when it starts, after every event message (applied_revision =
+ * the newest revision received), and at least every 10 s.
+ */
+function openStatusStream(client: LeaseServiceClient, i: number, counters: WatchCounters, snapshotRev: number): { applied(rev: number): void; close(): void } {
+  let applied = snapshotRev;
+  let lastSent = 0;
+  let ended = false;
+  const status = (): NodeStatus => ({
+    nodeName: `bench-agent-${i}`, appliedRevision: applied, healthy: true, problems: [], backend: "vxlan", version: "bench", peers: 0, subnet: "",
+  });
+  const call = client.reportStatus((err) => {
+    ended = true;
+    reporters.delete(r);
+    if (err && err.code !== grpc.status.CANCELLED) counters.statusErrors++;
+  });
+  const sendNow = (t: number) => {
+    if (ended) return;
+    lastSent = t;
+    counters.statusReports++;
+    call.write(status());
+  };
+  const r = { heartbeat: (t: number) => { if (t - lastSent >= HEARTBEAT_MS) sendNow(t); } };
+  reporters.add(r);
+  sendNow(now());
+  return {
+    applied(rev) {
+      if (rev <= applied) return;
+      applied = rev;
+      sendNow(now());
+    },
+    close() {
+      reporters.delete(r);
+      ended = true;
+      call.cancel();
+    },
+  };
+}
+
+function openWeft(addr: string, i: number, record: Recorder, counters: WatchCounters, deadline: number, stage: Stage, reportStatus: boolean): Promise<() => void> {
   stage.phase = "stream until snapshot complete";
   // A local subchannel pool gives this client its own HTTP/2 connection.
   const client = new LeaseServiceClient(addr, grpc.credentials.createInsecure(), { "grpc.use_local_subchannel_pool": 1 });
+  let status: ReturnType<typeof openStatusStream> | undefined;
   let lastRev = 0;
   let closed = false;
   let attempts = 0;
@@ -99,6 +182,7 @@ function openWeftWatcher(addr: string, _i: number, record: Recorder, counters: W
               record(e.revision, LeaseEvent_Type[e.type] ?? String(e.type), e.lease?.subnet ?? "", t);
             }
             if (ready && fresh > 0) counters.eventMessages++;
+            if (fresh > 0) status?.applied(lastRev);
             break;
           }
           case WatchLeasesResponse_Kind.KIND_SNAPSHOT_COMPLETE:
@@ -106,6 +190,7 @@ function openWeftWatcher(addr: string, _i: number, record: Recorder, counters: W
             lastRev = Math.max(lastRev, msg.revision);
             if (!ready) {
               ready = true;
+              if (reportStatus) status = openStatusStream(client, i, counters, lastRev);
               resolveOpen(close);
             }
             break;
@@ -125,6 +210,7 @@ function openWeftWatcher(addr: string, _i: number, record: Recorder, counters: W
     };
     const close = () => {
       closed = true;
+      status?.close();
       call?.cancel();
       client.close();
     };

@@ -35,7 +35,7 @@ export const FLAGS = {
   "node-cert-validity": { type: "string", value: "DURATION", default: "30d", help: "lifetime of node certificates issued for join tokens (1m to 365d); agents renew at 2/3 of it" },
   "init-store": { type: "boolean", help: "start an empty SQLite store even where the --store file exists but is empty (0 bytes); without it such a file is refused, since it usually means lost data" },
   "max-connections-per-client": { type: "string", value: "N", default: "1024", help: "gRPC connections one client address (IPv6: one /64) may hold; raise it when more nodes than this share one NAT address" },
-  "max-watches-per-client": { type: "string", value: "N", default: "1024", help: "WatchLeases streams one client address may hold open" },
+  "max-watches-per-client": { type: "string", value: "N", default: "2048", help: "streams (WatchLeases and ReportStatus: two per agent) one client address may hold open" },
   "max-rpcs-per-client": { type: "string", value: "N", default: "256", help: "unary gRPC calls one client address may have in flight" },
   "allow-link-local-public-ip": { type: "boolean", help: "accept agents whose public IP is link-local (169.254.0.0/16); only for underlays that really use such addresses" },
   "log-level": { type: "string", value: "LEVEL", default: "info", help: "trace, debug, info, warn or error" },

@@ -37,6 +37,8 @@ const NodeRef = Type.Unsafe<unknown>(Type.Ref("Node"));
 const NodesJsonSchema = Type.Object({ ...Summary, nodes: Type.Array(NodeRef) });
 
 const KEEPALIVE_MS = 15_000;
+/** More than this unsent to one event stream: it is ended (a full /v1/nodes body at 5,000 nodes is ~2 MB). */
+const MAX_UNSENT_BYTES = 8 << 20;
 
 export interface FleetRoutes {
   /** Reservations changed through this server: event streams get the new list. */
@@ -72,6 +74,9 @@ export function registerFleetRoutes(app: FastifyInstance, fleet: Fleet, store: L
       for (const n of c.nodes) out += `event: node\ndata: ${JSON.stringify(n)}\n\n`;
       for (const name of c.removed) out += `event: node-removed\ndata: ${JSON.stringify({ nodeName: name })}\n\n`;
       out += `event: summary\ndata: ${JSON.stringify(c.summary)}\n\n`;
+      // A page that does not read (a background tab, a dead link) must not pile up memory here: end its
+      // stream; EventSource reconnects and starts over from a fresh `nodes` event.
+      if (res.writableLength > MAX_UNSENT_BYTES) return void res.end();
       res.write(out);
     };
     const unsubscribe = fleet.subscribe(onChanges);

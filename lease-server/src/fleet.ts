@@ -13,20 +13,13 @@
 // stream) get the changed nodes at most every batchMs, and only when there are
 // listeners is anything collected.
 import type { Lease, LeaseEvent } from "../../lib/src/lease.js";
+import type { NodeStatusReport } from "../../lib/src/node-status.js";
 
 export const AGENT_STATES = ["converged", "lagging", "unhealthy", "disconnected"] as const;
 export type AgentState = (typeof AGENT_STATES)[number];
 
 /** One status message of an agent, validated. */
-export interface NodeReport {
-  readonly appliedRevision: number;
-  readonly healthy: boolean;
-  readonly problems: readonly string[];
-  readonly backend: string;
-  readonly version: string;
-  readonly peers: number;
-  readonly subnet: string;
-}
+export type NodeReport = NodeStatusReport;
 
 /** A node as GET /v1/nodes and the status page show it. */
 export interface NodeJson {
@@ -88,6 +81,8 @@ export interface FleetOptions {
 
 interface Reporter {
   readonly nodeName: string;
+  /** Ends the stream (replaced, silent too long, server closing). */
+  readonly end: (reason: string) => void;
   report: NodeReport | undefined;
   lastReportAt: number;
   lastSeen: number;
@@ -126,11 +121,17 @@ export class Fleet {
     return this.#o.staleMs ?? 35_000;
   }
 
-  /** A report stream for nodeName opened. A second stream for the same node replaces the first. */
-  connect(nodeName: string): ReporterHandle {
-    const r: Reporter = { nodeName, report: undefined, lastReportAt: 0, lastSeen: this.#clock.monotonic() };
+  /**
+   * A report stream for nodeName opened; `end` closes it from this side. A second stream for the same
+   * node replaces the first (an agent that reconnected before the server saw the old stream go).
+   */
+  connect(nodeName: string, end: (reason: string) => void): ReporterHandle {
+    const r: Reporter = { nodeName, end, report: undefined, lastReportAt: 0, lastSeen: this.#clock.monotonic() };
     const old = this.#reporters.get(nodeName);
-    if (old) this.#disconnect(old);
+    if (old) {
+      this.#disconnect(old);
+      old.end("a newer status stream for this node replaced this one");
+    }
     this.#reporters.set(nodeName, r);
     return {
       report: (rep) => {
@@ -201,6 +202,11 @@ export class Fleet {
     if (this.#behind > 0 || this.#pending.length === 0) return;
     let min = Infinity;
     for (const r of this.#reporters.values()) if (r.report !== undefined) min = Math.min(min, r.report.appliedRevision);
+    if (min === Infinity) {
+      // No agent has reported yet: nothing was applied anywhere, so there is nothing to measure.
+      this.#pending = [];
+      return;
+    }
     const now = this.#clock.monotonic();
     while (this.#pending.length > 0 && this.#pending[0]!.revision <= min) {
       const p = this.#pending.shift()!;
@@ -214,7 +220,11 @@ export class Fleet {
   /** Drops streams silent for staleMs and revisions that waited longer than maxWaitMs. */
   sweep(): void {
     const now = this.#clock.monotonic();
-    for (const r of [...this.#reporters.values()]) if (now - r.lastSeen > this.#staleMs) this.#disconnect(r);
+    for (const r of [...this.#reporters.values()]) {
+      if (now - r.lastSeen <= this.#staleMs) continue;
+      this.#disconnect(r);
+      r.end(`no status report for ${Math.round(this.#staleMs / 1000)} s`);
+    }
     const maxWait = this.#o.maxWaitMs ?? 600_000;
     let gaveUp = false;
     while (this.#pending.length > 0 && now - this.#pending[0]!.at > maxWait) {
@@ -326,7 +336,13 @@ export class Fleet {
     for (const l of this.#listeners) l(changes);
   }
 
+  /** Ends every report stream (server shutdown). */
   close(): void {
+    for (const r of [...this.#reporters.values()]) {
+      this.#reporters.delete(r.nodeName);
+      r.end("lease server is shutting down");
+    }
+    this.#pending = [];
     clearInterval(this.#sweep);
     clearTimeout(this.#flushTimer);
     this.#listeners.clear();

@@ -31,7 +31,7 @@ export interface GrpcLimits {
 export const DEFAULT_LIMITS: GrpcLimits = {
   // Generous: a NAT may put hundreds of nodes behind one address.
   maxConnectionsPerClient: 1024,
-  maxWatchesPerClient: 1024,
+  maxWatchesPerClient: 2048,
   maxRpcsPerClient: 256,
   requestTimeoutMs: 10_000,
 };

@@ -15,7 +15,9 @@ import type { Logger } from "../../lib/src/logger.js";
 import type { LeaseManager } from "./lease-manager.js";
 import type { FrameEncoder, WatchHub } from "./watch-hub.js";
 import { abortCall } from "./grpc-limits.js";
+import { watchStreamWriter } from "./watch-stream.js";
 import type { Fleet, NodeReport, ReporterHandle } from "./fleet.js";
+import { MAX_PROBLEMS, MAX_PROBLEM_CHARS } from "../../lib/src/node-status.js";
 
 /** How long an ended watch may take to deliver its last messages before its stream is reset. */
 const STALLED_STREAM_RESET_MS = 5000;
@@ -116,10 +118,6 @@ export function certNodeNames(call: Pick<grpc.ServerUnaryCall<unknown, unknown>,
   return [...names];
 }
 
-/** Limits of one NodeStatus: the agent sends its /readyz reasons, a handful of short sentences. */
-export const MAX_PROBLEMS = 8;
-export const MAX_PROBLEM_CHARS = 200;
-
 /** Checks one NodeStatus; every field the server keeps is bounded. */
 export function reportFromPb(m: NodeStatus): NodeReport {
   const applied = Number(m.appliedRevision);
@@ -210,7 +208,7 @@ export function createLeaseService(deps: ServiceDeps): LeaseServiceServer {
           if (node === undefined) {
             authorize(call as unknown as grpc.ServerUnaryCall<unknown, unknown>, m.nodeName);
             node = m.nodeName;
-            handle = deps.fleet.connect(node);
+            handle = deps.fleet.connect(node, (reason) => finish(new WeftError("SERVER_UNAVAILABLE", `status stream ended: ${reason}; reconnect`)));
           } else if (m.nodeName !== node) {
             throw invalid("node_name", `${JSON.stringify(m.nodeName.slice(0, 64))} differs from ${JSON.stringify(node)}, the node this stream reports for`, "open one stream per node");
           }
@@ -244,10 +242,13 @@ export function createLeaseService(deps: ServiceDeps): LeaseServiceServer {
       call.on("cancelled", close);
       call.on("close", close);
       call.on("error", close);
+      // Shared frames straight to the HTTP/2 stream where this grpc-js allows it (watch-stream.ts).
+      const direct = watchStreamWriter(call);
       sub = hub.subscribe(from, {
         write: (frame, done) => {
           // Deferred: calling done() synchronously would re-enter the pump once per queued frame.
           if (call.cancelled || call.destroyed) return void setImmediate(done);
+          if (direct) return direct.write(frame, done);
           // Pre-encoded bytes: leaseServiceDefinition passes Buffers through unchanged.
           call.write(frame as unknown as WatchLeasesResponse, () => done());
         },
@@ -255,7 +256,7 @@ export function createLeaseService(deps: ServiceDeps): LeaseServiceServer {
           if (call.cancelled || call.destroyed) return;
           call.emit("error", toServiceError(err, log));
           // A client that does not read never receives the status behind its unsent messages.
-          setTimeout(() => abortCall(call), STALLED_STREAM_RESET_MS).unref();
+          setTimeout(() => abortCall(call) || direct?.reset(), STALLED_STREAM_RESET_MS).unref();
         },
       }, call.request.storeId);
     },

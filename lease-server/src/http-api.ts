@@ -21,6 +21,7 @@ import { registerJoinTokenRoutes } from "./identity/join-token-routes.js";
 import type { JoinTokens } from "./identity/join-tokens.js";
 import type { Fleet } from "./fleet.js";
 import { registerFleetRoutes } from "./fleet-routes.js";
+import { registerUiRoutes } from "./ui-routes.js";
 
 /** The largest REST request body: reservations and tokens are a few hundred bytes. */
 export const HTTP_BODY_LIMIT = 64 * 1024;
@@ -219,15 +220,16 @@ export async function buildHttpApi(deps: HttpApiDeps): Promise<FastifyInstance> 
   app.get("/v1/network", {
     schema: {
       summary: "The cluster network config (net-conf.json with defaults) and usage",
-      response: { 200: Type.Object({ network: Type.String(), subnetLen: Type.Integer(), subnetMin: Type.String(), subnetMax: Type.String(), backend: Type.Record(Type.String(), Type.Unknown()), subnets: Type.Integer(), leases: Type.Integer() }) },
+      response: { 200: Type.Object({ network: Type.String(), subnetLen: Type.Integer(), subnetMin: Type.String(), subnetMax: Type.String(), backend: Type.Record(Type.String(), Type.Unknown()), subnets: Type.Integer(), leases: Type.Integer(), leaseTtlSeconds: Type.Number({ description: "the lease TTL (--lease-ttl); agents renew at half of it" }) }) },
     },
   }, async () => {
     const cfg = manager.network;
     const { leases } = await store.listLeases();
-    return { network: formatCidr(cfg.network), subnetLen: cfg.subnetLen, subnetMin: formatIpv4(cfg.subnetMin), subnetMax: formatIpv4(cfg.subnetMax), backend: { ...cfg.backend }, subnets: subnetCount(cfg), leases: leases.length };
+    return { network: formatCidr(cfg.network), subnetLen: cfg.subnetLen, subnetMin: formatIpv4(cfg.subnetMin), subnetMax: formatIpv4(cfg.subnetMax), backend: { ...cfg.backend }, subnets: subnetCount(cfg), leases: leases.length, leaseTtlSeconds: manager.ttlMs / 1000 };
   });
 
   const fleetRoutes = registerFleetRoutes(app as unknown as FastifyInstance, deps.fleet, store);
+  registerUiRoutes(app as unknown as FastifyInstance);
 
   app.get("/v1/reservations", { schema: { summary: "Subnets reserved for node names", response: { 200: Type.Array(ReservationJson) } } },
     async () => store.listReservations());

@@ -2,7 +2,8 @@
 //
 // One in-memory view (live leases + a ring of recent events) feeds every
 // stream. Each change batch is encoded once and the same bytes are queued on
-// every stream; the full snapshot is encoded once per revision and shared the
+// every stream (once per starting revision when streams are at different
+// ones, see #catchUp); the full snapshot is encoded once per revision and shared the
 // same way. A stream only copies what it is actively writing (highWater
 // bytes); the rest of its queue is references to shared buffers. A stream whose
 // queue grows past maxQueueBytes is too far behind: it is dropped and the
@@ -65,6 +66,15 @@ export interface WatchHubOptions {
 /** Memory one queued or in-flight frame costs besides its bytes (measured, rounded up). */
 export const FRAME_OVERHEAD = 256;
 
+/**
+ * Changes go out to this many streams per event-loop turn. Node sends what a
+ * turn wrote only after the turn: written in one go, 10,000 streams waited
+ * ~100 ms of JS before the first byte left, while the watchers (other
+ * processes, the other core) had nothing to read. In slices, the first
+ * streams' bytes are on the wire while the server writes the rest.
+ */
+export const BROADCAST_SLICE = 500;
+
 interface Frame {
   readonly buf: Buffer;
   readonly events: number;
@@ -78,6 +88,8 @@ class Subscription {
   #queuedBytes = 0;
   #inFlight = 0;
   closed = false;
+  /** The newest revision queued on this stream (events, snapshot or resume point). */
+  rev = 0;
 
   constructor(readonly hub: WatchHub, readonly sink: WatchSink) {}
 
@@ -134,6 +146,15 @@ export class WatchHub {
   #progressTimer: NodeJS.Timeout | undefined;
   #unsubscribe: (() => void) | undefined;
   readonly #subs = new Set<Subscription>();
+  /**
+   * The pass that brings every stream to the newest revision, a slice per turn (#catchUp).
+   * A change during a pass reaches the streams it has not passed yet in this pass (with
+   * what they were about to get, in one message), and the others in the next pass.
+   */
+  #pass: { subs: Subscription[]; next: number; again: boolean } | undefined;
+  #passTimer: NodeJS.Immediate | undefined;
+  /** Event frames from a revision to the newest, by that revision: streams at the same revision share them. */
+  #catchUpCache = new Map<number, Frame[]>();
   #snapshotCache: { revision: number; resync: boolean; frames: Frame[] }[] = [];
   /** Catch-up frames by starting revision, for the current revision: a reconnect storm encodes them once. */
   #resumeCache = new Map<number, Frame[]>();
@@ -170,6 +191,9 @@ export class WatchHub {
     let loading = true;
     const early: LeaseEvent[] = [];
     this.#unsubscribe = this.#o.store.subscribe((evs) => (loading ? appendAll(early, evs) : this.#onEvents(evs)));
+    // A watch-fed store (etcd) lists before it watches: list only once its watch is in place, or a change
+    // committed between its list and ours would reach neither.
+    await this.#o.store.subscribed?.();
     this.#storeId = await this.#o.store.storeId();
     const { leases, revision } = await this.#o.store.listLeases();
     for (const l of leases) this.#leases.set(l.subnet, l);
@@ -223,8 +247,9 @@ export class WatchHub {
     }
     this.#snapshotCache = [];
     this.#resumeCache.clear();
+    this.#catchUpCache.clear();
     this.#o.metrics?.batch(batch.length);
-    for (const frame of this.#eventFrames(batch)) this.#broadcast(frame);
+    this.#startPass();
     this.#o.onCommit?.(batch, this.#pendingSince);
   }
 
@@ -238,8 +263,50 @@ export class WatchHub {
     return frames;
   }
 
+  /** A frame at the newest revision (PROGRESS) to the streams that have everything before it. */
   #broadcast(frame: Frame): void {
-    for (const s of this.#subs) s.enqueue(frame);
+    for (const s of this.#subs) if (s.rev === this.#revision) s.enqueue(frame);
+  }
+
+  #startPass(): void {
+    if (this.#pass) {
+      this.#pass.again = true;
+      return;
+    }
+    // The streams of now: one subscribing later starts at the newest revision.
+    this.#pass = { subs: [...this.#subs], next: 0, again: false };
+    this.#passSlice();
+  }
+
+  readonly #passSlice = (): void => {
+    this.#passTimer = undefined;
+    const pass = this.#pass!;
+    const end = Math.min(pass.subs.length, pass.next + BROADCAST_SLICE);
+    for (let i = pass.next; i < end; i++) this.#catchUp(pass.subs[i]!);
+    pass.next = end;
+    if (end < pass.subs.length) {
+      this.#passTimer = setImmediate(this.#passSlice);
+      return;
+    }
+    this.#pass = undefined;
+    if (pass.again) this.#startPass();
+  };
+
+  /** Queues the events a stream does not have yet, up to the newest revision. */
+  #catchUp(sub: Subscription): void {
+    if (sub.closed || sub.rev >= this.#revision) return;
+    let frames = this.#catchUpCache.get(sub.rev);
+    if (!frames) {
+      if (sub.rev < this.#floor) {
+        // Cannot happen while the ring holds more than a pass's worth of changes; resuming is the way out.
+        this.drop(sub, 0);
+        return;
+      }
+      frames = this.#eventFrames(this.#ring.slice(this.#indexAfter(sub.rev)));
+      this.#catchUpCache.set(sub.rev, frames);
+    }
+    sub.rev = this.#revision;
+    for (const f of frames) sub.enqueue(f);
   }
 
   #snapshotFrames(resync: boolean): Frame[] {
@@ -271,6 +338,7 @@ export class WatchHub {
     this.#subs.add(sub);
     this.#o.metrics?.streams(this.#subs.size);
     const otherStore = storeId !== "" && storeId !== this.#storeId;
+    sub.rev = this.#revision;
     if (from === 0 || otherStore || from < this.#floor || from > this.#revision) {
       for (const f of this.#snapshotFrames(from !== 0)) sub.enqueue(f, true);
     } else {
@@ -325,6 +393,8 @@ export class WatchHub {
   stop(): void {
     this.flush();
     clearInterval(this.#progressTimer);
+    clearImmediate(this.#passTimer);
+    this.#pass = undefined;
     this.#unsubscribe?.();
     for (const s of [...this.#subs]) {
       this.#remove(s);

@@ -109,6 +109,19 @@ describe("join tokens over gRPC", () => {
     const other = await failure(acquire(lc, 2, "node-b"));
     expect(other.code).toBe(grpc.status.PERMISSION_DENIED);
     expect(other.details).toMatch(/certificate is for node-a, not node "node-b"/);
+
+    // Status reports are bound to the certificate's node the same way.
+    const report = (nodeName: string) => new Promise<grpc.ServiceError | null>((resolve) => {
+      const call = lc.reportStatus((e) => resolve(e));
+      call.on("error", () => {});
+      call.write({ nodeName, appliedRevision: 0, healthy: true, problems: [], backend: "vxlan", version: "test", peers: 0, subnet: "" });
+      if (nodeName === "node-a") setTimeout(() => call.end(), 200);
+    });
+    const forged = await report("node-b");
+    expect(forged?.code).toBe(grpc.status.PERMISSION_DENIED);
+    expect(forged?.details).toMatch(/certificate is for node-a, not node "node-b"/);
+    expect(await report("node-a")).toBeNull();
+    expect(h.server.fleet.nodes().nodes.find((n) => n.nodeName === "node-b")).toBeUndefined();
   });
 
   it("refuses a single-use token the second time, an expired token and an unknown one, saying which and what to do", async () => {

@@ -38,7 +38,7 @@ export function envName(flag: string): string {
 const NOT_FROM_ENV = new Set(["help"]);
 
 /** WEFT_ variables of the scripts, benchmarks, tests and deploy/compose/init.mjs: not flags, and not typos of one. */
-const OTHER_WEFT_VARS = /^WEFT_(DEMO_|IPERF_|BENCH_|DRIFT_|FUZZ_|KEEP_LOGS$|E2E$|SERVER_NAMES$)/;
+const OTHER_WEFT_VARS = /^WEFT_(DEMO_|IPERF_|BENCH_|DRIFT_|FUZZ_|KEEP_LOGS$|E2E$|SERVER_NAMES$|SERVER_URL$|AGENT_URL$|ADMIN_TOKEN$)/;
 
 const ENV_BOOLEANS: Readonly<Record<string, boolean>> = { true: true, "1": true, yes: true, false: false, "0": false, no: false };
 

@@ -42,6 +42,8 @@ import { PeerTable } from "./peer-table.js";
 import { Reconciler } from "./reconciler.js";
 import { AgentState } from "./state.js";
 import { readPreviousSubnet, writeSubnetEnv } from "./subnet-env.js";
+import { StatusReporter } from "./status-reporter.js";
+import { WEFT_VERSION } from "../../lib/src/build-info.js";
 
 export interface AgentDeps {
   readonly config: AgentConfig;
@@ -92,6 +94,14 @@ export class Agent {
   /** Attributes published (at start-up, or since by announce()); a re-acquire reuses them (no second device set-up). */
   private attrs: BackendAttrs | undefined;
   private wasReady = false;
+  /** The newest lease-feed revision the watch has taken in (the peer table is as of it). */
+  private feedRevision = 0;
+  /** The feed revision at the peer table's last change: a pass must read at least this to reflect the feed. */
+  private changedAt = 0;
+  /** The feed revision when the running pass read the peers, and what the last successful pass read. */
+  private passReads = 0;
+  private passApplied = 0;
+  private reporter: StatusReporter | undefined;
   /** The server the lease was (last) acquired from, for logs. */
   private leaseServer = "";
   /** The store our lease is in and the server that said so: the first store id the watch reports after acquiring. */
@@ -172,9 +182,19 @@ export class Agent {
     });
     const sync = new DataplaneSync({
       backend, firewall, reconciler, peers: () => (this.peers.synced ? this.peers.list() : undefined), underlayIndex: iface.index,
-      resyncIntervalMs: config.resyncIntervalMs, log, metrics, signal: this.signal, onPass: () => this.updateReady(),
+      resyncIntervalMs: config.resyncIntervalMs, log, metrics, signal: this.signal,
+      onPassStart: () => (this.passReads = this.feedRevision),
+      onPass: (ok) => {
+        if (ok) this.passApplied = this.passReads;
+        this.updateReady();
+      },
     });
     this.sync = sync;
+    if (client.reportStatus) {
+      const reporter = new StatusReporter({ open: () => client.reportStatus!(), status: () => this.statusReport(), log: log.child({ component: "status" }), signal: this.signal });
+      this.reporter = reporter;
+      void reporter.run().catch((err) => log.error({ err }, "status reporting stopped"));
+    }
     if (config.watchKernel) this.unwatch = dataplane.watch((c) => sync.onKernelChange(c));
     void this.renewLoop().catch((err) => this.die(err));
     void this.watchLoop().catch((err) => this.die(err));
@@ -426,6 +446,7 @@ export class Agent {
             case "complete":
               this.peers.completeSnapshot();
               revision = m.revision;
+              this.changedAt = revision;
               log.info({ revision, peers: this.peers.size }, "lease snapshot complete");
               this.sync?.request();
               break;
@@ -445,7 +466,10 @@ export class Agent {
                 changed = this.peers.applyEvent(e) || changed;
               }
               revision = Math.max(revision, m.revision);
-              if (changed) this.sync?.request();
+              if (changed) {
+                this.changedAt = revision;
+                this.sync?.request();
+              }
               break;
             }
             case "progress":
@@ -453,6 +477,8 @@ export class Agent {
               break;
           }
           metrics.watchRevision.set(revision);
+          this.feedRevision = revision;
+          this.progressed();
           metrics.knownPeers.set(this.peers.size);
         }
       } catch (err) {
@@ -563,6 +589,30 @@ export class Agent {
     if (ready && !this.wasReady) this.deps.log.info({ ...this.sync!.counts, ms: Math.round(this.sync!.lastPassMs) }, "ready");
     if (!ready && this.wasReady) this.deps.log.warn({ reasons }, "not ready");
     this.wasReady = ready;
+    this.progressed();
+  }
+
+  /** The applied revision or the health may have moved. */
+  private progressed(): void {
+    this.deps.metrics.appliedRevision.set(this.appliedRevision());
+    this.reporter?.changed();
+  }
+
+  /**
+   * The lease-feed revision the kernel reflects: the feed's own when the last successful pass read the
+   * peer table as of its last change (later messages changed no peer), else what that pass read.
+   */
+  private appliedRevision(): number {
+    if (!this.sync?.passDone) return 0;
+    return this.passApplied >= this.changedAt ? this.feedRevision : this.passApplied;
+  }
+
+  private statusReport() {
+    const reasons = this.notReadyReasons();
+    return {
+      nodeName: this.deps.config.nodeName, appliedRevision: this.appliedRevision(), healthy: reasons.length === 0, problems: reasons,
+      backend: this.network?.backend.type ?? "", version: WEFT_VERSION, peers: this.sync?.counts.programmed ?? 0, subnet: this.lease?.subnet ?? "",
+    };
   }
 
   view(): AgentView {

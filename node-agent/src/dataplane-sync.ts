@@ -6,6 +6,11 @@
 // rejected peers, and why the data plane is not as wanted) feeds readiness,
 // /v1/peers and the metrics.
 //
+// Passes asked for by lease events trust the reconciler's memory of the
+// kernel (a peer change costs its own objects, not three dumps of 15,000);
+// the timer, kernel notifications and failures make the next pass read the
+// kernel again, which is what repairs drift.
+//
 // Kernel notifications: only what touches our device, our underlay interface
 // or an object the last pass wanted starts a pass, after a short debounce,
 // since a deleted device announces its addresses, routes and entries in one
@@ -35,8 +40,10 @@ export interface DataplaneSyncDeps {
   readonly log: Logger;
   readonly metrics: AgentMetrics;
   readonly signal: AbortSignal;
-  /** Called after every pass, failed or not. */
-  readonly onPass: () => void;
+  /** Called after every pass; `ok`: it programmed every acceptable peer (false: it failed, or some peers did; retried). */
+  readonly onPass: (ok: boolean) => void;
+  /** Called when a pass reads the peers: what it programs is the peer table as of this moment. */
+  readonly onPassStart?: () => void;
 }
 
 export class DataplaneSync {
@@ -51,13 +58,21 @@ export class DataplaneSync {
   private dirty = false;
   private repairPending = false;
   private firewallPending = false;
+  /** The next pass reads the kernel (timer, kernel notification, failure) instead of trusting the last pass's result. */
+  private readKernel = true;
   private debounce: NodeJS.Timeout | undefined;
 
   constructor(private readonly deps: DataplaneSyncDeps) {}
 
-  /** Asks for a pass (after `delayMs`); `repair`/`firewall` also check the device or the rules first. */
-  request(what: { repair?: boolean; firewall?: boolean } = {}, delayMs = 0): void {
+  /**
+   * Asks for a pass (after `delayMs`); `repair`/`firewall` also check the device or the rules first,
+   * and those and `kernel` make the pass read the kernel's tables. A bare request (a lease event)
+   * trusts what the last pass left in the kernel (Reconciler, trustMemory): no dumps, and only the
+   * changed peers' objects are touched.
+   */
+  request(what: { repair?: boolean; firewall?: boolean; kernel?: boolean } = {}, delayMs = 0): void {
     if (this.deps.signal.aborted) return;
+    if (what.repair || what.firewall || what.kernel) this.readKernel = true;
     if (what.repair) this.repairPending = true;
     if (what.firewall) this.firewallPending = true;
     if (delayMs > 0) {
@@ -84,9 +99,9 @@ export class DataplaneSync {
     } else if ((c.kind === "link" && c.link.index === this.deps.underlayIndex) || (c.kind === "address" && c.address.index === this.deps.underlayIndex)) {
       // The underlay went down or up, or its address changed: routes via it vanished without a
       // notification of their own, or can come back now.
-      this.request({}, DRIFT_DEBOUNCE_MS);
+      this.request({ kernel: true }, DRIFT_DEBOUNCE_MS);
     } else if (this.deps.reconciler.affectedBy(c)) {
-      this.request({}, DRIFT_DEBOUNCE_MS);
+      this.request({ kernel: true }, DRIFT_DEBOUNCE_MS);
     }
   }
 
@@ -95,6 +110,7 @@ export class DataplaneSync {
     let failures = 0;
     do {
       this.dirty = false;
+      let ok = true;
       try {
         if (this.repairPending) {
           this.repairPending = false;
@@ -104,8 +120,11 @@ export class DataplaneSync {
           this.firewallPending = false;
           await this.guard("firewall", async () => this.countRepairs(await firewall.ensure()));
         }
+        this.deps.onPassStart?.();
         const peers = this.deps.peers() ?? [];
-        const r = await reconciler.reconcile(backend.desired(peers));
+        const trustMemory = !this.readKernel;
+        this.readKernel = false;
+        const r = await reconciler.reconcile(backend.desired(peers), { trustMemory });
         for (const [subnet, rej] of r.rejected) {
           if (this.rejected.get(subnet)?.detail !== rej.detail) log.error({ peer: peers.find((p) => p.subnet === subnet)?.nodeName, subnet, reason: rej.reason, detail: rej.detail }, "peer rejected; not programming it");
         }
@@ -118,20 +137,23 @@ export class DataplaneSync {
         this.rejected = r.rejected;
         this.passDone = true;
         this.lastPassMs = r.durationMs;
+        ok = r.errors === 0;
         if (r.errors) this.problems.set("dataplane", `${r.failed.size} of ${peers.length - r.rejected.size} peers not programmed (${r.errors} failed operations): ${r.problems.join("; ")}`);
         else this.problems.delete("dataplane");
         await this.updateMetrics(peers);
         failures = 0;
       } catch (err) {
+        ok = false;
         metrics.reconcileErrors.inc({ op: "pass" });
         this.problems.set("dataplane", `reconcile pass failed: ${(err as Error).message}`);
         const delay = backoffDelay(failures++, 250, this.deps.resyncIntervalMs);
         log.warn({ err, retryInMs: delay }, "reconcile pass failed; will retry");
         this.repairPending = true;
+        this.readKernel = true;
         await sleep(delay, this.deps.signal);
         this.dirty = true;
       }
-      this.deps.onPass();
+      this.deps.onPass(ok);
     } while (this.dirty && !this.deps.signal.aborted);
   }
 
@@ -192,3 +214,4 @@ export class DataplaneSync {
     await Promise.race([this.running, sleep(3000)]);
   }
 }
+

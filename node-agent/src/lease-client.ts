@@ -4,12 +4,13 @@
 // current one is unreachable.
 import { credentials as grpcCredentials, Metadata, status, type ChannelCredentials, type ServiceError } from "@grpc/grpc-js";
 import { readFileSync } from "node:fs";
-import { LeaseServiceClient, WatchLeasesResponse_Kind, type Lease as PbLease, type NetworkConfig as PbNetworkConfig } from "../../gen/weft/v1/lease.js";
+import { LeaseServiceClient, WatchLeasesResponse_Kind, type Lease as PbLease, type NetworkConfig as PbNetworkConfig, type NodeStatus } from "../../gen/weft/v1/lease.js";
 import { WeftError, type ErrorCode } from "../../lib/src/errors.js";
 import type { BackendAttrs, Lease, LeaseEvent } from "../../lib/src/lease.js";
 import { parseNetworkConfig, type NetworkConfig } from "../../lib/src/net-config.js";
 import { attrsToPb, eventFromPb, grantFromPb, leaseFromPb } from "../../lib/src/proto-convert.js";
 import { clampTimerMs } from "./backoff.js";
+import type { NodeStatusReport } from "../../lib/src/node-status.js";
 
 export type WatchMessage =
   | { readonly kind: "snapshot"; readonly leases: readonly Lease[]; readonly resync: boolean }
@@ -73,12 +74,23 @@ const CODE_MAP: Partial<Record<number, ErrorCode>> = {
   [status.UNAVAILABLE]: "SERVER_UNAVAILABLE",
   [status.DEADLINE_EXCEEDED]: "SERVER_UNAVAILABLE",
   [status.CANCELLED]: "SERVER_UNAVAILABLE",
+  [status.UNIMPLEMENTED]: "NOT_SUPPORTED",
 };
 
 export function buildCredentials(tls: TlsFiles | undefined): ChannelCredentials {
   if (!tls) return grpcCredentials.createInsecure();
   const read = (p: string | undefined) => (p ? readFileSync(p) : null);
   return grpcCredentials.createSsl(read(tls.ca), read(tls.key), read(tls.cert));
+}
+
+/** What an agent reports on its ReportStatus stream (the whole state each time). */
+export type StatusReport = NodeStatusReport & { readonly nodeName: string };
+
+/** An open ReportStatus stream. `done` rejects with a WeftError when it breaks (NOT_SUPPORTED: an older server). */
+export interface StatusStream {
+  send(r: StatusReport): void;
+  close(): void;
+  readonly done: Promise<void>;
 }
 
 /** What the agent needs from the lease server (the seam for agent tests). */
@@ -89,6 +101,8 @@ export interface LeaseApi {
   release(nodeName: string, subnet: string, instanceId?: string): Promise<void>;
   /** `storeId`: the store the revision belongs to (from the last complete/progress message). */
   watch(fromRevision: number, signal: AbortSignal, storeId?: string): AsyncIterable<WatchMessage>;
+  /** Opens a ReportStatus stream to the current server (absent: the agent reports nothing). */
+  reportStatus?(): StatusStream;
   /** The lease server (--server address) the next call or watch goes to. */
   readonly server: string;
   /** Moves on to the next --server address (a no-op with one), e.g. past a server of another lease store. */
@@ -224,6 +238,28 @@ export class LeaseClient implements LeaseApi {
       signal.removeEventListener("abort", onAbort);
       call.cancel();
     }
+  }
+
+  reportStatus(): StatusStream {
+    let call: ReturnType<LeaseServiceClient["reportStatus"]>;
+    const server = this.server;
+    // Not fail(): moving to the next server is the watch's and the unary calls' decision, not this stream's.
+    const done = new Promise<void>((resolve, reject) => {
+      call = this.clients[this.current]!.reportStatus((err) => {
+        if (!err || err.code === status.CANCELLED) return resolve();
+        reject(new WeftError(CODE_MAP[err.code] ?? "INTERNAL", `report status (lease server ${server}): ${err.details || err.message}`, { cause: err }));
+      });
+    });
+    // A write after the stream failed is dropped: `done` already says why.
+    call!.on("error", () => {});
+    return {
+      send: (r) => {
+        const msg: NodeStatus = { ...r, problems: [...r.problems] };
+        if (!call.writableEnded && !call.destroyed) call.write(msg);
+      },
+      close: () => call.cancel(),
+      done,
+    };
   }
 
   close(): void {

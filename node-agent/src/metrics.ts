@@ -19,7 +19,8 @@ export function createAgentMetrics() {
     reconcileErrors: new Counter({ name: "weft_agent_reconcile_errors_total", help: "Failed dataplane operations and failed reconcile passes", labelNames: ["op"] as const, registers }),
     leaseExpiry: new Gauge({ name: "weft_agent_lease_expiry_timestamp_seconds", help: "Unix time at which our lease expires unless renewed", registers }),
     serverConnected: new Gauge({ name: "weft_agent_server_connected", help: "1 when the last exchange with the lease server succeeded, else 0", registers }),
-    watchRevision: new Gauge({ name: "weft_agent_watch_revision", help: "Last lease-feed revision applied", registers }),
+    watchRevision: new Gauge({ name: "weft_agent_watch_revision", help: "Newest lease-feed revision taken in from the watch", registers }),
+    appliedRevision: new Gauge({ name: "weft_agent_applied_revision", help: "Lease-feed revision the kernel reflects (every change up to it is programmed); also reported to the lease server", registers }),
     leaseRenewals: new Counter({
       name: "weft_agent_lease_renewals_total", registers, labelNames: ["result"] as const,
       help: "Lease renewals by result: ok, not_found, error, or store_mismatch (not sent: that server has another lease store)",

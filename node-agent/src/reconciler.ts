@@ -12,9 +12,17 @@
 // a peer whose earlier stage failed gets no later entries this pass. Removal
 // runs backwards, so a departing peer loses its route before its ARP entry.
 //
-// The reconciler also remembers what it last wanted, so a kernel notification
-// can be judged cheaply: only a change that undoes something wanted (a
-// deleted route, a replaced ARP entry) is drift worth a pass.
+// The reconciler also remembers what it last wanted (the model: one item per
+// wanted object, with its id and key), so a kernel notification can be judged
+// cheaply: only a change that undoes something wanted (a deleted route, a
+// replaced ARP entry) is drift worth a pass. Backends hand out the same entry
+// objects for unchanged peers, so a pass recognises them by identity and
+// computes ids and keys only for what is new: no per-peer strings or maps
+// are built for the thousands of unchanged peers. A pass that may trust the
+// model (a lease event, no error or drift since the last pass) skips the
+// kernel dumps and touches only the changed objects; the others (timer,
+// kernel notifications, after errors) dump the tables and compare.
+import { WeftError } from "../../lib/src/errors.js";
 import type { Logger } from "../../lib/src/logger.js";
 import { NODE_ENTRY, type DesiredState, type Rejection } from "./backends/backend.js";
 import type { KernelChange, KernelTable, ObjectKind } from "./dataplane/dataplane.js";
@@ -61,18 +69,60 @@ async function forEachBounded<T>(items: readonly T[], fn: (item: T) => Promise<u
 const errText = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 
 type AnyTable = KernelTable<unknown>;
+type Stage = ReadonlyArray<{ table: AnyTable; entries: ReadonlyArray<{ peer: string; value: unknown }> }>;
+
+/** One wanted object. `since`: the pass that first wanted it so; `seen`/`inKernel`: the last pass that wanted it / found it in the kernel. */
+interface Item {
+  readonly id: string;
+  key: string;
+  value: unknown;
+  peer: string;
+  since: number;
+  seen: number;
+  inKernel: number;
+}
+
+/** The wanted objects of one kind, by id. */
+interface Model {
+  readonly items: Map<string, Item>;
+  /** The last pass that updated it, and the entries it was given. */
+  pass: number;
+  last: ReadonlyArray<{ readonly peer: string; readonly value: unknown }>;
+}
+
+interface Plan {
+  readonly table: AnyTable;
+  readonly puts: Item[];
+  readonly removes: unknown[];
+}
 
 export class Reconciler {
-  /** What the last pass wanted, per kind: id -> key. */
-  private wanted = new Map<ObjectKind, Map<string, string>>();
+  private models = new Map<ObjectKind, Model>();
   private identify = new Map<ObjectKind, AnyTable>();
+  private pass = 0;
   private lastFailed: ReadonlySet<string> = new Set();
+  /** Wanted objects per peer, and the peers with any that did not fail: the programmed ones. */
+  private readonly counts = new Map<string, number>();
+  private programmed = new Set<string>();
+  /** The kernel holds exactly the model as far as we know: the last pass had no errors and no drift was seen since. */
+  private trusted = false;
 
   constructor(private readonly log: Logger, private readonly hooks: ReconcilerHooks = {}) {}
 
-  async reconcile(want: DesiredState): Promise<ReconcileResult> {
+  /** Something may have changed in the kernel behind our back: the next pass reads the kernel again. */
+  invalidate(): void {
+    this.trusted = false;
+  }
+
+  /**
+   * One pass. `trustMemory`: nothing but the desired state changed since the last pass (a lease
+   * event), so what the last pass left in the kernel is taken from memory instead of three dumps,
+   * unless there is reason to doubt it (errors, drift, invalidate()); a peer change then costs its own
+   * few objects. Passes on the timer and after kernel notifications read the kernel.
+   */
+  async reconcile(want: DesiredState, opts: { trustMemory?: boolean } = {}): Promise<ReconcileResult> {
     const t0 = performance.now();
-    const stages = want.stages as ReadonlyArray<ReadonlyArray<{ table: AnyTable; entries: ReadonlyArray<{ peer: string; value: unknown }> }>>;
+    const stages = want.stages as ReadonlyArray<Stage>;
     const failed = new Map<string, string>();
     const problems: string[] = [];
     const repaired = new Map<ObjectKind, number>();
@@ -80,48 +130,46 @@ export class Reconciler {
     let deleted = 0;
     let errors = 0;
 
+    const failure = (op: string, peer: string | undefined, err: unknown): void => {
+      errors++;
+      const text = errText(err);
+      if (peer && !failed.has(peer)) failed.set(peer, text);
+      if (problems.length < MAX_PROBLEMS) problems.push(text);
+      this.hooks.onError?.(op, err);
+      this.log.warn({ err: text, op, peer }, "dataplane operation failed; will retry");
+    };
     const attempt = async (op: string, peer: string | undefined, fn: () => Promise<void>): Promise<void> => {
       try {
         await fn();
       } catch (err) {
-        errors++;
-        const text = errText(err);
-        if (peer && !failed.has(peer)) failed.set(peer, text);
-        if (problems.length < MAX_PROBLEMS) problems.push(text);
-        this.hooks.onError?.(op, err);
-        this.log.warn({ err: text, op, peer }, "dataplane operation failed; will retry");
+        failure(op, peer, err);
       }
     };
 
     const all = stages.flat();
-    const have = await Promise.all(all.map((s) => s.table.list()));
-    // Each entry's id and key, computed once: a full pass at 5,000 VXLAN peers has 15,000 of them.
-    const keyed = all.map((s) => s.entries.map((e) => ({ e, id: s.table.id(e.value), key: s.table.key(e.value) })));
-    const previous = this.wanted;
-    const nextWanted = new Map<ObjectKind, Map<string, string>>();
-    all.forEach((s, i) => {
-      this.identify.set(s.table.kind, s.table);
-      const m = nextWanted.get(s.table.kind) ?? new Map<string, string>();
-      for (const k of keyed[i]!) m.set(k.id, k.key);
-      nextWanted.set(s.table.kind, m);
-    });
-    // From now on notifications are judged against this pass: the echoes of its own removals are not drift.
-    this.wanted = nextWanted;
+    const pass = ++this.pass;
+    const fromMemory = !!opts.trustMemory && !want.listEveryPass && this.trusted && all.every((s) => this.models.has(s.table.kind));
+    // From now on notifications are judged against this pass (the echoes of its own removals are not
+    // drift), and drift seen from here on makes the memory doubtful again.
+    const changes = all.map((s) => this.update(s.table, s.entries, pass));
+    this.trusted = true;
+    let plan: Plan[];
+    try {
+      plan = fromMemory
+        ? all.map((s, i) => ({ table: s.table, puts: changes[i]!.fresh, removes: changes[i]!.gone }))
+        : await Promise.all(all.map((s) => this.planFromKernel(s.table, pass)));
+    } catch (err) {
+      this.trusted = false;
+      // What this pass wanted anew is not in the kernel: not programmed, and no drift when the next pass puts it.
+      for (const c of changes) {
+        for (const it of c.fresh) {
+          this.programmed.delete(it.peer);
+          it.since = pass + 1;
+        }
+      }
+      throw err;
+    }
 
-    // The plan, per table: entries missing or different in the kernel (a put of something the last pass
-    // wanted just so, and got, is drift), and our objects no longer wanted.
-    const plan = all.map((s, i) => {
-      const { table } = s;
-      const current = new Map(have[i]!.map((o) => [table.id(o), o]));
-      const before = previous.get(table.kind);
-      const puts = keyed[i]!.filter(({ id, key }) => {
-        const cur = current.get(id);
-        return cur === undefined || table.key(cur) !== key;
-      }).map(({ e, id, key }) => ({ e, drift: before?.get(id) === key && !this.lastFailed.has(e.peer) }));
-      const wantedIds = nextWanted.get(table.kind)!;
-      const removes = [...current].filter(([id]) => !wantedIds.has(id)).map(([, o]) => o);
-      return { table, puts, removes };
-    });
     const ops = plan.reduce((n, p) => n + p.puts.length + p.removes.length, 0);
     const endBulk = ops > BULK_OPS ? this.hooks.onBulk?.(ops) : undefined;
     try {
@@ -130,12 +178,19 @@ export class Reconciler {
       for (const stage of stages) {
         const work: Array<() => Promise<void>> = [];
         for (const { table, puts } of plan.slice(at, (at += stage.length))) {
-          for (const { e, drift } of puts) {
-            work.push(() => failed.has(e.peer) ? Promise.resolve() : attempt(`${table.kind}_put`, e.peer, async () => {
-              await table.put(e.value);
-              added++;
-              if (drift) repaired.set(table.kind, (repaired.get(table.kind) ?? 0) + 1);
-            }));
+          const todo = puts.filter((it) => !failed.has(it.peer));
+          const done = (it: Item) => {
+            added++;
+            // Drift: put back although the last pass wanted it just so, and got it.
+            if (!fromMemory && it.since < pass && !this.lastFailed.has(it.peer)) repaired.set(table.kind, (repaired.get(table.kind) ?? 0) + 1);
+          };
+          if (table.putMany && todo.length > 1) {
+            work.push(async () => {
+              const errs = await table.putMany!(todo.map((it) => it.value));
+              todo.forEach((it, i) => (errs[i] ? failure(`${table.kind}_put`, it.peer, errs[i]) : done(it)));
+            });
+          } else {
+            for (const it of todo) work.push(() => attempt(`${table.kind}_put`, it.peer, async () => { await table.put(it.value); done(it); }));
           }
         }
         await forEachBounded(work, (f) => f());
@@ -143,29 +198,124 @@ export class Reconciler {
       // 2. Removals of ours-but-unwanted, last stage first.
       for (let si = stages.length - 1; si >= 0; si--) {
         at -= stages[si]!.length;
-        const work = plan.slice(at, at + stages[si]!.length).flatMap(({ table, removes }) =>
-          removes.map((o) => () => attempt(`${table.kind}_remove`, undefined, async () => { await table.remove(o); deleted++; })));
+        const work: Array<() => Promise<void>> = [];
+        for (const { table, removes } of plan.slice(at, at + stages[si]!.length)) {
+          if (table.removeMany && removes.length > 1) {
+            work.push(async () => {
+              const errs = await table.removeMany!(removes);
+              removes.forEach((_, i) => (errs[i] ? failure(`${table.kind}_remove`, undefined, errs[i]) : deleted++));
+            });
+          } else {
+            for (const o of removes) work.push(() => attempt(`${table.kind}_remove`, undefined, async () => { await table.remove(o); deleted++; }));
+          }
+        }
         await forEachBounded(work, (f) => f());
       }
     } finally {
       endBulk?.();
     }
+    // A failed put or remove leaves the kernel other than wanted: the next pass reads it again.
+    if (errors) this.trusted = false;
 
-    const programmed = new Set<string>();
-    for (const s of all) for (const e of s.entries) if (e.peer !== NODE_ENTRY && !failed.has(e.peer)) programmed.add(e.peer);
+    // Failed peers are not programmed until a pass gets all their objects in; the others are again.
+    for (const p of this.lastFailed) if (!failed.has(p) && (this.counts.get(p) ?? 0) > 0) this.programmed.add(p);
+    for (const p of failed.keys()) this.programmed.delete(p);
     this.lastFailed = new Set(failed.keys());
-    const result: ReconcileResult = { programmed, failed, rejected: want.rejected, added, deleted, repaired, errors, problems, durationMs: performance.now() - t0 };
+    const result: ReconcileResult = { programmed: this.programmed, failed, rejected: want.rejected, added, deleted, repaired, errors, problems, durationMs: performance.now() - t0 };
     this.hooks.onPass?.(result);
-    if (added || deleted || errors) this.log.info({ added, deleted, errors, peers: programmed.size, ms: Math.round(result.durationMs) }, "reconciled");
+    if (added || deleted || errors) this.log.info({ added, deleted, errors, peers: this.programmed.size, ms: Math.round(result.durationMs * 10) / 10, fromMemory }, "reconciled");
     return result;
+  }
+
+  /**
+   * Brings the model of one table to `entries`: entries it saw last pass, at the same place in the
+   * list (a backend hands out the same objects for unchanged peers), cost a comparison; only the
+   * others get their id and key computed. Returns the items wanted anew (new, or with another key) and the values no longer wanted
+   * (dropped from the model).
+   */
+  private update(table: AnyTable, entries: ReadonlyArray<{ peer: string; value: unknown }>, pass: number): { fresh: Item[]; gone: unknown[] } {
+    if (this.identify.get(table.kind) !== undefined && this.models.get(table.kind)!.pass === pass) {
+      throw new WeftError("INTERNAL", `two ${table.kind} tables in one desired state; a backend has one table per kind`);
+    }
+    this.identify.set(table.kind, table);
+    let m = this.models.get(table.kind);
+    if (!m) this.models.set(table.kind, (m = { items: new Map(), pass, last: [] }));
+    m.pass = pass;
+    const prev = m.last;
+    m.last = entries;
+    const fresh: Item[] = [];
+    /** Last pass's entries not found at their place: gone, unless found elsewhere. */
+    const missed: Array<{ peer: string; value: unknown }> = [];
+    let j = 0;
+    for (let i = 0; i < entries.length; i++) {
+      const e = entries[i]!;
+      const p = prev[j];
+      if (p === e || (p !== undefined && p.value === e.value && p.peer === e.peer)) { j++; continue; }
+      // One entry of last pass's list gone here (a peer left): skip it.
+      const q = prev[j + 1];
+      if (p !== undefined && q !== undefined && q.value === e.value && q.peer === e.peer) { missed.push(p); j += 2; continue; }
+      const id = table.id(e.value);
+      // (An FDB entry's id is its whole value: one string, not two.)
+      const key = table.key === table.id ? id : table.key(e.value);
+      let it = m.items.get(id);
+      if (it === undefined) {
+        it = { id, key, value: e.value, peer: e.peer, since: pass, seen: 0, inKernel: 0 };
+        m.items.set(id, it);
+        this.count(e.peer, 1);
+        fresh.push(it);
+      } else {
+        if (it.key !== key) { it.key = key; it.since = pass; fresh.push(it); }
+        if (it.peer !== e.peer) { this.count(it.peer, -1); this.count(e.peer, 1); it.peer = e.peer; }
+        it.value = e.value;
+      }
+      it.seen = pass;
+    }
+    for (; j < prev.length; j++) missed.push(prev[j]!);
+    const gone: unknown[] = [];
+    for (const p of missed) {
+      const it = m.items.get(table.id(p.value));
+      if (it === undefined || it.seen === pass) continue;
+      gone.push(it.value);
+      m.items.delete(it.id);
+      this.count(it.peer, -1);
+    }
+    return { fresh, gone };
+  }
+
+  private count(peer: string, d: number): void {
+    if (peer === NODE_ENTRY) return;
+    const n = (this.counts.get(peer) ?? 0) + d;
+    if (n > 0) {
+      this.counts.set(peer, n);
+      if (n === 1) this.programmed.add(peer);
+    } else {
+      this.counts.delete(peer);
+      this.programmed.delete(peer);
+    }
+  }
+
+  /** The plan from the kernel's table: wanted items missing or different there, and our objects not wanted. */
+  private async planFromKernel(table: AnyTable, pass: number): Promise<Plan> {
+    const { items } = this.models.get(table.kind)!;
+    const removes: unknown[] = [];
+    for (const o of await table.list()) {
+      const it = items.get(table.id(o));
+      if (it === undefined) removes.push(o);
+      else if (it.key === table.key(o)) it.inKernel = pass;
+    }
+    const puts: Item[] = [];
+    items.forEach((it) => { if (it.inKernel !== pass) puts.push(it); });
+    return { table, puts, removes };
   }
 
   /** Whether a kernel change undoes something the last pass wanted (so a pass should put it back). */
   affectedBy(c: KernelChange): boolean {
     if (c.kind !== "route" && c.kind !== "neighbour" && c.kind !== "fdb") return false;
     const table = this.identify.get(c.kind);
-    const want = table && this.wanted.get(c.kind)?.get(table.id(c.value));
+    const want = table && this.models.get(c.kind)?.items.get(table.id(c.value));
     if (want === undefined) return false;
-    return c.deleted || !c.ours || table!.key(c.value) !== want;
+    const drift = c.deleted || !c.ours || table!.key(c.value) !== want.key;
+    if (drift) this.trusted = false;
+    return drift;
   }
 }

@@ -13,7 +13,7 @@ import { Agent, type AgentDeps } from "../src/agent.js";
 import { loadAgentConfig, type AgentConfig } from "../src/config.js";
 import type { FirewallOptions, RuleSet } from "../src/firewall/firewall.js";
 import { FakeDataplane } from "./helpers/fake-dataplane.js";
-import type { AcquireRequest, GrantedLease, LeaseApi, WatchMessage } from "../src/lease-client.js";
+import type { AcquireRequest, GrantedLease, LeaseApi, StatusReport, StatusStream, WatchMessage } from "../src/lease-client.js";
 import { createAgentMetrics } from "../src/metrics.js";
 import { network, peer, silentLog } from "./helpers/fixtures.js";
 
@@ -80,6 +80,11 @@ class ScriptedApi implements LeaseApi {
     return this.mine();
   }
   async release() {}
+  /** Every status report sent, in order. */
+  reports: StatusReport[] = [];
+  reportStatus(): StatusStream {
+    return { send: (r) => this.reports.push(r), close: () => {}, done: new Promise(() => {}) };
+  }
   async *watch(from: number, signal: AbortSignal, storeId?: string): AsyncIterable<WatchMessage> {
     this.froms.push(from);
     this.storeIds.push(storeId);
@@ -328,6 +333,47 @@ describe("Agent watch loop", () => {
     api.feed!.push(new WeftError("REVISION_COMPACTED", "revision 5 compacted"));
     await until("second watch", () => api.froms.length === 2);
     expect(api.froms).toEqual([0, 0]);
+    await agent.stop();
+  });
+});
+
+describe("Agent status reports", () => {
+  const last = (api: ScriptedApi) => api.reports.at(-1);
+  it("reports the revision its kernel reflects, only once the peers of that revision are programmed", async () => {
+    const api = new ScriptedApi();
+    const { agent, dp, metrics } = setup(api);
+    await agent.start();
+    await until("a report of revision 3", () => last(api)?.appliedRevision === 3);
+    expect(last(api)).toMatchObject({ nodeName: "node-1", healthy: true, problems: [], backend: "vxlan", peers: 2, subnet: "10.244.1.0/24" });
+    expect(await metricValue(metrics, "weft_agent_applied_revision")).toBe(3);
+    // A new peer whose route cannot be programmed: the feed moves on, the applied revision does not.
+    dp.failing.add("putRoute");
+    api.feed!.push({ kind: "events", events: [{ type: "added", lease: peer(4, { revision: 5 }), revision: 5 }], revision: 5 });
+    await until("not healthy", () => last(api)?.healthy === false);
+    expect(last(api)!.appliedRevision).toBe(3);
+    expect(last(api)!.problems[0]).toMatch(/^dataplane: .*injected failure/);
+    // Progress alone cannot advance what is not programmed either.
+    api.feed!.push({ kind: "progress", revision: 6 });
+    await sleep(50);
+    expect(last(api)!.appliedRevision).toBe(3);
+    dp.failing.clear();
+    await until("revision 6 applied (a timer pass)", () => last(api)?.appliedRevision === 6 && last(api)!.healthy, 3000);
+    expect(last(api)!.peers).toBe(3);
+    // A change that touches no peer (our own lease renewed) is applied as soon as it arrives.
+    api.feed!.push({ kind: "events", events: [{ type: "changed", lease: { ...peer(1), nodeName: "node-1", revision: 7 }, revision: 7 }], revision: 7 });
+    await until("revision 7", () => last(api)?.appliedRevision === 7, 1000);
+    await agent.stop();
+  });
+
+  it("sends no report while nothing changes (between heartbeats)", async () => {
+    const api = new ScriptedApi();
+    const { agent } = setup(api);
+    await agent.start();
+    await until("revision 3", () => last(api)?.appliedRevision === 3);
+    await sleep(100);
+    const n = api.reports.length;
+    await sleep(200);
+    expect(api.reports.length).toBe(n);
     await agent.stop();
   });
 });

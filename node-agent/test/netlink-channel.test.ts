@@ -5,7 +5,7 @@ import { EventEmitter } from "node:events";
 import { constants } from "node:os";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { NetlinkChannel, NetlinkError, type RawSocket } from "../src/dataplane/netlink-channel.js";
-import { encodeDump, encodeRoute, NLM_F_DUMP_INTR, NLM_F_MULTI, NLMSG_DONE, NLMSG_ERROR, RTM } from "../src/dataplane/rtnl-codec.js";
+import { encodeDump, encodeRoute, NLM_F_ACK, NLM_F_DUMP_INTR, NLM_F_MULTI, NLMSG_DONE, NLMSG_ERROR, RTM, routeLength, splitMessages, writeRoute } from "../src/dataplane/rtnl-codec.js";
 import { nlmsg as msg } from "./helpers/netlink-messages.js";
 
 const int = (v: number) => { const b = Buffer.alloc(4); b.writeInt32LE(v); return b; };
@@ -135,5 +135,35 @@ describe("NetlinkChannel", () => {
     expect(opened.length).toBe(2);
     ch.close();
     await expect(ch.request("add route", Buffer.from(route))).rejects.toThrow(/dataplane closed/);
+  });
+
+  it("batches requests into few datagrams, asks only the last of each for an ACK, and maps error replies to their items", async () => {
+    const sock = new ScriptedSocket();
+    // The kernel's way: every message is handled in order; a failure is answered whatever the flags,
+    // a success only when it asked for an ACK.
+    sock.answer = (req) => {
+      const out: Buffer[] = [];
+      splitMessages(req, (m) => {
+        const failed = m.buf[m.start + 18]! % 7 === 3; // RTA_DST 10.x.<i>.0 with i % 7 == 3
+        if (failed) out.push(msg(NLMSG_ERROR, 0, m.seq, int(-constants.errno.ENETUNREACH)));
+        else if (m.flags & NLM_F_ACK) out.push(msg(NLMSG_ERROR, 0, m.seq, int(0)));
+      });
+      return out;
+    };
+    const ch = new NetlinkChannel({ openSocket: () => sock });
+    const routes = Array.from({ length: 2500 }, (_, i) => ({ dst: `10.${i >> 8}.${i & 255}.0/24`, gateway: `10.${i >> 8}.${i & 255}.0`, oif: 2, onlink: true }));
+    const errs = await ch.batch(routes, routeLength, (b, off, r) => writeRoute(b, off, RTM.NEWROUTE, 0, r), (r) => `add route ${r.dst}`);
+    // 2,500 messages of 60 bytes in datagrams of at most 64 KiB; only the last message of each asks for an ACK.
+    expect(sock.sent.length).toBe(3);
+    for (const d of sock.sent) {
+      const flags: number[] = [];
+      splitMessages(d, (m) => flags.push(m.flags & NLM_F_ACK));
+      expect(flags.filter(Boolean).length).toBe(1);
+      expect(flags.at(-1)).toBe(NLM_F_ACK);
+    }
+    const failed = errs.flatMap((e, i) => (e ? [i] : []));
+    expect(failed).toEqual(routes.flatMap((_, i) => ((i & 255) % 7 === 3 ? [i] : [])));
+    expect(errs[3]).toMatchObject({ errno: constants.errno.ENETUNREACH, message: "add route 10.0.3.0/24: ENETUNREACH" });
+    ch.close();
   });
 });

@@ -144,6 +144,36 @@ describe.skipIf(!env.ok)("NetlinkDataplane (kernel, one namespace)", () => {
     expect(await dp.call(`fdb:${l.index}.list`)).toEqual([]);
   });
 
+  it("puts and removes many objects in batches, each failure reported against its own object", async () => {
+    const l = await dp.call<Link>("getLink", "weft.1");
+    const n = 1200; // routes: more than one 64 KiB datagram
+    const at = (i: number) => `10.${100 + (i >> 8)}.${i & 255}`;
+    const routes: Array<Record<string, unknown>> = Array.from({ length: n }, (_, i) => ({ dst: `${at(i)}.0/24`, gateway: `${at(i)}.0`, oif: l.index, onlink: true }));
+    const neighbours = Array.from({ length: n }, (_, i) => ({ index: l.index, ip: `${at(i)}.0`, mac: `0e:00:00:01:${(i >> 8).toString(16).padStart(2, "0")}:${(i & 255).toString(16).padStart(2, "0")}` }));
+    const fdb = neighbours.map((x, i) => ({ index: l.index, mac: x.mac, dst: `198.18.${1 + (i >> 8)}.${(i & 255) || 1}` }));
+    // Two that the kernel refuses: a gateway off the segment, and a dst a foreign route holds.
+    routes[700] = { dst: `${at(700)}.0/24`, gateway: "198.18.5.9", oif: ul0, onlink: false };
+    await ip("-n", NS, "route", "add", `${at(900)}.0/24`, "via", "198.18.0.9", "dev", "ul0", "proto", "static");
+    const errs = await dp.call<Array<{ message: string; code: string } | null>>("routes.putMany", routes);
+    expect(errs.flatMap((e, i) => (e ? [i] : []))).toEqual([700, 900]);
+    expect(errs[700]).toMatchObject({ code: "DATAPLANE_OP_FAILED", message: expect.stringMatching(/ENETUNREACH/) });
+    expect(errs[900]!.message).toMatch(/with protocol 4 .* exists; leaving it alone/);
+    expect((await dp.call<Array<unknown | null>>(`neighbours:${l.index}.putMany`, neighbours)).every((e) => e === null)).toBe(true);
+    expect((await dp.call<Array<unknown | null>>(`fdb:${l.index}.putMany`, fdb)).every((e) => e === null)).toBe(true);
+    expect((await dp.call<unknown[]>("routes.list")).length).toBe(n - 2);
+    expect((await dp.call<unknown[]>(`neighbours:${l.index}.list`)).length).toBe(n);
+    expect(await dp.call<unknown[]>(`fdb:${l.index}.list`)).toEqual(expect.arrayContaining(fdb));
+    // Removing what is partly gone is fine; the foreign route stays.
+    expect((await dp.call<Array<unknown | null>>("routes.removeMany", routes)).every((e) => e === null)).toBe(true);
+    expect((await dp.call<Array<unknown | null>>(`neighbours:${l.index}.removeMany`, neighbours)).every((e) => e === null)).toBe(true);
+    expect((await dp.call<Array<unknown | null>>(`fdb:${l.index}.removeMany`, fdb)).every((e) => e === null)).toBe(true);
+    expect(await dp.call("routes.list")).toEqual([]);
+    expect(await dp.call(`neighbours:${l.index}.list`)).toEqual([]);
+    expect(await dp.call(`fdb:${l.index}.list`)).toEqual([]);
+    expect((await sh("ip", ["-n", NS, "route", "show", `${at(900)}.0/24`])).stdout.trim()).toBe(`${at(900)}.0/24 via 198.18.0.9 dev ul0 proto static`);
+    await ip("-n", NS, "route", "del", `${at(900)}.0/24`);
+  });
+
   it("puts host-gw routes via a gateway on the underlay, and device routes without one", async () => {
     const l = await dp.call<Link>("getLink", "weft.1");
     const hostGw = { dst: "10.244.6.0/24", gateway: "198.18.0.9", oif: ul0, onlink: false };

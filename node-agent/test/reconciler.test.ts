@@ -186,4 +186,69 @@ describe("Reconciler on a FakeDataplane", () => {
     expect(dp.routeMap.has("10.244.9.0/24")).toBe(true);
     expect([...r.programmed]).toEqual(["a"]);
   });
+
+  it("applies a lease event from memory: only the changed peer's objects, no dumps", async () => {
+    const { dp, backend } = await vxlanOnFake();
+    const rec = new Reconciler(silentLog);
+    const peers = Array.from({ length: 20 }, (_, i) => peer(i + 2));
+    await rec.reconcile(backend.desired(peers));
+    dp.calls.length = 0;
+    const moved = peer(5, { publicIP: "198.18.0.77", attrs: { type: "vxlan", vni: 1, vtepMac: "0e:00:00:00:77:77" } });
+    const next = [...peers.slice(0, 3), moved, ...peers.slice(4, 19)]; // peer 5 changed, peer 21 gone
+    const r = await rec.reconcile(backend.desired(next), { trustMemory: true });
+    expect(dp.calls.filter((c) => c.startsWith("list"))).toEqual([]);
+    expect(mutations(dp.calls).sort()).toEqual([
+      "putFdb 0e:00:00:00:77:77", "putNeighbour 10.244.5.0",
+      "removeFdb 0e:00:00:00:00:05", "removeFdb 0e:00:00:00:00:15", "removeNeighbour 10.244.21.0", "removeRoute 10.244.21.0/24",
+    ].sort());
+    expect([...dp.fdbMap.values()].find((f) => f.mac === "0e:00:00:00:77:77")?.dst).toBe("198.18.0.77");
+    expect(dp.routeMap.size).toBe(19);
+    expect(r.programmed.size).toBe(19);
+    expect(r.programmed.has(peers[19]!.subnet)).toBe(false);
+  });
+
+  it("reads the kernel again after drift or a failure, even for a lease event", async () => {
+    const { dp, backend } = await vxlanOnFake();
+    const rec = new Reconciler(silentLog);
+    const peers = [peer(2), peer(3)];
+    await rec.reconcile(backend.desired(peers));
+    // Drift announced: the memory is doubtful, so the next pass lists and repairs.
+    const route = dp.routeMap.get("10.244.2.0/24")!;
+    dp.routeMap.delete(route.dst);
+    expect(rec.affectedBy({ kind: "route", deleted: true, value: route, ours: true })).toBe(true);
+    dp.calls.length = 0;
+    const r = await rec.reconcile(backend.desired(peers), { trustMemory: true });
+    expect(dp.calls).toContain("listRoutes ");
+    expect(r.added).toBe(1);
+    // A failed put: the next pass lists too.
+    dp.failing.add("putRoute");
+    await rec.reconcile(backend.desired([...peers, peer(4)]), { trustMemory: true });
+    dp.failing.clear();
+    dp.calls.length = 0;
+    const again = await rec.reconcile(backend.desired([...peers, peer(4)]), { trustMemory: true });
+    expect(dp.calls).toContain("listRoutes ");
+    expect(again.added).toBe(1);
+    expect(dp.routeMap.has("10.244.4.0/24")).toBe(true);
+    // Then, with nothing doubtful, a lease event touches the kernel for its peer alone.
+    dp.calls.length = 0;
+    await rec.reconcile(backend.desired([...peers, peer(4)]), { trustMemory: true });
+    expect(dp.calls).toEqual([]);
+  });
+
+  it("uses a table's batch operations for many objects, and reports each failure against its peer", async () => {
+    const { dp, backend } = await vxlanOnFake();
+    const batches: string[] = [];
+    const routes = dp.routes;
+    (routes as { putMany?: unknown }).putMany = async (rs: Array<{ dst: string }>) => {
+      batches.push(`put ${rs.length}`);
+      return Promise.all(rs.map((r) => (r.dst === "10.244.3.0/24" ? new Error("no route for you") : routes.put(r as never).then(() => undefined))));
+    };
+    const errors: string[] = [];
+    const r = await new Reconciler(silentLog, { onError: (op) => errors.push(op) }).reconcile(backend.desired([peer(2), peer(3), peer(4)]));
+    expect(batches).toEqual(["put 3"]);
+    expect(r.errors).toBe(1);
+    expect([...r.failed.keys()]).toEqual(["10.244.3.0/24"]);
+    expect([...r.programmed].sort()).toEqual(["10.244.2.0/24", "10.244.4.0/24"]);
+    expect(errors).toEqual(["route_put"]);
+  });
 });

@@ -290,6 +290,18 @@ export class Cluster {
     return { code: Number(r.stdout.slice(i + 1)) || 0, body: r.stdout.slice(0, Math.max(0, i)) };
   }
 
+  /** GET on lease server `i`'s REST API (in the server namespace). */
+  async serverApi<T = unknown>(path: string, i = 0): Promise<{ code: number; json: T; body: string }> {
+    const r = await this.curl(this.srv, `http://127.0.0.1:${7601 + 10 * i}${path}`);
+    let json: T;
+    try {
+      json = JSON.parse(r.body) as T;
+    } catch {
+      json = undefined as T;
+    }
+    return { ...r, json };
+  }
+
   async agentApi<T = unknown>(i: number, path: string): Promise<{ code: number; json: T; body: string }> {
     const r = await this.curl(this.nodes[i]!.ns, `http://127.0.0.1:${AGENT_API_PORT}${path}`);
     let json: unknown;

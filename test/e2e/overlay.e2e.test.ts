@@ -93,6 +93,25 @@ describe.skipIf(!env.ok)("weft overlay (VXLAN, 3 nodes in namespaces)", () => {
     expect(m.body).toMatch(/weft_agent_reconcile_errors_total/);
   });
 
+  it("the lease server sees every node converged, and measured how long each change took to reach all of them", async () => {
+    type Nodes = { revision: number; agents: Record<string, number>; nodes: { nodeName: string; state: string; appliedRevision: number; peers: number; healthy: boolean; subnet: string }[] };
+    // Renewals keep changing the revision; wait for a moment when all three have applied the newest one.
+    const nodes = await waitFor("all nodes converged", async () => {
+      const r = await c.serverApi<Nodes>("/v1/nodes");
+      return r.json?.agents.converged === NODES && r.json;
+    }, 15_000, 100);
+    expect(nodes.agents).toEqual({ converged: NODES, lagging: 0, unhealthy: 0, disconnected: 0 });
+    for (const n of nodes.nodes) expect(n).toMatchObject({ state: "converged", appliedRevision: nodes.revision, peers: NODES - 1, healthy: true });
+    expect(nodes.nodes.map((n) => n.subnet).sort()).toEqual([...subnets].sort());
+    const m = (await c.serverApi("/metrics")).body;
+    const count = Number(/^weft_lease_server_convergence_seconds_count (\d+)/m.exec(m)?.[1]);
+    const sum = Number(/^weft_lease_server_convergence_seconds_sum ([\d.e-]+)/m.exec(m)?.[1]);
+    expect(count).toBeGreaterThan(0);
+    // Three agents on one host apply a change within a few reconcile passes.
+    expect(sum / count).toBeLessThan(2);
+    expect((await c.agentApi(0, "/metrics")).body).toMatch(/^weft_agent_applied_revision [1-9]/m);
+  });
+
   it("restarts an agent without touching routes or dropping a packet", async () => {
     const ns = c.nodes[0]!.ns;
     const before = { mac: (await ipJson<Array<{ address: string; ifindex: number }>>(ns, "link", "show", "weft.1"))[0]!, routes: await ourRoutes(0) };

@@ -4,7 +4,7 @@ import { expect } from "vitest";
 import * as grpc from "@grpc/grpc-js";
 import fc from "fast-check";
 import {
-  AcquireLeaseRequest, GetNetworkConfigRequest, IssueCertificateRequest, LeaseServiceService, NodeIdentityServiceService, ReleaseLeaseRequest, RenewLeaseRequest, WatchLeasesRequest,
+  AcquireLeaseRequest, GetNetworkConfigRequest, IssueCertificateRequest, LeaseServiceService, NodeIdentityServiceService, NodeStatus, ReleaseLeaseRequest, RenewLeaseRequest, WatchLeasesRequest,
 } from "../../gen/weft/v1/lease.js";
 import { containsNet, formatCidr, parseCidr } from "../../lib/src/cidr.js";
 import type { RunningServer } from "../../lease-server/src/server.js";
@@ -69,6 +69,11 @@ export const messageCall: fc.Arbitrary<Call> = fc.oneof(
   fc.record({ fromRevision: fc.oneof(fc.nat(100), fc.constantFrom(2 ** 53 - 1, 2 ** 53, 2 ** 63)), storeId: nastyString() }).map((r) => ({
     path: "/weft.v1.LeaseService/WatchLeases", stream: true, encode: () => WatchLeasesRequest.encode({ fromRevision: r.fromRevision, storeId: r.storeId } as never).finish(),
   })),
+  // ReportStatus is client-streaming; sent like a unary call it is one report, then the end of the stream.
+  fc.record({
+    nodeName, appliedRevision: fc.oneof(fc.nat(100), fc.constantFrom(2 ** 53 - 1, 2 ** 53, 2 ** 63)), healthy: fc.boolean(),
+    problems: fc.array(nastyString(["x".repeat(201)]), { maxLength: 10 }), backend: nastyString(["vxlan", "host-gw", "wireguard"]), version: nastyString(), peers: bigNum, subnet: fc.oneof(fc.constant(""), subnet),
+  }).map((r) => ({ path: "/weft.v1.LeaseService/ReportStatus", encode: () => NodeStatus.encode(r as never).finish() })),
   fc.record({ nodeName, csrPem: nastyString(["-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"]), joinToken: nastyString() }).map((r) => ({
     path: "/weft.v1.NodeIdentityService/IssueCertificate", encode: () => IssueCertificateRequest.encode(r).finish(),
   })),

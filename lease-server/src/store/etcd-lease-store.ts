@@ -98,6 +98,11 @@ export class EtcdLeaseStore implements LeaseStore {
   #mirror = new Map<string, Lease>();
   #watcher: Watcher | undefined;
   #watching: Promise<void> | undefined;
+  readonly #established = (() => {
+    let resolve!: () => void;
+    const promise = new Promise<void>((r) => (resolve = r));
+    return { promise, resolve };
+  })();
   #resets = 0;
   #closed = false;
   readonly #fenceId = randomBytes(6).toString("hex");
@@ -442,6 +447,11 @@ export class EtcdLeaseStore implements LeaseStore {
     return last ? { type: "removed", lease: last, revision, reason } : undefined;
   }
 
+  /** Resolves when the first watch is established (or the store closes). */
+  subscribed(): Promise<void> {
+    return this.#established.promise;
+  }
+
   subscribe(listener: (events: readonly LeaseEvent[]) => void): () => void {
     this.#listeners.add(listener);
     this.#watching ??= this.#startWatch();
@@ -470,6 +480,7 @@ export class EtcdLeaseStore implements LeaseStore {
         // The whole prefix: a removal's reason is another key of the same transaction.
         const w = await this.#client.watch().prefix(this.#key("")).startRevision(String(revision + 1)).withPreviousKV().create();
         this.#watcher = w;
+        this.#established.resolve();
         w.on("data", (res) => {
           const batch: LeaseEvent[] = [];
           for (const e of res.events) {
@@ -520,6 +531,7 @@ export class EtcdLeaseStore implements LeaseStore {
 
   async close(): Promise<void> {
     this.#closed = true;
+    this.#established.resolve();
     this.#listeners.clear();
     void this.#watcher?.cancel().catch(() => undefined);
     this.#client.close();

@@ -58,5 +58,10 @@ export interface LeaseStore {
   eventsSince(from: number): Promise<LeaseEvent[]>;
   /** Called with each committed batch of events, in revision order. */
   subscribe(listener: (events: readonly LeaseEvent[]) => void): () => void;
+  /**
+   * For a store fed by a watch (etcd): resolves once every change committed from now on reaches the
+   * subscribers, so a list taken after it leaves no gap. Absent: subscribe() is in effect at once.
+   */
+  subscribed?(): Promise<void>;
   close(): Promise<void>;
 }

@@ -56,6 +56,11 @@ export interface DesiredState {
    */
   readonly stages: readonly (readonly TableState<unknown>[])[];
   readonly rejected: ReadonlyMap<string, Rejection>;
+  /**
+   * Every pass must list the tables (WireGuard: listing the device also reads the handshakes that
+   * /v1/peers and the metrics show), so a lease event gets no incremental pass.
+   */
+  readonly listEveryPass?: boolean;
 }
 
 export interface Backend {

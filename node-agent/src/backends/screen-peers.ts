@@ -12,14 +12,21 @@ export interface UsablePeer {
   readonly net: Ipv4Net;
 }
 
+/** One lease's verdict: usable (with its subnet), or why not. */
+export function screenPeer(lease: Lease, type: BackendType, own: Ipv4Net | undefined, network: NetworkConfig): UsablePeer | Rejection {
+  const checked = checkPeerLease(lease, network, own);
+  if ("rejection" in checked) return checked.rejection;
+  if (lease.attrs.type !== type) return { reason: "backend_mismatch", detail: `backend ${lease.attrs.type}, not ${type} (the node has not restarted since the backend changed?)` };
+  return { lease, net: checked.net };
+}
+
 export function screenPeers(peers: readonly Lease[], type: BackendType, own: Ipv4Net | undefined, network: NetworkConfig): { usable: UsablePeer[]; rejected: Map<string, Rejection> } {
   const usable: UsablePeer[] = [];
   const rejected = new Map<string, Rejection>();
   for (const lease of peers) {
-    const checked = checkPeerLease(lease, network, own);
-    if ("rejection" in checked) rejected.set(lease.subnet, checked.rejection);
-    else if (lease.attrs.type !== type) rejected.set(lease.subnet, { reason: "backend_mismatch", detail: `backend ${lease.attrs.type}, not ${type} (the node has not restarted since the backend changed?)` });
-    else usable.push({ lease, net: checked.net });
+    const v = screenPeer(lease, type, own, network);
+    if ("reason" in v) rejected.set(lease.subnet, v);
+    else usable.push(v);
   }
   return { usable, rejected };
 }

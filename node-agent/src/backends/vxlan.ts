@@ -22,7 +22,7 @@ import type { FdbEntry, KernelChange, Link, LinkSpec, Neighbour, Route } from ".
 import { randomMac } from "../state.js";
 import { onSegment, type Backend, type BackendDeps, type DesiredEntry, type DesiredState, type LocalNode, type Rejection } from "./backend.js";
 import { ensureOwnedLink, ensureSoleAddress, ownerAlias, touchesDevice } from "./owned-devices.js";
-import { screenPeers } from "./screen-peers.js";
+import { screenPeer } from "./screen-peers.js";
 
 /** Outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14). */
 export const VXLAN_OVERHEAD = 50;
@@ -37,8 +37,11 @@ export class VxlanBackend implements Backend {
   /** Our own VTEP MAC and lease subnet: peers clashing with either are rejected. */
   private mac: string | undefined;
   private ownSubnet: Ipv4Net | undefined;
-  /** VTEP MAC -> the peer (subnet) programmed with it in the last desired state. */
-  private macOwners = new Map<string, string>();
+  /** VTEP MAC -> the peer holding it in the desired state of pass `pass`, and the one of the pass before. */
+  private readonly macHolders = new Map<string, { lease: Lease; pass: number; before: Lease | undefined }>();
+  private pass = 0;
+  private memo = new WeakMap<Lease, PeerEntries>();
+  private memoContext = "";
   /** Device operations (start-up, repair) run one at a time. */
   private deviceOps: Promise<unknown> = Promise.resolve();
 
@@ -162,49 +165,92 @@ export class VxlanBackend implements Backend {
     return this.direct(peer.publicIP) ? "direct" : "vxlan";
   }
 
+  /** The entries of one peer, or why it is refused; kept per lease object while `memoContext` holds. */
+  private peerEntries(p: Lease, index: number): PeerEntries {
+    const v = screenPeer(p, "vxlan", this.ownSubnet, this.deps.network);
+    if ("reason" in v) return { t: REJECT, reject: v };
+    const a = p.attrs;
+    if (this.direct(p.publicIP)) return { t: DIRECT, direct: { peer: p.subnet, value: { dst: p.subnet, gateway: p.publicIP, oif: this.local!.iface.index, onlink: false } } };
+    if (a.type !== "vxlan") return { t: SKIP };
+    if (a.vni !== this.config.vni) return { t: REJECT, reject: { reason: "invalid", detail: `VNI ${a.vni}, want ${this.config.vni}` } };
+    if (!isValidMac(a.vtepMac)) return { t: REJECT, reject: { reason: "invalid", detail: `VTEP MAC ${a.vtepMac} is not unicast` } };
+    // A cloned state dir gives two nodes one VTEP MAC; their FDB entries would flap between the two.
+    if (a.vtepMac === this.mac) return { t: REJECT, reject: { reason: "duplicate_vtep_mac", detail: `VTEP MAC ${a.vtepMac} is our own (state dir cloned from this node?)` } };
+    const gw = formatIpv4(v.net.ip);
+    return {
+      t: TUNNEL,
+      mac: a.vtepMac,
+      neighbour: { peer: p.subnet, value: { index, ip: gw, mac: a.vtepMac } },
+      fdb: { peer: p.subnet, value: { index, mac: a.vtepMac, dst: p.publicIP } },
+      route: { peer: p.subnet, value: { dst: p.subnet, gateway: gw, oif: index, onlink: true } },
+    };
+  }
+
   desired(peers: readonly Lease[]): DesiredState {
     const index = this.deviceIndex;
     const dp = this.deps.dataplane;
     const routes: DesiredEntry<Route>[] = [];
     const neighbours: DesiredEntry<Neighbour>[] = [];
     const fdb: DesiredEntry<FdbEntry>[] = [];
-    const { usable, rejected } = screenPeers(peers, "vxlan", this.ownSubnet, this.deps.network);
-    const tunnelled: Array<{ p: Lease; net: Ipv4Net; mac: string }> = [];
-    const byMac = new Map<string, Lease[]>();
-    const reject = (p: Lease, detail: string, reason: Rejection["reason"] = "invalid") => rejected.set(p.subnet, { reason, detail });
-    for (const { lease: p, net } of usable) {
-      if (p.attrs.type !== "vxlan") continue;
-      const a = p.attrs;
-      if (this.direct(p.publicIP)) {
-        routes.push({ peer: p.subnet, value: { dst: p.subnet, gateway: p.publicIP, oif: this.local!.iface.index, onlink: false } });
-        continue;
-      }
-      if (a.vni !== this.config.vni) { reject(p, `VNI ${a.vni}, want ${this.config.vni}`); continue; }
-      if (!isValidMac(a.vtepMac)) { reject(p, `VTEP MAC ${a.vtepMac} is not unicast`); continue; }
-      // A cloned state dir gives two nodes one VTEP MAC; their FDB entries would flap between the two.
-      if (a.vtepMac === this.mac) { reject(p, `VTEP MAC ${a.vtepMac} is our own (state dir cloned from this node?)`, "duplicate_vtep_mac"); continue; }
-      tunnelled.push({ p, net, mac: a.vtepMac });
-      byMac.set(a.vtepMac, [...(byMac.get(a.vtepMac) ?? []), p]);
+    const rejected = new Map<string, Rejection>();
+    // Unchanged leases keep their entry objects between passes: a lease event costs no per-peer work or
+    // garbage for the thousands of others (the reconciler then looks at the changed peers alone).
+    const own = this.ownSubnet;
+    const context = `${index}|${this.mac}|${this.local?.iface.index}|${this.local?.iface.ip}|${own?.ip}/${own?.prefix}`;
+    if (context !== this.memoContext) {
+      this.memo = new WeakMap();
+      this.memoContext = context;
     }
     // Two nodes with one MAC (a cloned state dir): FDB entries for both would flap. The node that
     // already had the MAC keeps it, so a clone joining cannot cut off the original; with no history,
     // the oldest lease change wins (the same choice on every node).
-    const owners = new Map<string, string>();
-    for (const [mac, sharing] of byMac) {
-      const kept = sharing.find((x) => x.subnet === this.macOwners.get(mac)) ?? sharing.reduce((a, b) => (b.revision < a.revision ? b : a));
-      owners.set(mac, kept.subnet);
-    }
-    this.macOwners = owners;
-    for (const { p, net, mac } of tunnelled) {
-      if (owners.get(mac) !== p.subnet) {
-        const holder = byMac.get(mac)!.find((x) => x.subnet === owners.get(mac))!;
-        reject(p, `VTEP MAC ${mac} is already used by ${holder.nodeName} (state dir cloned from it?); give this node its own state dir`, "duplicate_vtep_mac");
+    // The holders live from pass to pass (a map rebuilt for every lease event would cost more than
+    // the event): each MAC's holder in this pass, and the one that held it in the previous pass.
+    const pass = ++this.pass;
+    let sharing: Map<string, Lease[]> | undefined;
+    for (const p of peers) {
+      let e = this.memo.get(p);
+      if (!e) this.memo.set(p, (e = this.peerEntries(p, index)));
+      if (e.t !== TUNNEL) {
+        if (e.t === DIRECT) routes.push(e.direct);
+        else if (e.t === REJECT) rejected.set(p.subnet, e.reject);
         continue;
       }
-      const gw = formatIpv4(net.ip);
-      neighbours.push({ peer: p.subnet, value: { index, ip: gw, mac } });
-      fdb.push({ peer: p.subnet, value: { index, mac, dst: p.publicIP } });
-      routes.push({ peer: p.subnet, value: { dst: p.subnet, gateway: gw, oif: index, onlink: true } });
+      neighbours.push(e.neighbour);
+      fdb.push(e.fdb);
+      routes.push(e.route);
+      const h = this.macHolders.get(e.mac);
+      if (!h) this.macHolders.set(e.mac, { lease: p, pass, before: undefined });
+      else if (h.pass !== pass) {
+        h.before = h.pass === pass - 1 ? h.lease : undefined;
+        h.lease = p;
+        h.pass = pass;
+      } else {
+        sharing ??= new Map();
+        const all = sharing.get(e.mac) ?? [h.lease];
+        all.push(p);
+        sharing.set(e.mac, all);
+      }
+    }
+    // MACs of peers that left would pile up; dropped when they outnumber the live ones.
+    if (this.macHolders.size > 2 * fdb.length + 64) this.macHolders.forEach((h, mac) => { if (h.pass !== pass) this.macHolders.delete(mac); });
+    if (sharing) {
+      const losers = new Set<string>();
+      for (const [mac, all] of sharing) {
+        const h = this.macHolders.get(mac)!;
+        const kept = all.find((x) => x.subnet === h.before?.subnet) ?? all.reduce((a, b) => (b.revision < a.revision ? b : a));
+        h.lease = kept;
+        for (const p of all) {
+          if (p === kept) continue;
+          losers.add(p.subnet);
+          rejected.set(p.subnet, { reason: "duplicate_vtep_mac", detail: `VTEP MAC ${mac} is already used by ${kept.nodeName} (state dir cloned from it?); give this node its own state dir` });
+        }
+      }
+      for (const list of [neighbours, fdb, routes] as Array<Array<{ peer: string }>>) {
+        let n = 0;
+        for (const e of list) if (!losers.has(e.peer)) list[n++] = e;
+        list.length = n;
+      }
     }
     return {
       stages: [
@@ -215,3 +261,15 @@ export class VxlanBackend implements Backend {
     };
   }
 }
+
+const SKIP = 0, DIRECT = 1, REJECT = 2, TUNNEL = 3;
+
+interface TunnelEntries {
+  readonly t: typeof TUNNEL;
+  readonly mac: string;
+  readonly neighbour: DesiredEntry<Neighbour>;
+  readonly fdb: DesiredEntry<FdbEntry>;
+  readonly route: DesiredEntry<Route>;
+}
+
+type PeerEntries = TunnelEntries | { readonly t: typeof DIRECT; readonly direct: DesiredEntry<Route> } | { readonly t: typeof REJECT; readonly reject: Rejection } | { readonly t: typeof SKIP };

@@ -244,6 +244,7 @@ export class WireguardBackend implements Backend {
     return {
       stages: [[{ table: this.peerTable, entries }, { table: this.deps.dataplane.routes, entries: [{ peer: NODE_ENTRY, value: route }] }]],
       rejected,
+      listEveryPass: true,
     };
   }
 

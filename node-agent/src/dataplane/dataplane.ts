@@ -99,6 +99,12 @@ export interface KernelTable<T> {
   key(o: T): string;
   put(o: T): Promise<void>;
   remove(o: T): Promise<void>;
+  /**
+   * Optional, for many objects at once (a full pass): as put/remove for each, in few kernel round
+   * trips. Resolves with each object's error, or undefined where it succeeded; never rejects.
+   */
+  putMany?(os: readonly T[]): Promise<Array<unknown>>;
+  removeMany?(os: readonly T[]): Promise<Array<unknown>>;
 }
 
 export type ObjectKind = "route" | "neighbour" | "fdb" | "wg_peer";

@@ -1,6 +1,7 @@
 // Dataplane over rtnetlink: one request channel (netlink-channel.ts), one
 // notification socket (netlink-monitor.ts), every message from
-// rtnl-codec.ts. No process is spawned per change.
+// rtnl-codec.ts. No process is spawned per change. The tables' putMany and
+// removeMany send a pass's objects in batches (NetlinkChannel.batch).
 //
 // Errors keep the kernel's errno as a number (NetlinkError.errno) and are
 // compared as numbers; they leave this file as DATAPLANE_OP_FAILED with the
@@ -15,6 +16,7 @@ import { NetlinkChannel, NetlinkError, type NetlinkChannelOptions } from "./netl
 import { NetlinkMonitor } from "./netlink-monitor.js";
 import {
   AF_BRIDGE, AF_INET, encodeAddress, encodeDelLink, encodeDump, encodeFdb, encodeGetLink, encodeNeighbour, encodeNewLink, encodeRoute, encodeSetLink,
+  FDB_LENGTH, neighbourLength, routeLength, writeFdb, writeNeighbour, writeRoute,
   isMainTable, isOurRoute, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, parseAddress, parseLink, parseNeighbour, parseRoute, RTM, type ParsedRoute, type RawMessage,
 } from "./rtnl-codec.js";
 
@@ -22,6 +24,7 @@ const { EEXIST, ENOENT, ESRCH, ENODEV, EADDRNOTAVAIL, EOPNOTSUPP } = constants.e
 const CREATE_EXCL = NLM_F_CREATE | NLM_F_EXCL;
 const CREATE_REPLACE = NLM_F_CREATE | NLM_F_REPLACE;
 
+const routeWhat = (r: Route): string => `route ${r.dst}${r.gateway ? ` via ${r.gateway}` : ""} dev ${r.oif}`;
 const errnoIs = (err: unknown, ...codes: number[]): boolean => err instanceof NetlinkError && codes.includes(err.errno);
 /** What "already gone" looks like for deletes and lookups. */
 const isAbsent = (err: unknown): boolean => errnoIs(err, ENOENT, ESRCH, ENODEV, EADDRNOTAVAIL);
@@ -63,6 +66,22 @@ export class NetlinkDataplane implements Dataplane {
     } catch (err) {
       if (!isAbsent(err)) throw opFailed(err);
     }
+  }
+
+  /** Many requests in few datagrams (NetlinkChannel.batch); absent objects are fine for deletes. */
+  private async many<T>(items: readonly T[], size: (o: T) => number, write: (b: Buffer, off: number, o: T) => number, what: (o: T) => string, absentOk = false): Promise<Array<unknown>> {
+    let errs: Array<Error | undefined>;
+    try {
+      errs = await this.ch.batch(items, size, write, what);
+    } catch (err) {
+      return items.map(() => opFailed(err));
+    }
+    const out = new Array<unknown>(items.length);
+    for (let i = 0; i < items.length; i++) {
+      const e = errs[i];
+      if (e && !(absentOk && isAbsent(e))) out[i] = opFailed(e);
+    }
+    return out;
   }
 
   private async dump<T>(what: string, type: number, family: number, parse: (m: RawMessage) => T | undefined): Promise<T[]> {
@@ -169,7 +188,7 @@ export class NetlinkDataplane implements Dataplane {
    * left alone.
    */
   private async putRoute(r: Route): Promise<void> {
-    const what = `route ${r.dst}${r.gateway ? ` via ${r.gateway}` : ""} dev ${r.oif}`;
+    const what = routeWhat(r);
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         await this.ch.request(`add ${what}`, encodeRoute(RTM.NEWROUTE, CREATE_EXCL, r));
@@ -197,6 +216,16 @@ export class NetlinkDataplane implements Dataplane {
     key: routeKey,
     put: (r) => this.putRoute(r),
     remove: (r) => this.tolerateAbsent(`delete route ${r.dst}`, encodeRoute(RTM.DELROUTE, 0, r)),
+    putMany: async (rs) => {
+      const errs = await this.many(rs, routeLength, (b, off, r) => writeRoute(b, off, RTM.NEWROUTE, CREATE_EXCL, r), (r) => `add ${routeWhat(r)}`);
+      // A route to that dst exists: ours with other values (replace it) or a foreign one (leave it), as putRoute decides.
+      await Promise.all(rs.map(async (r, i) => {
+        const e = errs[i];
+        if (e instanceof WeftError && errnoIs(e.cause, EEXIST)) errs[i] = await this.putRoute(r).then(() => undefined, (err: unknown) => err);
+      }));
+      return errs;
+    },
+    removeMany: (rs) => this.many(rs, routeLength, (b, off, r) => writeRoute(b, off, RTM.DELROUTE, 0, r), (r) => `delete route ${r.dst}`, true),
   };
 
   async defaultRouteIndex(): Promise<number | undefined> {
@@ -224,6 +253,8 @@ export class NetlinkDataplane implements Dataplane {
       key: neighbourKey,
       put: (n) => this.request(`replace neighbour ${n.ip}`, encodeNeighbour(RTM.NEWNEIGH, CREATE_REPLACE, n)).then(() => undefined),
       remove: (n) => this.tolerateAbsent(`delete neighbour ${n.ip}`, encodeNeighbour(RTM.DELNEIGH, 0, n)),
+      putMany: (ns) => this.many(ns, () => neighbourLength(RTM.NEWNEIGH), (b, off, n) => writeNeighbour(b, off, RTM.NEWNEIGH, CREATE_REPLACE, n), (n) => `replace neighbour ${n.ip}`),
+      removeMany: (ns) => this.many(ns, () => neighbourLength(RTM.DELNEIGH), (b, off, n) => writeNeighbour(b, off, RTM.DELNEIGH, 0, n), (n) => `delete neighbour ${n.ip}`, true),
     };
   }
 
@@ -237,6 +268,8 @@ export class NetlinkDataplane implements Dataplane {
       // NLM_F_REPLACE on a VXLAN FDB entry replaces the MAC's remote.
       put: (e) => this.request(`replace fdb ${e.mac} dst ${e.dst}`, encodeFdb(RTM.NEWNEIGH, CREATE_REPLACE, e)).then(() => undefined),
       remove: (e) => this.tolerateAbsent(`delete fdb ${e.mac} dst ${e.dst}`, encodeFdb(RTM.DELNEIGH, 0, e)),
+      putMany: (es) => this.many(es, () => FDB_LENGTH, (b, off, e) => writeFdb(b, off, RTM.NEWNEIGH, CREATE_REPLACE, e), (e) => `replace fdb ${e.mac} dst ${e.dst}`),
+      removeMany: (es) => this.many(es, () => FDB_LENGTH, (b, off, e) => writeFdb(b, off, RTM.DELNEIGH, 0, e), (e) => `delete fdb ${e.mac} dst ${e.dst}`, true),
     };
   }
 

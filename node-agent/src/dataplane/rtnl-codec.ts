@@ -1,7 +1,8 @@
 // rtnetlink messages, encoded and parsed by hand: every request the agent
 // sends and every reply or notification it reads goes through this file, so
-// there is one encoding path (no library encoders beside it) and the hot
-// per-peer messages (route, ARP, FDB) cost one Buffer each. Layouts follow
+// there is one encoding path (no library encoders beside it). The hot
+// per-peer messages (route, ARP, FDB) are written in place, so a batch puts
+// a thousand of them into one Buffer. Layouts follow
 // <linux/rtnetlink.h>, <linux/if_link.h> and <linux/neighbour.h>.
 import { WeftError } from "../../../lib/src/errors.js";
 import type { Address, FdbEntry, Link, LinkChange, LinkSpec, Neighbour, Route, VxlanInfo } from "./dataplane.js";
@@ -200,18 +201,33 @@ export function encodeAddress(type: number, flags: number, a: Address): Buffer {
   return b;
 }
 
+/** Writes the nlmsghdr of a request of `len` bytes at `off` (seq is set when sent); the rest must be zero or written. */
+function header(b: Buffer, off: number, len: number, type: number, flags: number): void {
+  b.writeUInt32LE(len, off);
+  b.writeUInt16LE(type, off + 4);
+  b.writeUInt16LE(flags | NLM_F_REQUEST, off + 6);
+}
+
+/** Bytes of the route message for `r`. */
+export const routeLength = (r: Route): number => NLMSG_HDRLEN + 12 + 8 * (r.gateway !== undefined ? 4 : 3);
+/** Bytes of an ARP entry message (RTM_DELNEIGH carries no lladdr). */
+export const neighbourLength = (type: number): number => NLMSG_HDRLEN + 12 + 8 + (type === RTM.NEWNEIGH ? 10 : 0);
+export const FDB_LENGTH = NLMSG_HDRLEN + 12 + 12 + 8;
+
 /**
  * RTM_NEWROUTE / RTM_DELROUTE for one of our routes: main table, protocol
  * WEFT_RT_PROTO, via a gateway (scope universe, onlink if asked) or, without
- * one, straight onto the device (scope link).
+ * one, straight onto the device (scope link). Written at `off` of a zeroed `b`
+ * (a batch writes many messages into one buffer); returns the message length.
  */
-export function encodeRoute(type: number, flags: number, r: Route): Buffer {
+export function writeRoute(b: Buffer, off: number, type: number, flags: number, r: Route): number {
   const slash = r.dst.indexOf("/");
   const len = Number(r.dst.slice(slash + 1));
   if (slash < 0 || !Number.isInteger(len) || len < 0 || len > 32) throw new WeftError("INTERNAL", `not a CIDR: ${r.dst}`);
   const gw = r.gateway !== undefined;
-  const b = message(NLMSG_HDRLEN + 12 + 8 * (gw ? 4 : 3), type, flags | NLM_F_ACK);
-  let o = NLMSG_HDRLEN;
+  const size = routeLength(r);
+  header(b, off, size, type, flags);
+  let o = off + NLMSG_HDRLEN;
   b[o] = AF_INET; b[o + 1] = len; b[o + 4] = RT_TABLE_MAIN; b[o + 5] = WEFT_RT_PROTO;
   b[o + 6] = gw ? RT_SCOPE_UNIVERSE : RT_SCOPE_LINK; b[o + 7] = RTN_UNICAST;
   b.writeUInt32LE(r.onlink ? RTNH_F_ONLINK : 0, o + 8);
@@ -220,11 +236,17 @@ export function encodeRoute(type: number, flags: number, r: Route): Buffer {
   if (gw) { writeIp4(b, attrHdr(b, o, 8, RTA_GATEWAY), r.gateway!); o += 8; }
   b.writeUInt32LE(r.oif, attrHdr(b, o, 8, RTA_OIF)); o += 8;
   b.writeUInt32LE(RT_TABLE_MAIN, attrHdr(b, o, 8, RTA_TABLE));
+  return size;
+}
+
+export function encodeRoute(type: number, flags: number, r: Route): Buffer {
+  const b = Buffer.alloc(routeLength(r));
+  writeRoute(b, 0, type, flags | NLM_F_ACK, r);
   return b;
 }
 
-function ndmsg(b: Buffer, family: number, index: number, state: number, flags: number): number {
-  const o = NLMSG_HDRLEN;
+function ndmsg(b: Buffer, off: number, family: number, index: number, state: number, flags: number): number {
+  const o = off + NLMSG_HDRLEN;
   b[o] = family;
   b.writeInt32LE(index, o + 4);
   b.writeUInt16LE(state, o + 8);
@@ -232,22 +254,35 @@ function ndmsg(b: Buffer, family: number, index: number, state: number, flags: n
   return o + 12;
 }
 
-/** ARP entry: RTM_NEWNEIGH (permanent, dst + lladdr) or RTM_DELNEIGH (dst only). */
-export function encodeNeighbour(type: number, flags: number, n: Neighbour): Buffer {
+/** ARP entry: RTM_NEWNEIGH (permanent, dst + lladdr) or RTM_DELNEIGH (dst only); written as writeRoute. */
+export function writeNeighbour(b: Buffer, off: number, type: number, flags: number, n: Neighbour): number {
   const add = type === RTM.NEWNEIGH;
-  const b = message(NLMSG_HDRLEN + 12 + 8 + (add ? 10 : 0), type, flags | NLM_F_ACK);
-  let o = ndmsg(b, AF_INET, n.index, add ? NUD_PERMANENT : 0, 0);
+  const size = neighbourLength(type);
+  header(b, off, size, type, flags);
+  let o = ndmsg(b, off, AF_INET, n.index, add ? NUD_PERMANENT : 0, 0);
   writeIp4(b, attrHdr(b, o, 8, NDA_DST), n.ip); o += 8;
   if (add) writeMac(b, attrHdr(b, o, 10, NDA_LLADDR), n.mac);
+  return size;
+}
+
+export function encodeNeighbour(type: number, flags: number, n: Neighbour): Buffer {
+  const b = Buffer.alloc(neighbourLength(type));
+  writeNeighbour(b, 0, type, flags | NLM_F_ACK, n);
   return b;
 }
 
-/** FDB entry (AF_BRIDGE, NTF_SELF): lladdr + dst; permanent when added. */
-export function encodeFdb(type: number, flags: number, e: FdbEntry): Buffer {
-  const b = message(NLMSG_HDRLEN + 12 + 12 + 8, type, flags | NLM_F_ACK);
-  let o = ndmsg(b, AF_BRIDGE, e.index, type === RTM.NEWNEIGH ? NUD_PERMANENT : 0, NTF_SELF);
+/** FDB entry (AF_BRIDGE, NTF_SELF): lladdr + dst; permanent when added; written as writeRoute. */
+export function writeFdb(b: Buffer, off: number, type: number, flags: number, e: FdbEntry): number {
+  header(b, off, FDB_LENGTH, type, flags);
+  let o = ndmsg(b, off, AF_BRIDGE, e.index, type === RTM.NEWNEIGH ? NUD_PERMANENT : 0, NTF_SELF);
   writeMac(b, attrHdr(b, o, 10, NDA_LLADDR), e.mac); o += 12;
   writeIp4(b, attrHdr(b, o, 8, NDA_DST), e.dst);
+  return FDB_LENGTH;
+}
+
+export function encodeFdb(type: number, flags: number, e: FdbEntry): Buffer {
+  const b = Buffer.alloc(FDB_LENGTH);
+  writeFdb(b, 0, type, flags | NLM_F_ACK, e);
   return b;
 }
 

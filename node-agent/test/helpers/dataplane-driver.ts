@@ -43,6 +43,8 @@ rl.on("line", async (line) => {
       const t = table(spec!);
       const fn = (t as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[op!];
       result = await fn!.apply(t, args);
+      // putMany/removeMany answer one error or undefined per object.
+      if (op!.endsWith("Many")) result = (result as unknown[]).map((e) => (e ? { message: (e as Error).message, code: (e as { code?: string }).code } : null));
     } else {
       const fn = (dp as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[method];
       if (typeof fn !== "function") throw new Error(`no method ${method}`);

@@ -9,7 +9,7 @@ import { BIN, FLAGS, loadAgentConfig } from "./config.js";
 import { NetlinkDataplane } from "./dataplane/netlink-dataplane.js";
 import { Firewall } from "./firewall/firewall.js";
 import { LeaseClient } from "./lease-client.js";
-import { NodeIdentity } from "./identity.js";
+import type { NodeIdentity } from "./identity.js";
 import { createAgentMetrics } from "./metrics.js";
 import { buildMetricsListener } from "./metrics-listener.js";
 
@@ -52,8 +52,9 @@ export async function main(argv: string[], env: NodeJS.ProcessEnv = process.env)
   });
   // --join-token-file: the node gets its certificate (in start-up below, once health answers) before the agent talks to the lease server.
   const identityStop = new AbortController();
-  const identity = cfg.join
-    ? new NodeIdentity({ nodeName: cfg.nodeName, stateDir: cfg.stateDir, servers: cfg.servers, caFile: cfg.tls!.ca!, joinToken: cfg.join.token, log: log.child({ component: "identity" }) })
+  // Loaded only with a join token: @peculiar/x509 and its ASN.1 modules are ~3 MiB of heap most agents never use.
+  const identity: NodeIdentity | undefined = cfg.join
+    ? new (await import("./identity.js")).NodeIdentity({ nodeName: cfg.nodeName, stateDir: cfg.stateDir, servers: cfg.servers, caFile: cfg.tls!.ca!, joinToken: cfg.join.token, log: log.child({ component: "identity" }) })
     : undefined;
   let client: LeaseClient;
   try {

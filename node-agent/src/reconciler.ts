@@ -71,7 +71,7 @@ const errText = (err: unknown): string => (err instanceof Error ? err.message : 
 type AnyTable = KernelTable<unknown>;
 type Stage = ReadonlyArray<{ table: AnyTable; entries: ReadonlyArray<{ peer: string; value: unknown }> }>;
 
-/** One wanted object. `since`: the pass that first wanted it so; `seen`/`inKernel`: the last pass that wanted it / found it in the kernel. */
+/** One wanted object. `since`: the pass that first wanted it so; `seen`: the last pass that wanted it; `inKernel`: the last reading of the kernel's table that found it. */
 interface Item {
   readonly id: string;
   key: string;
@@ -100,6 +100,8 @@ export class Reconciler {
   private models = new Map<ObjectKind, Model>();
   private identify = new Map<ObjectKind, AnyTable>();
   private pass = 0;
+  /** Numbers the readings of kernel tables (Item.inKernel). */
+  private marks = 0;
   private lastFailed: ReadonlySet<string> = new Set();
   /** Wanted objects per peer, and the peers with any that did not fail: the programmed ones. */
   private readonly counts = new Map<string, number>();
@@ -157,7 +159,7 @@ export class Reconciler {
     try {
       plan = fromMemory
         ? all.map((s, i) => ({ table: s.table, puts: changes[i]!.fresh, removes: changes[i]!.gone }))
-        : await Promise.all(all.map((s) => this.planFromKernel(s.table, pass)));
+        : await Promise.all(all.map((s) => this.planFromKernel(s.table)));
     } catch (err) {
       this.trusted = false;
       // What this pass wanted anew is not in the kernel: not programmed, and no drift when the next pass puts it.
@@ -294,17 +296,28 @@ export class Reconciler {
     }
   }
 
-  /** The plan from the kernel's table: wanted items missing or different there, and our objects not wanted. */
-  private async planFromKernel(table: AnyTable, pass: number): Promise<Plan> {
+  /**
+   * The plan from the kernel's table: wanted items missing or different there, and our objects not
+   * wanted. A table that can scan hands its objects over one by one as the kernel's replies arrive,
+   * so a timer pass never holds three dumps of thousands of objects at once.
+   */
+  private async planFromKernel(table: AnyTable): Promise<Plan> {
     const { items } = this.models.get(table.kind)!;
-    const removes: unknown[] = [];
-    for (const o of await table.list()) {
+    let removes: unknown[] = [];
+    // Each reading of the table (a scan may restart) marks what it found with a number of its own.
+    let mark = ++this.marks;
+    const visit = (o: unknown): void => {
       const it = items.get(table.id(o));
       if (it === undefined) removes.push(o);
-      else if (it.key === table.key(o)) it.inKernel = pass;
+      else if (it.key === table.key(o)) it.inKernel = mark;
+    };
+    if (table.scan) {
+      await table.scan(visit, () => { removes = []; mark = ++this.marks; });
+    } else {
+      for (const o of await table.list()) visit(o);
     }
     const puts: Item[] = [];
-    items.forEach((it) => { if (it.inKernel !== pass) puts.push(it); });
+    items.forEach((it) => { if (it.inKernel !== mark) puts.push(it); });
     return { table, puts, removes };
   }
 

@@ -62,6 +62,22 @@ describe("NetlinkChannel", () => {
     ch.close();
   });
 
+  it("hands a scan's replies over as they arrive, and fails the scan when its visitor throws", async () => {
+    const sock = new ScriptedSocket();
+    sock.answer = (_r, seq) => [Buffer.concat([entry(seq), entry(seq)]), entry(seq), msg(NLMSG_DONE, NLM_F_MULTI, seq, int(0))];
+    const ch = new NetlinkChannel({ openSocket: () => sock });
+    const seen: number[] = [];
+    await ch.scan("list routes", encodeDump(RTM.GETROUTE, 2), (m) => seen.push(m.type), () => seen.push(-1));
+    expect(seen).toEqual([RTM.NEWROUTE, RTM.NEWROUTE, RTM.NEWROUTE]);
+    let calls = 0;
+    const scan = ch.scan("list routes", encodeDump(RTM.GETROUTE, 2), () => { calls++; throw new Error("bad reply"); }, () => undefined);
+    await expect(scan).rejects.toThrow("bad reply");
+    // The rest of that dump is not parsed, and the channel still answers.
+    expect(calls).toBe(1);
+    await expect(ch.dump("list routes", encodeDump(RTM.GETROUTE, 2))).resolves.toHaveLength(3);
+    ch.close();
+  });
+
   it("gives up on a dump interrupted every time, saying why", async () => {
     const sock = new ScriptedSocket();
     sock.answer = (_r, seq) => [msg(NLMSG_DONE, NLM_F_MULTI | NLM_F_DUMP_INTR, seq, int(0))];

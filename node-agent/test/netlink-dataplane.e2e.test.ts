@@ -163,6 +163,8 @@ describe.skipIf(!env.ok)("NetlinkDataplane (kernel, one namespace)", () => {
     expect((await dp.call<unknown[]>("routes.list")).length).toBe(n - 2);
     expect((await dp.call<unknown[]>(`neighbours:${l.index}.list`)).length).toBe(n);
     expect(await dp.call<unknown[]>(`fdb:${l.index}.list`)).toEqual(expect.arrayContaining(fdb));
+    // A scan hands over exactly what a list returns, one object at a time.
+    for (const t of ["routes", `neighbours:${l.index}`, `fdb:${l.index}`]) expect(await dp.call(`${t}.scan`)).toEqual(await dp.call(`${t}.list`));
     // Removing what is partly gone is fine; the foreign route stays.
     expect((await dp.call<Array<unknown | null>>("routes.removeMany", routes)).every((e) => e === null)).toBe(true);
     expect((await dp.call<Array<unknown | null>>(`neighbours:${l.index}.removeMany`, neighbours)).every((e) => e === null)).toBe(true);
@@ -212,6 +214,9 @@ describe.skipIf(!env.ok)("NetlinkDataplane (kernel, one namespace)", () => {
     expect(await dp.call("routes.list")).toEqual([]);
     expect(await dp.call(`neighbours:${l.index}.list`)).toEqual([]);
     expect(await dp.call(`neighbours:${ul0}.list`)).toEqual([{ index: ul0, ip: "198.18.0.77", mac: "0e:00:00:00:77:77" }]);
+    expect(await dp.call("routes.scan")).toEqual([]);
+    expect(await dp.call(`neighbours:${l.index}.scan`)).toEqual([]);
+    expect(await dp.call(`neighbours:${ul0}.scan`)).toEqual([{ index: ul0, ip: "198.18.0.77", mac: "0e:00:00:00:77:77" }]);
     await ip("-n", NS, "route", "del", "10.244.77.0/24");
   });
 

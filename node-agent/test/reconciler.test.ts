@@ -187,6 +187,38 @@ describe("Reconciler on a FakeDataplane", () => {
     expect([...r.programmed]).toEqual(["a"]);
   });
 
+  it("reads a table that scans as its replies arrive, and forgets a reading the kernel restarted", async () => {
+    const kernel = new Map<string, { key: string; v: number }>([["k1", { key: "k1", v: 1 }], ["k2", { key: "k2", v: 1 }]]);
+    const log: string[] = [];
+    let restarts = 0;
+    const table: KernelTable<{ key: string; v: number }> = {
+      kind: "fdb",
+      list: async () => { throw new Error("a table that scans is not listed"); },
+      // The first reading raced with a change (k2 went away, "gone" came and went): it is read again.
+      scan: async (visit, restart) => {
+        visit({ key: "k2", v: 1 });
+        visit({ key: "gone", v: 1 });
+        restart();
+        restarts++;
+        kernel.delete("k2");
+        for (const o of kernel.values()) visit(o);
+      },
+      id: (o) => o.key,
+      key: (o) => `${o.key}=${o.v}`,
+      put: async (o) => { log.push(`put ${o.key}`); kernel.set(o.key, o); },
+      remove: async (o) => { log.push(`remove ${o.key}`); kernel.delete(o.key); },
+    };
+    const want: DesiredState = {
+      stages: [[{ table, entries: [{ peer: "a", value: { key: "k1", v: 1 } }, { peer: "b", value: { key: "k2", v: 1 } }] }]],
+      rejected: new Map(),
+    };
+    const r = await new Reconciler(silentLog).reconcile(want);
+    // k2 was seen only by the reading that was thrown away, "gone" likewise: put k2, remove nothing.
+    expect(restarts).toBe(1);
+    expect(log).toEqual(["put k2"]);
+    expect([...r.programmed].sort()).toEqual(["a", "b"]);
+  });
+
   it("applies a lease event from memory: only the changed peer's objects, no dumps", async () => {
     const { dp, backend } = await vxlanOnFake();
     const rec = new Reconciler(silentLog);

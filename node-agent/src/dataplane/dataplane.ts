@@ -93,6 +93,12 @@ export interface KernelTable<T> {
   /** "route", "neighbour", "fdb": names operations in logs and metrics. */
   readonly kind: ObjectKind;
   list(): Promise<T[]>;
+  /**
+   * Optional: what list() returns, handed to `visit` one object at a time as the kernel's replies
+   * arrive, so a full table is never held at once. If the kernel's dump has to run again, `restart`
+   * is called first and the objects come again from the start.
+   */
+  scan?(visit: (o: T) => void, restart: () => void): Promise<void>;
   /** Identity: a put replaces the kernel object with the same id. */
   id(o: T): string;
   /** The whole value: objects with equal keys need no change. */

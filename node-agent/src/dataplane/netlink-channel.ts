@@ -68,6 +68,10 @@ interface Pending {
   readonly what: string;
   deadline: number;
   readonly replies: RawMessage[];
+  /** A scan's visitor: replies go to it as they arrive instead of into `replies`. */
+  readonly each?: (m: RawMessage) => void;
+  /** What the visitor threw; fails the scan when it settles. */
+  thrown?: unknown;
   interrupted: boolean;
   readonly resolve: (r: { replies: RawMessage[]; interrupted: boolean }) => void;
   readonly reject: (err: Error) => void;
@@ -164,7 +168,18 @@ export class NetlinkChannel {
       this.settle(m.seq);
       // An errno in DONE means the kernel gave up part-way: the list is incomplete.
       if (errno !== 0) p.reject(new NetlinkError(errno, `${p.what} (dump ended with an error)`));
+      else if (p.thrown !== undefined) p.reject(p.thrown as Error);
       else p.resolve({ replies: p.replies, interrupted: p.interrupted });
+    } else if (p.each) {
+      // A scan reads each reply while its datagram is at hand, so a dump of thousands of objects is
+      // never held at once (its parsed objects die young instead of reaching V8's old generation).
+      if (p.thrown === undefined) {
+        try {
+          p.each(m);
+        } catch (err) {
+          p.thrown = err;
+        }
+      }
     } else {
       // Replies are copied out of the datagram only as views; parsers run after the request settles.
       p.replies.push(m);
@@ -209,13 +224,13 @@ export class NetlinkChannel {
     else this.inFlight--;
   }
 
-  private async send(what: string, msg: Buffer): Promise<{ replies: RawMessage[]; interrupted: boolean }> {
+  private async send(what: string, msg: Buffer, each?: (m: RawMessage) => void): Promise<{ replies: RawMessage[]; interrupted: boolean }> {
     await this.slot();
-    return this.transmit(what, msg, 0, this.nextSeq());
+    return this.transmit(what, msg, 0, this.nextSeq(), each);
   }
 
   /** Sends `msg` holding a slot; the message at `last` gets sequence number `seq` and is the one answered. */
-  private transmit(what: string, msg: Buffer, last: number, seq: number): Promise<{ replies: RawMessage[]; interrupted: boolean }> {
+  private transmit(what: string, msg: Buffer, last: number, seq: number, each?: (m: RawMessage) => void): Promise<{ replies: RawMessage[]; interrupted: boolean }> {
     let sock: RawSocket;
     try {
       sock = this.socket();
@@ -225,7 +240,7 @@ export class NetlinkChannel {
     }
     msg.writeUInt32LE(seq, last + 8);
     return new Promise((resolve, reject) => {
-      this.pending.set(seq, { what, deadline: Date.now() + REQUEST_TIMEOUT_MS, replies: [], interrupted: false, resolve, reject });
+      this.pending.set(seq, { what, deadline: Date.now() + REQUEST_TIMEOUT_MS, replies: [], each, interrupted: false, resolve, reject });
       if (this.pending.size === 1) sock.ref();
       const failSend = (err: Error & { code?: string }) => {
         if (!this.pending.has(seq)) return;
@@ -299,11 +314,23 @@ export class NetlinkChannel {
   }
 
   /** Runs a dump to completion, again if the kernel marks it interrupted. */
-  dump(what: string, msg: Buffer): Promise<RawMessage[]> {
-    const run = async (): Promise<RawMessage[]> => {
+  async dump(what: string, msg: Buffer): Promise<RawMessage[]> {
+    const out: RawMessage[] = [];
+    await this.scan(what, msg, (m) => out.push(m), () => { out.length = 0; });
+    return out;
+  }
+
+  /**
+   * A dump whose replies go to `each` as they arrive (views into the datagram, valid during the call
+   * only). When the kernel marks the dump interrupted it runs again from the start, after `restart`
+   * tells the visitor to forget what it saw. An exception from `each` fails the scan.
+   */
+  scan(what: string, msg: Buffer, each: (m: RawMessage) => void, restart: () => void): Promise<void> {
+    const run = async (): Promise<void> => {
       for (let attempt = 1; ; attempt++) {
-        const { replies, interrupted } = await this.send(what, msg);
-        if (!interrupted) return replies;
+        if (attempt > 1) restart();
+        const { interrupted } = await this.send(what, msg, each);
+        if (!interrupted) return;
         if (attempt >= DUMP_ATTEMPTS) throw new WeftError("DATAPLANE_OP_FAILED", `${what}: the kernel interrupted the dump ${attempt} times in a row (the table changes too fast); will retry`);
       }
     };

@@ -17,7 +17,8 @@ import { NetlinkMonitor } from "./netlink-monitor.js";
 import {
   AF_BRIDGE, AF_INET, encodeAddress, encodeDelLink, encodeDump, encodeFdb, encodeGetLink, encodeNeighbour, encodeNewLink, encodeRoute, encodeSetLink,
   FDB_LENGTH, neighbourLength, routeLength, writeFdb, writeNeighbour, writeRoute,
-  isMainTable, isOurRoute, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, parseAddress, parseLink, parseNeighbour, parseRoute, RTM, type ParsedRoute, type RawMessage,
+  isMainTable, isOurRoute, isOurRouteHeader, neighbourHeader, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, parseAddress, parseLink, parseNeighbour, parseRoute, RTM,
+  type ParsedNeighbour, type ParsedRoute, type RawMessage,
 } from "./rtnl-codec.js";
 
 const { EEXIST, ENOENT, ESRCH, ENODEV, EADDRNOTAVAIL, EOPNOTSUPP } = constants.errno;
@@ -28,6 +29,18 @@ const routeWhat = (r: Route): string => `route ${r.dst}${r.gateway ? ` via ${r.g
 const errnoIs = (err: unknown, ...codes: number[]): boolean => err instanceof NetlinkError && codes.includes(err.errno);
 /** What "already gone" looks like for deletes and lookups. */
 const isAbsent = (err: unknown): boolean => errnoIs(err, ENOENT, ESRCH, ENODEV, EADDRNOTAVAIL);
+
+const parseMainRoute = (m: RawMessage): ParsedRoute | undefined => {
+  if (m.type !== RTM.NEWROUTE) return undefined;
+  const r = parseRoute(m);
+  return r && isMainTable(r) ? r : undefined;
+};
+
+const permanent = (m: RawMessage, family: number, index: number): ParsedNeighbour | undefined => {
+  if (m.type !== RTM.NEWNEIGH) return undefined;
+  const n = parseNeighbour(m);
+  return n && n.family === family && n.index === index && n.permanent && n.dst && n.lladdr ? n : undefined;
+};
 
 function opFailed(err: unknown): WeftError {
   if (err instanceof WeftError) return err;
@@ -85,18 +98,21 @@ export class NetlinkDataplane implements Dataplane {
   }
 
   private async dump<T>(what: string, type: number, family: number, parse: (m: RawMessage) => T | undefined): Promise<T[]> {
-    let msgs: RawMessage[];
+    const out: T[] = [];
+    await this.scan(what, type, family, parse, (v) => out.push(v), () => { out.length = 0; });
+    return out;
+  }
+
+  /** A dump parsed as it arrives: `visit` gets each parsed object while its datagram is at hand. */
+  private async scan<T>(what: string, type: number, family: number, parse: (m: RawMessage) => T | undefined, visit: (v: T) => void, restart: () => void): Promise<void> {
     try {
-      msgs = await this.ch.dump(what, encodeDump(type, family));
+      await this.ch.scan(what, encodeDump(type, family), (m) => {
+        const v = parse(m);
+        if (v !== undefined) visit(v);
+      }, restart);
     } catch (err) {
       throw opFailed(err);
     }
-    const out: T[] = [];
-    for (const m of msgs) {
-      const v = parse(m);
-      if (v !== undefined) out.push(v);
-    }
-    return out;
   }
 
   // ---- links ----
@@ -159,11 +175,17 @@ export class NetlinkDataplane implements Dataplane {
   // ---- routes ----
 
   private mainRoutes(): Promise<ParsedRoute[]> {
-    return this.dump("list routes", RTM.GETROUTE, AF_INET, (m) => {
-      if (m.type !== RTM.NEWROUTE) return undefined;
+    return this.dump("list routes", RTM.GETROUTE, AF_INET, parseMainRoute);
+  }
+
+  /** Our routes, one at a time (KernelTable.scan). */
+  private scanOurRoutes(visit: (r: Route) => void, restart: () => void): Promise<void> {
+    return this.scan("list routes", RTM.GETROUTE, AF_INET, (m) => {
+      // The header says whether it is ours (main table, our protocol) before any attribute is read.
+      if (m.type !== RTM.NEWROUTE || !isOurRouteHeader(m)) return undefined;
       const r = parseRoute(m);
-      return r && isMainTable(r) ? r : undefined;
-    });
+      return r && isOurRoute(r) ? r.route : undefined;
+    }, visit, restart);
   }
 
   /**
@@ -212,6 +234,7 @@ export class NetlinkDataplane implements Dataplane {
   readonly routes: KernelTable<Route> = {
     kind: "route",
     list: async () => (await this.mainRoutes()).filter(isOurRoute).map((r) => r.route),
+    scan: (visit, restart) => this.scanOurRoutes(visit, restart),
     id: routeId,
     key: routeKey,
     put: (r) => this.putRoute(r),
@@ -236,11 +259,18 @@ export class NetlinkDataplane implements Dataplane {
   // ---- neighbours (ARP) and FDB ----
 
   private permanentOn(family: number, index: number): Promise<Array<{ dst: string; lladdr: string }>> {
-    return this.dump(family === AF_BRIDGE ? "list fdb" : "list neighbours", RTM.GETNEIGH, family, (m) => {
-      if (m.type !== RTM.NEWNEIGH) return undefined;
-      const n = parseNeighbour(m);
-      return n && n.family === family && n.index === index && n.permanent && n.dst && n.lladdr ? n : undefined;
-    });
+    return this.dump(family === AF_BRIDGE ? "list fdb" : "list neighbours", RTM.GETNEIGH, family, (m) => permanent(m, family, index));
+  }
+
+  /** permanentOn, one entry at a time, mapped by `as` (KernelTable.scan). */
+  private scanPermanentOn<T>(family: number, index: number, as: (dst: string, lladdr: string) => T, visit: (o: T) => void, restart: () => void): Promise<void> {
+    return this.scan(family === AF_BRIDGE ? "list fdb" : "list neighbours", RTM.GETNEIGH, family, (m) => {
+      // The family and device are in the header: other devices' entries are not parsed at all.
+      const h = neighbourHeader(m);
+      if (m.type !== RTM.NEWNEIGH || !h || h.family !== family || h.index !== index) return undefined;
+      const n = permanent(m, family, index);
+      return n ? as(n.dst, n.lladdr) : undefined;
+    }, visit, restart);
   }
 
   neighbours(index: number): KernelTable<Neighbour> {
@@ -249,6 +279,7 @@ export class NetlinkDataplane implements Dataplane {
     return {
       kind: "neighbour",
       list: async () => (await this.permanentOn(AF_INET, index)).map((n) => ({ index, ip: n.dst, mac: n.lladdr })),
+      scan: (visit, restart) => this.scanPermanentOn(AF_INET, index, (ip, mac) => ({ index, ip, mac }), visit, restart),
       id: neighbourId,
       key: neighbourKey,
       put: (n) => this.request(`replace neighbour ${n.ip}`, encodeNeighbour(RTM.NEWNEIGH, CREATE_REPLACE, n)).then(() => undefined),
@@ -263,6 +294,7 @@ export class NetlinkDataplane implements Dataplane {
     return {
       kind: "fdb",
       list: async () => (await this.permanentOn(AF_BRIDGE, index)).map((n) => ({ index, mac: n.lladdr, dst: n.dst })),
+      scan: (visit, restart) => this.scanPermanentOn(AF_BRIDGE, index, (dst, mac) => ({ index, mac, dst }), visit, restart),
       id: fdbKey,
       key: fdbKey,
       // NLM_F_REPLACE on a VXLAN FDB entry replaces the MAC's remote.

@@ -42,7 +42,12 @@ rl.on("line", async (line) => {
       const [spec, op] = method.split(".");
       const t = table(spec!);
       const fn = (t as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[op!];
-      result = await fn!.apply(t, args);
+      if (op === "scan") {
+        // What the table handed over one by one, as a list (a restarted reading starts it again).
+        const got: unknown[] = [];
+        await t.scan!((o) => got.push(o), () => { got.length = 0; });
+        result = got;
+      } else result = await fn!.apply(t, args);
       // putMany/removeMany answer one error or undefined per object.
       if (op!.endsWith("Many")) result = (result as unknown[]).map((e) => (e ? { message: (e as Error).message, code: (e as { code?: string }).code } : null));
     } else {

@@ -71,10 +71,13 @@ const errText = (err: unknown): string => (err instanceof Error ? err.message : 
 type AnyTable = KernelTable<unknown>;
 type Stage = ReadonlyArray<{ table: AnyTable; entries: ReadonlyArray<{ peer: string; value: unknown }> }>;
 
-/** One wanted object. `since`: the pass that first wanted it so; `seen`: the last pass that wanted it; `inKernel`: the last reading of the kernel's table that found it. */
+/**
+ * One wanted object (its id is its key in the model's map). `key`: only for tables without `same`.
+ * `since`: the pass that first wanted it so; `seen`: the last pass that wanted it; `inKernel`: the last
+ * reading of the kernel's table that found it.
+ */
 interface Item {
-  readonly id: string;
-  key: string;
+  key: string | undefined;
   value: unknown;
   peer: string;
   since: number;
@@ -258,15 +261,15 @@ export class Reconciler {
       if (p !== undefined && q !== undefined && q.value === e.value && q.peer === e.peer) { missed.push(p); j += 2; continue; }
       const id = table.id(e.value);
       // (An FDB entry's id is its whole value: one string, not two.)
-      const key = table.key === table.id ? id : table.key(e.value);
+      const key = table.same ? undefined : table.key === table.id ? id : table.key(e.value);
       let it = m.items.get(id);
       if (it === undefined) {
-        it = { id, key, value: e.value, peer: e.peer, since: pass, seen: 0, inKernel: 0 };
+        it = { key, value: e.value, peer: e.peer, since: pass, seen: 0, inKernel: 0 };
         m.items.set(id, it);
         this.count(e.peer, 1);
         fresh.push(it);
       } else {
-        if (it.key !== key) { it.key = key; it.since = pass; fresh.push(it); }
+        if (table.same ? !table.same(it.value, e.value) : it.key !== key) { it.key = key; it.since = pass; fresh.push(it); }
         if (it.peer !== e.peer) { this.count(it.peer, -1); this.count(e.peer, 1); it.peer = e.peer; }
         it.value = e.value;
       }
@@ -275,10 +278,11 @@ export class Reconciler {
     for (; j < prev.length; j++) missed.push(prev[j]!);
     const gone: unknown[] = [];
     for (const p of missed) {
-      const it = m.items.get(table.id(p.value));
+      const id = table.id(p.value);
+      const it = m.items.get(id);
       if (it === undefined || it.seen === pass) continue;
       gone.push(it.value);
-      m.items.delete(it.id);
+      m.items.delete(id);
       this.count(it.peer, -1);
     }
     return { fresh, gone };
@@ -309,7 +313,7 @@ export class Reconciler {
     const visit = (o: unknown): void => {
       const it = items.get(table.id(o));
       if (it === undefined) removes.push(o);
-      else if (it.key === table.key(o)) it.inKernel = mark;
+      else if (table.same ? table.same(it.value, o) : it.key === table.key(o)) it.inKernel = mark;
     };
     if (table.scan) {
       await table.scan(visit, () => { removes = []; mark = ++this.marks; });
@@ -327,7 +331,7 @@ export class Reconciler {
     const table = this.identify.get(c.kind);
     const want = table && this.models.get(c.kind)?.items.get(table.id(c.value));
     if (want === undefined) return false;
-    const drift = c.deleted || !c.ours || table!.key(c.value) !== want.key;
+    const drift = c.deleted || !c.ours || (table!.same ? !table!.same(c.value, want.value) : table!.key(c.value) !== want.key);
     if (drift) this.trusted = false;
     return drift;
   }

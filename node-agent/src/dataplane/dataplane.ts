@@ -103,6 +103,11 @@ export interface KernelTable<T> {
   id(o: T): string;
   /** The whole value: objects with equal keys need no change. */
   key(o: T): string;
+  /**
+   * Optional: key(a) === key(b), without building the strings. With it the reconciler keeps no key
+   * per wanted object (thousands of strings fewer in memory) and builds none to compare.
+   */
+  same?(a: T, b: T): boolean;
   put(o: T): Promise<void>;
   remove(o: T): Promise<void>;
   /**
@@ -162,3 +167,7 @@ export const routeKey = (r: Route): string => `${r.dst}|${r.gateway ?? ""}|${r.o
 export const neighbourId = (n: Neighbour): string => `${n.index}|${n.ip}`;
 export const neighbourKey = (n: Neighbour): string => `${n.index}|${n.ip}|${n.mac}`;
 export const fdbKey = (f: FdbEntry): string => `${f.index}|${f.mac}|${f.dst}`;
+/** routeKey(a) === routeKey(b), neighbourKey(a) === neighbourKey(b), fdbKey(a) === fdbKey(b), with no strings built. */
+export const routeSame = (a: Route, b: Route): boolean => a.dst === b.dst && (a.gateway ?? "") === (b.gateway ?? "") && a.oif === b.oif && a.onlink === b.onlink;
+export const neighbourSame = (a: Neighbour, b: Neighbour): boolean => a.index === b.index && a.ip === b.ip && a.mac === b.mac;
+export const fdbSame = (a: FdbEntry, b: FdbEntry): boolean => a.index === b.index && a.mac === b.mac && a.dst === b.dst;

@@ -9,7 +9,7 @@
 import { constants } from "node:os";
 import { WeftError } from "../../../lib/src/errors.js";
 import {
-  WEFT_RT_PROTO, fdbKey, neighbourId, neighbourKey, routeId, routeKey,
+  WEFT_RT_PROTO, fdbKey, fdbSame, neighbourId, neighbourKey, neighbourSame, routeId, routeKey, routeSame,
   type Address, type Dataplane, type FdbEntry, type KernelChange, type KernelTable, type Link, type LinkChange, type LinkSpec, type Neighbour, type Route,
 } from "./dataplane.js";
 import { NetlinkChannel, NetlinkError, type NetlinkChannelOptions } from "./netlink-channel.js";
@@ -237,6 +237,7 @@ export class NetlinkDataplane implements Dataplane {
     scan: (visit, restart) => this.scanOurRoutes(visit, restart),
     id: routeId,
     key: routeKey,
+    same: routeSame,
     put: (r) => this.putRoute(r),
     remove: (r) => this.tolerateAbsent(`delete route ${r.dst}`, encodeRoute(RTM.DELROUTE, 0, r)),
     putMany: async (rs) => {
@@ -282,6 +283,7 @@ export class NetlinkDataplane implements Dataplane {
       scan: (visit, restart) => this.scanPermanentOn(AF_INET, index, (ip, mac) => ({ index, ip, mac }), visit, restart),
       id: neighbourId,
       key: neighbourKey,
+      same: neighbourSame,
       put: (n) => this.request(`replace neighbour ${n.ip}`, encodeNeighbour(RTM.NEWNEIGH, CREATE_REPLACE, n)).then(() => undefined),
       remove: (n) => this.tolerateAbsent(`delete neighbour ${n.ip}`, encodeNeighbour(RTM.DELNEIGH, 0, n)),
       putMany: (ns) => this.many(ns, () => neighbourLength(RTM.NEWNEIGH), (b, off, n) => writeNeighbour(b, off, RTM.NEWNEIGH, CREATE_REPLACE, n), (n) => `replace neighbour ${n.ip}`),
@@ -297,6 +299,7 @@ export class NetlinkDataplane implements Dataplane {
       scan: (visit, restart) => this.scanPermanentOn(AF_BRIDGE, index, (dst, mac) => ({ index, mac, dst }), visit, restart),
       id: fdbKey,
       key: fdbKey,
+      same: fdbSame,
       // NLM_F_REPLACE on a VXLAN FDB entry replaces the MAC's remote.
       put: (e) => this.request(`replace fdb ${e.mac} dst ${e.dst}`, encodeFdb(RTM.NEWNEIGH, CREATE_REPLACE, e)).then(() => undefined),
       remove: (e) => this.tolerateAbsent(`delete fdb ${e.mac} dst ${e.dst}`, encodeFdb(RTM.DELNEIGH, 0, e)),

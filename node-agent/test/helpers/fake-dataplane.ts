@@ -3,7 +3,7 @@
 // test play kernel notifications.
 import { WeftError } from "../../../lib/src/errors.js";
 import {
-  fdbKey, neighbourId, neighbourKey, routeId, routeKey,
+  fdbKey, fdbSame, neighbourId, neighbourKey, neighbourSame, routeId, routeKey, routeSame,
   type Address, type Dataplane, type FdbEntry, type KernelChange, type KernelTable, type Link, type LinkChange, type LinkSpec, type Neighbour, type Route,
 } from "../../src/dataplane/dataplane.js";
 
@@ -77,6 +77,7 @@ export class FakeDataplane implements Dataplane {
     list: async () => { this.op("listRoutes", ""); return [...this.routeMap.values()]; },
     id: routeId,
     key: routeKey,
+    same: routeSame,
     put: async (r) => {
       this.op("putRoute", r.dst);
       if (this.foreignRoutes.has(r.dst)) throw new WeftError("DATAPLANE_OP_FAILED", `replace route ${r.dst}: a foreign route exists; leaving it alone`);
@@ -91,6 +92,7 @@ export class FakeDataplane implements Dataplane {
       list: async () => [...this.neighbourMap.values()].filter((n) => n.index === index),
       id: neighbourId,
       key: neighbourKey,
+      same: neighbourSame,
       put: async (n) => { this.op("putNeighbour", n.ip); this.neighbourMap.set(neighbourId(n), n); },
       remove: async (n) => { this.op("removeNeighbour", n.ip); this.neighbourMap.delete(neighbourId(n)); },
     };
@@ -102,6 +104,7 @@ export class FakeDataplane implements Dataplane {
       list: async () => [...this.fdbMap.values()].filter((f) => f.index === index),
       id: fdbKey,
       key: fdbKey,
+      same: fdbSame,
       put: async (e) => {
         this.op("putFdb", e.mac);
         // NLM_F_REPLACE on a VXLAN FDB entry replaces the MAC's remote.

@@ -217,6 +217,9 @@ describe.skipIf(!env.ok)("NetlinkDataplane (kernel, one namespace)", () => {
     expect(await dp.call("routes.scan")).toEqual([]);
     expect(await dp.call(`neighbours:${l.index}.scan`)).toEqual([]);
     expect(await dp.call(`neighbours:${ul0}.scan`)).toEqual([{ index: ul0, ip: "198.18.0.77", mac: "0e:00:00:00:77:77" }]);
+    // The same IP on another device is another entry (a notification about it is not about ours).
+    const ids = await Promise.all([l.index, ul0].map((index) => dp.call<string>(`neighbours:${l.index}.id`, { index, ip: "198.18.0.77", mac: "0e:00:00:00:77:77" })));
+    expect(ids[0]).not.toBe(ids[1]);
     await ip("-n", NS, "route", "del", "10.244.77.0/24");
   });
 

@@ -281,7 +281,9 @@ export class NetlinkDataplane implements Dataplane {
       kind: "neighbour",
       list: async () => (await this.permanentOn(AF_INET, index)).map((n) => ({ index, ip: n.dst, mac: n.lladdr })),
       scan: (visit, restart) => this.scanPermanentOn(AF_INET, index, (ip, mac) => ({ index, ip, mac }), visit, restart),
-      id: neighbourId,
+      // On this table's own device the IP alone identifies an entry: the value's own string, no new one
+      // per peer. An entry of another device keeps the index in its id, so the two never meet.
+      id: (n) => (n.index === index ? n.ip : neighbourId(n)),
       key: neighbourKey,
       same: neighbourSame,
       put: (n) => this.request(`replace neighbour ${n.ip}`, encodeNeighbour(RTM.NEWNEIGH, CREATE_REPLACE, n)).then(() => undefined),

@@ -1,9 +1,9 @@
 // Runs the real bin/weftctl (the compiled dist/cli) as a child process, as
 // scripts and operators do.
-import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { expect } from "vitest";
+import { runToEnd } from "../../lease-server/test/server-process.js";
 
 const ROOT = join(import.meta.dirname, "../..");
 const WEFTCTL = join(ROOT, "bin/weftctl");
@@ -16,20 +16,10 @@ export function assertBuilt(): void {
 }
 
 /** Runs bin/weftctl with only PATH and `env` (no WEFT_* of the caller's shell). */
-export function weftctl(args: string[], env: Record<string, string> = {}): Promise<Run> {
+export async function weftctl(args: string[], env: Record<string, string> = {}): Promise<Run> {
   const started = Date.now();
-  return new Promise((resolve) => {
-    const p = spawn(process.execPath, [WEFTCTL, ...args], { env: { PATH: process.env.PATH ?? "", ...env }, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "";
-    let stderr = "";
-    p.stdout.on("data", (d) => (stdout += d));
-    p.stderr.on("data", (d) => (stderr += d));
-    const t = setTimeout(() => p.kill("SIGKILL"), 20_000);
-    p.on("exit", (code) => {
-      clearTimeout(t);
-      resolve({ code, stdout, stderr, ms: Date.now() - started });
-    });
-  });
+  const r = await runToEnd(process.execPath, [WEFTCTL, ...args], { env: { PATH: process.env.PATH ?? "", ...env }, timeoutMs: 20_000 });
+  return { ...r, ms: Date.now() - started };
 }
 
 /** stderr is one line without a stack trace; returns it. */

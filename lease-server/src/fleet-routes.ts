@@ -37,6 +37,9 @@ const NodeRef = Type.Unsafe<unknown>(Type.Ref("Node"));
 const NodesJsonSchema = Type.Object({ ...Summary, nodes: Type.Array(NodeRef) });
 
 const KEEPALIVE_MS = 15_000;
+
+/** One server-sent event. */
+const frame = (event: string, data: unknown): string => `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`;
 /** More than this unsent to one event stream: it is ended (a full /v1/nodes body at 5,000 nodes is ~2 MB). */
 const MAX_UNSENT_BYTES = 8 << 20;
 
@@ -65,15 +68,15 @@ export function registerFleetRoutes(app: FastifyInstance, fleet: Fleet, store: L
     reply.hijack();
     const res = reply.raw;
     res.writeHead(200, { "content-type": "text/event-stream; charset=utf-8", "cache-control": "no-store", connection: "keep-alive", "x-accel-buffering": "no" });
-    const send = (event: string, data: unknown) => void res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+    const send = (event: string, data: unknown) => void res.write(frame(event, data));
     send("nodes", fleet.nodes());
     send("reservations", await store.listReservations());
     const onChanges = (c: FleetChanges) => {
       // One write per batch: thousands of small writes would each cost a syscall.
       let out = "";
-      for (const n of c.nodes) out += `event: node\ndata: ${JSON.stringify(n)}\n\n`;
-      for (const name of c.removed) out += `event: node-removed\ndata: ${JSON.stringify({ nodeName: name })}\n\n`;
-      out += `event: summary\ndata: ${JSON.stringify(c.summary)}\n\n`;
+      for (const n of c.nodes) out += frame("node", n);
+      for (const name of c.removed) out += frame("node-removed", { nodeName: name });
+      out += frame("summary", c.summary);
       // A page that does not read (a background tab, a dead link) must not pile up memory here: end its
       // stream; EventSource reconnects and starts over from a fresh `nodes` event.
       if (res.writableLength > MAX_UNSENT_BYTES) return void res.end();

@@ -29,20 +29,27 @@ export function writeNetConf(dir: string, conf: unknown = { Network: "10.244.0.0
 export type Wrap = (argv: string[]) => [string, string[]];
 const direct: Wrap = ([cmd, ...rest]) => [cmd!, rest];
 
-/** Runs the binary to completion (for flag/config errors). */
-export function runBin(args: string[], wrap: Wrap = direct): Promise<{ code: number | null; stdout: string; stderr: string }> {
+export interface Finished { code: number | null; stdout: string; stderr: string }
+
+/** Runs a command to completion, collecting its output; killed after `timeoutMs`. */
+export function runToEnd(cmd: string, args: string[], opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {}): Promise<Finished> {
   return new Promise((resolve) => {
-    const p = spawn(...wrap([process.execPath, BIN, ...args]), { stdio: ["ignore", "pipe", "pipe"] });
+    const p = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], ...(opts.env ? { env: opts.env } : {}) });
     let stdout = "";
     let stderr = "";
     p.stdout.on("data", (d) => (stdout += d));
     p.stderr.on("data", (d) => (stderr += d));
-    const t = setTimeout(() => p.kill("SIGKILL"), 15_000);
+    const t = setTimeout(() => p.kill("SIGKILL"), opts.timeoutMs ?? 15_000);
     p.on("exit", (code) => {
       clearTimeout(t);
       resolve({ code, stdout, stderr });
     });
   });
+}
+
+/** Runs the binary to completion (for flag/config errors). */
+export function runBin(args: string[], wrap: Wrap = direct): Promise<Finished> {
+  return runToEnd(...wrap([process.execPath, BIN, ...args]));
 }
 
 export async function startServer(args: string[], wrap: Wrap = direct): Promise<ServerProcess> {

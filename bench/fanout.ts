@@ -1,4 +1,4 @@
-// npm run bench:fanout -- [--watchers N] [--changes K] [--interval-ms MS] [--client-procs P] [--target weft|etcd]
+// npm run bench:fanout -- [--watchers N] [--changes K] [--interval-ms MS] [--client-procs P] [--target weft|etcd] [--streams-per-connection N]
 //                         [--store sqlite|etcd] [--servers N] [--isolated] [--report-status] [--compare [--configs LIST]]
 //
 // Fan-out benchmark of the lease server's WatchLeases streams. It starts the
@@ -18,6 +18,10 @@
 // --target etcd runs the same harness against etcd (/usr/bin/etcd, temp data
 // dir, 127.0.0.1): each watcher is its own etcd3 client (own connection) that
 // reads the prefix and then watches it; changes are puts and deletes.
+//
+// --streams-per-connection N lets N weft watchers share one gRPC client (one
+// HTTP/2 connection), each still its own stream: the server's per-stream cost
+// and memory at more streams than the open-file limit allows connections.
 //
 // --compare runs all of these side by side for a list of sizes and prints one table.
 //

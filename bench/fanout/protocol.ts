@@ -19,10 +19,13 @@ export interface WorkerStart {
   srcAddrs: string[];
   /** --report-status: each weft watcher also streams its NodeStatus. */
   reportStatus: boolean;
+  /** Weft watchers of this process that share one gRPC client (one HTTP/2 connection) to their server. */
+  streamsPerConnection: number;
 }
 export type ToWorker = WorkerStart | { cmd: "report" } | { cmd: "exit" };
 export type FromWorker =
-  | { ev: "ready"; opened: number; failed: number; setupMs: number; openedByServer: number[]; failReasons: Record<string, number> }
+  /** connections: HTTP/2 connections the open watchers hold (fewer than opened with --streams-per-connection). */
+  | { ev: "ready"; opened: number; connections: number; failed: number; setupMs: number; openedByServer: number[]; failReasons: Record<string, number> }
   | { ev: "report"; arrivals: Arrival[]; reconnects: number; streamErrors: number; eventMessages: number; statusReports: number; statusErrors: number; rss: number; heapUsed: number }
   | { ev: "complete"; rev: number; type: string; key: string }
   | { ev: "fatal"; message: string };

@@ -105,6 +105,8 @@ export function histogramQuantiles(before: string | undefined, after: string | u
 
 export interface RunFacts {
   opened: number;
+  /** HTTP/2 connections the open watchers held. */
+  connections: number;
   failed: number;
   setupMs: number;
   lat: Latencies;
@@ -142,6 +144,9 @@ export function buildResult(o: Opts, f: RunFacts) {
     target: o.target,
     watchers: o.watchers,
     opened: f.opened,
+    // streams (opened) over connections: --streams-per-connection watchers share one HTTP/2 connection
+    connections: f.connections,
+    streamsPerConnection: o.streamsPerConnection,
     failedToOpen: f.failed,
     clientProcs: o.clientProcs,
     changes: o.changes,
@@ -221,7 +226,7 @@ export type Result = ReturnType<typeof buildResult>;
 export function formatResult(o: Opts, res: Result): string {
   const pad = (s: string) => s.padEnd(34);
   const out = [
-    `fan-out: ${o.target}, ${res.opened}/${o.watchers} watchers (own connection each) in ${o.clientProcs} process(es), ${o.changes} changes ${o.isolated ? `isolated (each after the previous reached every watcher, + ${o.intervalMs} ms)` : `every ${o.intervalMs} ms`}, snapshot ${o.leases} leases${o.reportStatus ? ", every watcher reporting its status" : ""}`,
+    `fan-out: ${o.target}, ${res.opened}/${o.watchers} watchers (${o.streamsPerConnection > 1 ? `streams on ${res.connections} connections, ${o.streamsPerConnection} per connection` : "own connection each"}) in ${o.clientProcs} process(es), ${o.changes} changes ${o.isolated ? `isolated (each after the previous reached every watcher, + ${o.intervalMs} ms)` : `every ${o.intervalMs} ms`}, snapshot ${o.leases} leases${o.reportStatus ? ", every watcher reporting its status" : ""}`,
     `${pad("until last watcher saw the change")}p50 ${res.p50Ms} ms   p99 ${res.p99Ms} ms   max ${res.maxMs} ms`,
     `${pad("until first watcher saw it")}p50 ${res.firstP50Ms} ms`,
     `${pad("all deliveries (watcher x change)")}p50 ${res.deliveryP50Ms} ms   p99 ${res.deliveryP99Ms} ms`,

@@ -13,18 +13,39 @@ import { startWeft } from "./weft-target.js";
 
 const WORKER = join(dirname(fileURLToPath(import.meta.url)), "worker.js");
 
-/** Open files the busiest process of a run needs (a server: its share of the watchers, or a watcher process). */
-export function filesNeeded(o: Pick<Opts, "watchers" | "clientProcs"> & Partial<Pick<Opts, "servers" | "target">>): number {
-  const perServer = o.target === "weft" ? Math.ceil(o.watchers / (o.servers ?? 1)) : o.watchers;
-  return Math.max(Math.ceil(o.watchers / o.clientProcs), perServer) + 200;
+type Sizing = Pick<Opts, "watchers" | "clientProcs"> & Partial<Pick<Opts, "servers" | "target" | "streamsPerConnection">>;
+
+/** Watchers per watcher process: a multiple of --streams-per-connection, so no connection's group is split over two processes. */
+export function watchersPerProc(o: Sizing): number {
+  const n = o.streamsPerConnection ?? 1;
+  return Math.ceil(Math.ceil(o.watchers / o.clientProcs) / n) * n;
+}
+
+/**
+ * Connections (one socket at each end) of the busiest server and of the busiest watcher process. A process
+ * groups its watchers per server, so with several servers a group may be split: up to one more per server.
+ */
+export function connections(o: Sizing): { perServer: number; perProc: number } {
+  const n = o.streamsPerConnection ?? 1;
+  const servers = o.target === "weft" ? o.servers ?? 1 : 1;
+  return {
+    perServer: Math.ceil(Math.ceil(o.watchers / servers) / n),
+    perProc: Math.ceil(Math.min(o.watchers, watchersPerProc(o)) / n) + (n > 1 && servers > 1 ? servers : 0),
+  };
+}
+
+/** Open files the busiest process of a run needs (a server: a socket per connection, or a watcher process). */
+export function filesNeeded(o: Sizing): number {
+  const c = connections(o);
+  return Math.max(c.perProc, c.perServer) + 200;
 }
 
 /** Connections one loopback source address takes to one server port (the ephemeral range is ~28,000). */
 const PER_SOURCE_ADDRESS = 20_000;
 
-/** Source addresses for the watchers: none (127.0.0.1, the default) up to 20,000 per server, else 127.0.0.2, .3, ... */
-export function sourceAddresses(o: Pick<Opts, "watchers">, servers: number): string[] {
-  const perServer = Math.ceil(o.watchers / servers);
+/** Source addresses for the watchers: none (127.0.0.1, the default) up to 20,000 connections per server, else 127.0.0.2, .3, ... */
+export function sourceAddresses(o: Pick<Opts, "watchers"> & Partial<Pick<Opts, "streamsPerConnection">>, servers: number): string[] {
+  const perServer = Math.ceil(Math.ceil(o.watchers / servers) / (o.streamsPerConnection ?? 1));
   if (perServer <= PER_SOURCE_ADDRESS) return [];
   return Array.from({ length: Math.ceil(perServer / PER_SOURCE_ADDRESS) }, (_, k) => `127.0.0.${k + 2}`);
 }
@@ -37,15 +58,28 @@ export async function runOnce(o: Opts): Promise<void> {
   }, o.timeoutS * 1000);
   hardDeadline.unref();
 
-  // Each watcher is one socket in a watcher process and one in the server.
-  const perProc = Math.ceil(o.watchers / o.clientProcs);
+  // Each connection is one socket in a watcher process and one in the server.
+  const perProc = watchersPerProc(o);
+  const conns = connections(o);
   const log = (s: string) => process.stderr.write(`[fanout] ${s}\n`);
   const limit = raiseFileLimit(filesNeeded(o), log);
   if (filesNeeded(o) > limit) {
-    const streams = Math.max(1, limit - 200);
-    usage(`--watchers ${o.watchers} needs about ${filesNeeded(o)} open files per process (a server holds one socket per watcher), but ulimit -n is ${limit} and the bench could not raise it `
+    const fit = Math.max(1, limit - 200);
+    const n = o.streamsPerConnection;
+    const procsNeeded = Math.ceil(Math.ceil(o.watchers / n) / fit);
+    const ways = [`use fewer watchers`];
+    if (o.target === "weft") {
+      const spc = Math.ceil(Math.ceil(o.watchers / o.servers) / fit);
+      if (conns.perServer + 200 > limit && spc <= 100) {
+        ways.push(`let ${spc} watchers share a connection: --streams-per-connection ${spc} (the server still holds ${o.watchers} streams, over ${Math.ceil(o.watchers / spc)} connections instead of ${o.watchers})`);
+      }
+      if (n === 1) ways.push(`spread them over lease servers: --store etcd --servers ${Math.ceil(o.watchers / fit)} (${fit} streams per server under this limit)`);
+    }
+    const procs = conns.perProc + 200 > limit ? `; a watcher process also holds a socket per connection of its share: give --client-procs ${procsNeeded} or more` : "";
+    usage(`--watchers ${o.watchers}${n > 1 ? ` --streams-per-connection ${n}` : ""} needs about ${filesNeeded(o)} open files per process (a server holds one socket per connection: ${conns.perServer}; `
+      + `a watcher process one per connection of its share: ${conns.perProc}), but ulimit -n is ${limit} and the bench could not raise it `
       + `(only the hard limit's owner, or a process with CAP_SYS_RESOURCE, can raise it: a container may not). Raise it (ulimit -n 65536, or prlimit --nofile=65536 -p $$; as root) and run again, `
-      + `or use fewer watchers${o.target === "weft" ? `, or spread them over lease servers: --store etcd --servers ${Math.ceil(o.watchers / streams)} (${streams} streams per server under this limit)` : ""}`);
+      + `or ${ways.join(", or ")}${procs}`);
   }
 
   // Other work on the machine skews every number here: measure it first.
@@ -54,7 +88,7 @@ export async function runOnce(o: Opts): Promise<void> {
   const idleB = systemCpu();
   const busyBeforePct = Math.round(((idleB.busy - idleA.busy) / Math.max(1, idleB.total - idleA.total)) * 100);
   if (busyBeforePct > 10) log(`WARNING: the machine is already ${busyBeforePct}% busy before the bench starts; the results will be worse than on an idle machine`);
-  log(`target=${o.target} watchers=${o.watchers} clientProcs=${o.clientProcs} changes=${o.changes} intervalMs=${o.intervalMs}${o.isolated ? " isolated" : ""}${o.reportStatus ? " report-status" : ""} leases=${o.leases} (ulimit -n ${limit})`);
+  log(`target=${o.target} watchers=${o.watchers} connections=${Math.ceil(o.watchers / o.streamsPerConnection)}${o.streamsPerConnection > 1 ? ` (${o.streamsPerConnection} streams per connection)` : ""} clientProcs=${o.clientProcs} changes=${o.changes} intervalMs=${o.intervalMs}${o.isolated ? " isolated" : ""}${o.reportStatus ? " report-status" : ""} leases=${o.leases} (ulimit -n ${limit})`);
   const target = o.target === "weft" ? await startWeft(o) : await startEtcd(o);
   log(`server pid ${target.pid} at ${target.addr}`);
   if (target.procs.length > 1) log(`servers: ${target.procs.map((p) => `${p.name} pid ${p.pid}${p.watchIndex !== undefined ? ` at ${target.addrs[p.watchIndex]}` : ""}`).join(", ")}`);
@@ -139,13 +173,14 @@ export async function runOnce(o: Opts): Promise<void> {
       w.on("exit", (code) => code && log(`watcher process ${w.pid} exited with ${code}`));
       w.send({
         cmd: "start", target: o.target, addrs: target.addrs, count, concurrency: o.connectConcurrency, setupTimeoutS: o.setupTimeoutS, offset,
-        notifyComplete: o.isolated, srcAddrs, reportStatus: o.reportStatus,
+        notifyComplete: o.isolated, srcAddrs, reportStatus: o.reportStatus, streamsPerConnection: o.streamsPerConnection,
       } satisfies ToWorker);
       offset += count;
     }
     const setupStart = cpuMark();
     const readies = await Promise.all(workers.map((w) => next(w, "ready", (o.setupTimeoutS + 30) * 1000))) as Extract<FromWorker, { ev: "ready" }>[];
     const opened = readies.reduce((s, r) => s + r.opened, 0);
+    const openConnections = readies.reduce((s, r) => s + r.connections, 0);
     const failed = readies.reduce((s, r) => s + r.failed, 0);
     const openedByServer = target.addrs.map((_, i) => readies.reduce((s, r) => s + (r.openedByServer[i] ?? 0), 0));
     const setupMs = Math.max(...readies.map((r) => r.setupMs));
@@ -153,7 +188,7 @@ export async function runOnce(o: Opts): Promise<void> {
     const rssAfterConnect = rssBytes(target.pid);
     const procRssAfterConnect = target.procs.map((p) => rssBytes(p.pid));
     const setupEnd = cpuMark();
-    log(`${opened} watchers have their snapshot (${failed} failed) in ${r1(setupMs / 1000)} s; server RSS ${r1(rssAfterConnect / MiB)} MiB`);
+    log(`${opened} watchers have their snapshot (${failed} failed)${o.streamsPerConnection > 1 ? ` on ${openConnections} connections` : ""} in ${r1(setupMs / 1000)} s; server RSS ${r1(rssAfterConnect / MiB)} MiB`);
     if (failed > 0) {
       const reasons = new Map<string, number>();
       for (const r of readies) for (const [k, n] of Object.entries(r.failReasons)) reasons.set(k, (reasons.get(k) ?? 0) + n);
@@ -234,7 +269,7 @@ export async function runOnce(o: Opts): Promise<void> {
       });
     }
     const res = buildResult(o, {
-      opened, failed, setupMs, lat,
+      opened, connections: openConnections, failed, setupMs, lat,
       reconnects: reports.reduce((s, r) => s + r.reconnects, 0),
       streamErrors: reports.reduce((s, r) => s + r.streamErrors, 0),
       eventMessages: reports.reduce((s, r) => s + r.eventMessages, 0),

@@ -1,6 +1,7 @@
 // A watcher process: opens its share of the watchers (each on its own
-// connection), records when each change reached each watcher, and reports
-// to the coordinator over IPC. Forked by the coordinator (run.ts); not run by hand.
+// connection, or --streams-per-connection of them on one), records when each
+// change reached each watcher, and reports to the coordinator over IPC.
+// Forked by the coordinator (run.ts); not run by hand.
 import net from "node:net";
 import * as grpc from "@grpc/grpc-js";
 import { LeaseServiceClient, WatchLeasesResponse_Kind, LeaseEvent_Type, type NodeStatus, type WatchLeasesResponse } from "../../gen/weft/v1/lease.js";
@@ -12,6 +13,7 @@ interface WatchCounters { reconnects: number; streamErrors: number; eventMessage
 type Recorder = (rev: number, type: string, key: string, t: number) => void;
 /** Where an open is, for the reason of a failed one. */
 interface Stage { phase: string }
+type Opener = (addr: string, i: number, record: Recorder, counters: WatchCounters, deadline: number, stage: Stage) => Promise<() => void>;
 
 async function runWorker(): Promise<void> {
   const send = (m: FromWorker) => process.send!(m);
@@ -31,8 +33,9 @@ async function runWorker(): Promise<void> {
   process.on("message", async (m: ToWorker) => {
     try {
       if (m.cmd === "start") {
-        const open = m.target === "weft" ? (m.reportStatus ? openReportingWatcher : openWeftWatcher) : openEtcdWatcher;
         servers = m.addrs.length;
+        const pool = new ClientPool(m.streamsPerConnection, servers);
+        const open = m.target === "weft" ? weftOpener(pool, m.reportStatus) : openEtcdWatcher;
         spreadSourceAddresses(m.srcAddrs);
         const openedByServer = new Array<number>(servers).fill(0);
         const started = now();
@@ -65,7 +68,8 @@ async function runWorker(): Promise<void> {
         };
         await Promise.all(Array.from({ length: Math.min(m.concurrency, m.count) }, lane));
         if (m.notifyComplete) notifyAt = closers.length;
-        send({ ev: "ready", opened: closers.length, failed: failed + (m.count - next), setupMs: now() - started, openedByServer, failReasons });
+        const connections = m.target === "weft" ? pool.size : closers.length;
+        send({ ev: "ready", opened: closers.length, connections, failed: failed + (m.count - next), setupMs: now() - started, openedByServer, failReasons });
       } else if (m.cmd === "report") {
         const mem = process.memoryUsage();
         send({ ev: "report", arrivals: [...arrivals.values()], ...counters, rss: mem.rss, heapUsed: mem.heapUsed });
@@ -99,14 +103,51 @@ function spreadSourceAddresses(srcAddrs: string[]): void {
   };
 }
 
-/** Opens one WatchLeases stream on its own connection; resolves at SNAPSHOT_COMPLETE. */
-function openWeftWatcher(addr: string, i: number, record: Recorder, counters: WatchCounters, deadline: number, stage: Stage): Promise<() => void> {
-  return openWeft(addr, i, record, counters, deadline, stage, false);
+/** A shared gRPC client and the handle one watcher holds on it. */
+interface ClientRef { client: LeaseServiceClient; release(): void }
+
+/**
+ * The gRPC clients of this process. Each has its own HTTP/2 connection (a local subchannel pool; grpc-js
+ * would otherwise share one per address) and carries the streams of up to perConnection watchers:
+ * 1 is an agent's own connection; more measures the server's per-stream cost with fewer sockets.
+ * A client closes when its last watcher closes.
+ */
+class ClientPool {
+  readonly #clients = new Map<string, { client: LeaseServiceClient; refs: number }>();
+  constructor(readonly perConnection: number, readonly servers: number) {}
+
+  /** Clients with a watcher, i.e. connections. */
+  get size(): number {
+    return this.#clients.size;
+  }
+
+  take(addr: string, i: number): ClientRef {
+    // Watcher i watches server i % servers: group it among that server's watchers (i / servers).
+    const key = `${addr} ${Math.floor(Math.floor(i / this.servers) / this.perConnection)}`;
+    let c = this.#clients.get(key);
+    if (!c) {
+      c = { client: new LeaseServiceClient(addr, grpc.credentials.createInsecure(), { "grpc.use_local_subchannel_pool": 1 }), refs: 0 };
+      this.#clients.set(key, c);
+    }
+    const held = c;
+    held.refs++;
+    let released = false;
+    return {
+      client: held.client,
+      release: () => {
+        if (released) return;
+        released = true;
+        if (--held.refs > 0) return;
+        held.client.close();
+        if (this.#clients.get(key) === held) this.#clients.delete(key);
+      },
+    };
+  }
 }
 
-/** A watcher that also reports its status as an agent does (--report-status). */
-function openReportingWatcher(addr: string, i: number, record: Recorder, counters: WatchCounters, deadline: number, stage: Stage): Promise<() => void> {
-  return openWeft(addr, i, record, counters, deadline, stage, true);
+/** Opens WatchLeases streams (and, with reportStatus, ReportStatus streams as agents do) on the pool's clients. */
+function weftOpener(pool: ClientPool, reportStatus: boolean): Opener {
+  return (addr, i, record, counters, deadline, stage) => openWeft(pool.take(addr, i), i, record, counters, deadline, stage, reportStatus);
 }
 
 /** Every open status stream of this process, for the heartbeat. */
@@ -118,7 +159,7 @@ setInterval(() => {
 }, 1000).unref();
 
 /**
- * The ReportStatus stream of watcher i, on the watcher's own connection: a
+ * The ReportStatus stream of watcher i, on the watcher's connection: a
  * NodeStatus when it starts, after every event message (applied_revision =
  * the newest revision received), and at least every 10 s.
  */
@@ -157,10 +198,10 @@ function openStatusStream(client: LeaseServiceClient, i: number, counters: Watch
   };
 }
 
-function openWeft(addr: string, i: number, record: Recorder, counters: WatchCounters, deadline: number, stage: Stage, reportStatus: boolean): Promise<() => void> {
+/** One watcher: a WatchLeases stream on its client that resumes on its own; resolves at SNAPSHOT_COMPLETE. */
+function openWeft(ref: ClientRef, i: number, record: Recorder, counters: WatchCounters, deadline: number, stage: Stage, reportStatus: boolean): Promise<() => void> {
   stage.phase = "stream until snapshot complete";
-  // A local subchannel pool gives this client its own HTTP/2 connection.
-  const client = new LeaseServiceClient(addr, grpc.credentials.createInsecure(), { "grpc.use_local_subchannel_pool": 1 });
+  const { client } = ref;
   let status: ReturnType<typeof openStatusStream> | undefined;
   let lastRev = 0;
   let closed = false;
@@ -212,7 +253,7 @@ function openWeft(addr: string, i: number, record: Recorder, counters: WatchCoun
       closed = true;
       status?.close();
       call?.cancel();
-      client.close();
+      ref.release();
     };
     start();
     setTimeout(() => {

@@ -20,9 +20,12 @@ import { replaceScript, TABLE, type RuleOptions } from "./nft-rules.js";
 const COMMENT = "weft: cluster traffic";
 const TIMEOUT_MS = 10_000;
 
-interface Run { code: number; stdout: string; stderr: string; missing: boolean }
+export interface Run { code: number; stdout: string; stderr: string; missing: boolean }
 
-function run(cmd: string, args: readonly string[], input?: string): Promise<Run> {
+/** Runs a command to its end (nft, iptables); unit tests pass a fake, since they run in the root namespace. */
+export type Exec = (cmd: string, args: readonly string[], input?: string) => Promise<Run>;
+
+const run: Exec = (cmd, args, input) => {
   return new Promise((resolve) => {
     const p = execFile(cmd, args, { timeout: TIMEOUT_MS, maxBuffer: 4 << 20 }, (err, stdout, stderr) => {
       const e = err as (NodeJS.ErrnoException & { code?: string | number }) | null;
@@ -31,7 +34,7 @@ function run(cmd: string, args: readonly string[], input?: string): Promise<Run>
     p.stdin?.on("error", () => { /* the command may exit without reading */ });
     p.stdin?.end(input);
   });
-}
+};
 
 export type FirewallOptions = Omit<RuleOptions, "fullyRandom">;
 
@@ -44,14 +47,18 @@ export interface RuleSet {
 }
 
 export class Firewall implements RuleSet {
-  /** `nft list table` right after our last apply: any difference later is drift. */
+  /**
+   * `nft list table` right after our first apply: any difference later is drift. Repairs do not
+   * replace it: a change made between a repair and its listing (another tool, an operator) would
+   * become the standard, and never be repaired.
+   */
   private applied: string | undefined;
   private fullyRandom = true;
   private warnedNoNft = false;
   private forwardApplied = false;
   private started = false;
 
-  constructor(private readonly o: FirewallOptions, private readonly log: Logger) {}
+  constructor(private readonly o: FirewallOptions, private readonly log: Logger, private readonly exec: Exec = run) {}
 
   private get wantsTable(): boolean {
     return this.o.masquerade || this.o.forward;
@@ -60,7 +67,7 @@ export class Firewall implements RuleSet {
   /** Fails at start-up, with the fix, when --ip-masq cannot be honoured. */
   async check(): Promise<void> {
     if (!this.o.masquerade) return;
-    const r = await run("nft", ["--version"]);
+    const r = await this.exec("nft", ["--version"]);
     if (r.missing) throw new WeftError("CONFIG_INVALID", "--ip-masq needs the nft command to install its masquerade rules; install nftables (apt-get install nftables) or drop --ip-masq");
   }
 
@@ -76,18 +83,18 @@ export class Firewall implements RuleSet {
     if (this.wantsTable) {
       if (await this.ensureTable()) fixed.push("nftables");
     } else if (first) {
-      await removeTable(this.log);
+      await removeTable(this.log, this.exec);
     }
     if (this.o.forward) {
       if (await this.ensureForwardAccept()) fixed.push("iptables");
     } else if (first) {
-      await removeForwardRules(this.log);
+      await removeForwardRules(this.log, this.exec);
     }
     return fixed;
   }
 
   private async ensureTable(): Promise<boolean> {
-    const list = await run("nft", ["list", "table", "ip", TABLE]);
+    const list = await this.exec("nft", ["list", "table", "ip", TABLE]);
     if (list.missing) {
       if (this.o.masquerade) throw new WeftError("DATAPLANE_OP_FAILED", "nft is no longer installed; masquerade rules cannot be kept (apt-get install nftables)");
       if (!this.warnedNoNft) this.log.warn("nft not found: forward accept rules are not installed in nftables (apt-get install nftables)");
@@ -102,16 +109,16 @@ export class Firewall implements RuleSet {
   }
 
   private async apply(): Promise<void> {
-    let r = await run("nft", ["-f", "-"], replaceScript({ ...this.o, fullyRandom: this.fullyRandom }));
+    let r = await this.exec("nft", ["-f", "-"], replaceScript({ ...this.o, fullyRandom: this.fullyRandom }));
     if (r.code !== 0 && this.fullyRandom && /fully-random|random/i.test(r.stderr)) {
       this.log.warn({ err: r.stderr.trim() }, "masquerade fully-random not supported here; using plain masquerade");
       this.fullyRandom = false;
-      r = await run("nft", ["-f", "-"], replaceScript({ ...this.o, fullyRandom: false }));
+      r = await this.exec("nft", ["-f", "-"], replaceScript({ ...this.o, fullyRandom: false }));
     }
     if (r.code !== 0) throw new WeftError("DATAPLANE_OP_FAILED", `nft could not install table ip ${TABLE}: ${r.stderr.trim() || `exit ${r.code}`}`);
-    const list = await run("nft", ["list", "table", "ip", TABLE]);
+    const list = await this.exec("nft", ["list", "table", "ip", TABLE]);
     if (list.code !== 0) throw new WeftError("DATAPLANE_OP_FAILED", `nft list table ip ${TABLE} failed after installing it: ${list.stderr.trim()}`);
-    this.applied = list.stdout;
+    this.applied ??= list.stdout;
     this.log.info({ table: `ip ${TABLE}`, masquerade: this.o.masquerade, forward: this.o.forward }, "nftables rules installed");
   }
 
@@ -122,7 +129,7 @@ export class Firewall implements RuleSet {
 
   /** Keeps the FORWARD accept rules; true if it had to (re)insert any. */
   private async ensureForwardAccept(): Promise<boolean> {
-    const listed = await run("iptables", ["-w", "5", "-S", "FORWARD"]);
+    const listed = await this.exec("iptables", ["-w", "5", "-S", "FORWARD"]);
     if (listed.missing) return false;
     if (listed.code !== 0) throw new WeftError("DATAPLANE_OP_FAILED", `iptables -S FORWARD failed: ${listed.stderr.trim()}`);
     const lines = listed.stdout.split("\n");
@@ -132,12 +139,12 @@ export class Firewall implements RuleSet {
     for (const l of ours) {
       if (wantLines.includes(l)) continue;
       // A rule for an old cluster network: drop it.
-      await iptables(["-D", ...splitRule(l).slice(1)]);
+      await iptables(this.exec, ["-D", ...splitRule(l).slice(1)]);
     }
     let inserted = false;
     for (const [i, r] of want.entries()) {
       if (ours.includes(wantLines[i]!)) continue;
-      await iptables(["-I", "FORWARD", "1", ...r]);
+      await iptables(this.exec, ["-I", "FORWARD", "1", ...r]);
       inserted = true;
     }
     const first = !this.forwardApplied;
@@ -150,27 +157,27 @@ export class Firewall implements RuleSet {
 
   /** Removes every firewall rule weft made (for --cleanup); absent ones are fine. */
   static async removeAll(log: Logger): Promise<void> {
-    await removeTable(log);
-    await removeForwardRules(log);
+    await removeTable(log, run);
+    await removeForwardRules(log, run);
   }
 }
 
-async function removeTable(log: Logger): Promise<void> {
-  const del = await run("nft", ["delete", "table", "ip", TABLE]);
+async function removeTable(log: Logger, exec: Exec): Promise<void> {
+  const del = await exec("nft", ["delete", "table", "ip", TABLE]);
   if (del.code === 0) log.info({ table: `ip ${TABLE}` }, "removed nftables table");
 }
 
-async function removeForwardRules(log: Logger): Promise<void> {
-  const listed = await run("iptables", ["-w", "5", "-S", "FORWARD"]);
+async function removeForwardRules(log: Logger, exec: Exec): Promise<void> {
+  const listed = await exec("iptables", ["-w", "5", "-S", "FORWARD"]);
   if (listed.code !== 0) return;
   for (const l of listed.stdout.split("\n").filter((x) => x.includes(`"${COMMENT}"`))) {
-    await iptables(["-D", ...splitRule(l).slice(1)]);
+    await iptables(exec, ["-D", ...splitRule(l).slice(1)]);
     log.info({ rule: l }, "removed iptables rule");
   }
 }
 
-async function iptables(args: string[]): Promise<void> {
-  const r = await run("iptables", ["-w", "5", ...args]);
+async function iptables(exec: Exec, args: string[]): Promise<void> {
+  const r = await exec("iptables", ["-w", "5", ...args]);
   if (r.code !== 0) throw new WeftError("DATAPLANE_OP_FAILED", `iptables ${args.join(" ")} failed: ${r.stderr.trim() || `exit ${r.code}`}`);
 }
 

@@ -8,7 +8,7 @@
 import { mkdirSync, readFileSync, existsSync } from "node:fs";
 import { join } from "node:path";
 import { cpus, loadavg } from "node:os";
-import { Cluster, GRPC_PORT, ROOT, SERVER_IP, shebangNodeFlags } from "../test/e2e/cluster.js";
+import { Cluster, GRPC_PORT, ROOT, SERVER_IP, shebangCommand, shebangEnv, shebangNodeFlags } from "../test/e2e/cluster.js";
 import { addNetns, ip, ipJson, sh } from "../test/e2e/netns.js";
 import { iproute2Batch } from "./agent-iproute2.js";
 
@@ -58,13 +58,14 @@ async function main(): Promise<void> {
   // For experiments only (reported in the output): WEFT_BENCH_AGENT_FLAGS replaces the #! flags, e.g.
   // to compare with and without --no-opt, or to add --cpu-prof --cpu-prof-dir=/tmp/prof.
   const agentFlags = process.env.WEFT_BENCH_AGENT_FLAGS?.split(" ").filter(Boolean) ?? shebangNodeFlags(AGENT_BIN);
+  const agentCmd = [...shebangEnv(AGENT_BIN), "node", ...agentFlags].join(" ");
   await new Cluster({ runId: "bench", nodes: 0 }).cleanupPrevious();
   const c = new Cluster({ runId: "bench", nodes: 1, leaseTtl: "30m", runner, network: "10.0.0.0/8", resyncInterval: "5s" });
   if (process.env.WEFT_BENCH_AGENT_FLAGS && runner === "dist") {
     // Cluster runs bin/ with its #! flags; swap in the asked-for ones for the agent alone.
     const cmd = c as unknown as { nodeCmd(entry: string): string[] };
     const orig = cmd.nodeCmd.bind(c);
-    cmd.nodeCmd = (entry) => (entry === "agent" ? [process.execPath, ...agentFlags, AGENT_BIN] : orig(entry));
+    cmd.nodeCmd = (entry) => (entry === "agent" ? [...shebangCommand(AGENT_BIN, agentFlags), AGENT_BIN] : orig(entry));
   }
   const results: Array<Record<string, number | string>> = [];
   const refs: Array<{ peers: number; round: number; ms: number; ipMs: number; bridgeMs: number }> = [];
@@ -81,7 +82,7 @@ async function main(): Promise<void> {
     await ip("-n", micro, "link", "set", "ul0", "up");
     for (const n of SIZES) {
       const script = runner === "dist" ? [join(ROOT, "dist/bench/agent-reconcile.js")] : ["--import", "tsx", join(ROOT, "bench/agent-reconcile.ts")];
-      const r = await sh("ip", ["netns", "exec", micro, process.execPath, ...agentFlags, ...script, String(n)], { timeoutMs: 120_000 });
+      const r = await sh("ip", ["netns", "exec", micro, ...shebangCommand(AGENT_BIN, agentFlags), ...script, String(n)], { timeoutMs: 120_000 });
       micros.push(JSON.parse(r.stdout.trim().split("\n").at(-1)!) as Record<string, unknown>);
       await ip("-n", micro, "link", "del", "weft.1");
     }
@@ -133,9 +134,9 @@ async function main(): Promise<void> {
     await c.destroy();
   }
   const out = (s: string) => process.stdout.write(s + "\n");
-  out(`\none reconcile pass from empty (route + ARP + FDB per peer), NetlinkDataplane alone, node ${agentFlags.join(" ")}`);
-  for (const m of micros) out(`  ${String(m.peers).padStart(6)} peers: first pass ${m.firstMs} ms (${m.added} kernel objects), no-op pass ${m.noopMs} ms, RSS ${m.rssAfterNoop} MiB`);
-  out(`\nprogramming N peers from nothing (VXLAN: route + ARP + FDB per peer), ${ROUNDS} rounds each; agent runner ${runner}, node ${agentFlags.join(" ")}`);
+  out(`\none reconcile pass from empty (route + ARP + FDB per peer), NetlinkDataplane alone, ${agentCmd}`);
+  for (const m of micros) out(`  ${String(m.peers).padStart(6)} peers: first pass ${m.firstMs} ms (${m.added} kernel objects), no-op pass ${m.noopMs} ms (after peer changes ${m.noopAfterChangesMs} ms), one peer added or removed ${median(m.singlePeerMs as number[])} ms p50, RSS ${m.rssAfterNoop} MiB`);
+  out(`\nprogramming N peers from nothing (VXLAN: route + ARP + FDB per peer), ${ROUNDS} rounds each; agent runner ${runner}, ${agentCmd}`);
   out(`  ${"peers".padStart(6)} ${"iproute2 batch".padStart(16)} ${"weft snapshot->ready".padStart(22)} ${"ratio".padStart(6)} ${"reconcile pass".padStart(16)} ${"start->ready".padStart(16)} ${"RSS".padStart(16)}`);
   const summary = SIZES.map((n) => {
     const w = results.filter((r) => r.peers === n);
@@ -163,7 +164,7 @@ async function main(): Promise<void> {
   out(`  load average at the end: ${loadavg().map((x) => x.toFixed(2)).join(" ")} on ${cpus().length} CPUs`);
   const five = summary.find((s) => s.peers === 5000);
   const meets = five ? five.ratio <= 1 && five.rssMiBMax <= 64 && (!changes.length || Math.max(churn.addEventToKernelMs.max, churn.removeEventToKernelMs.max) < 5) : null;
-  out(JSON.stringify({ bench: "agent", runner, agentFlags, rounds: ROUNDS, summary, reference: refs, results, churn, changes, reconcile: micros, targetRatio: 1, targetRssMiB: 64, targetChangeMs: 5, meetsTargets: meets }));
+  out(JSON.stringify({ bench: "agent", runner, agentEnv: shebangEnv(AGENT_BIN), agentFlags, rounds: ROUNDS, summary, reference: refs, results, churn, changes, reconcile: micros, targetRatio: 1, targetRssMiB: 64, targetChangeMs: 5, meetsTargets: meets }));
 }
 
 main().catch((err) => {

@@ -39,7 +39,11 @@ export interface LeaseEvent {
 export interface UniqueAttr {
   /** How an operator would name it, e.g. "VTEP MAC 0e:..". */
   readonly label: string;
+  /** `kind value`, one string for maps over all kinds. */
   readonly key: string;
+  readonly kind: "mac" | "ip" | "wg";
+  /** The attribute itself (the lease's own string). */
+  readonly value: string;
 }
 
 /**
@@ -48,10 +52,14 @@ export interface UniqueAttr {
  */
 export function uniqueAttrs(publicIP: string, attrs: BackendAttrs): UniqueAttr[] {
   switch (attrs.type) {
-    case "vxlan": return [{ label: `VTEP MAC ${attrs.vtepMac}`, key: `mac ${attrs.vtepMac}` }, { label: `public IP ${publicIP}`, key: `ip ${publicIP}` }];
-    case "host-gw": return [{ label: `public IP ${publicIP}`, key: `ip ${publicIP}` }];
-    case "wireguard": return [{ label: `WireGuard public key ${attrs.publicKey}`, key: `wg ${attrs.publicKey}` }];
+    case "vxlan": return [attr("mac", "VTEP MAC", attrs.vtepMac), attr("ip", "public IP", publicIP)];
+    case "host-gw": return [attr("ip", "public IP", publicIP)];
+    case "wireguard": return [attr("wg", "WireGuard public key", attrs.publicKey)];
   }
+}
+
+function attr(kind: UniqueAttr["kind"], name: string, value: string): UniqueAttr {
+  return { label: `${name} ${value}`, key: `${kind} ${value}`, kind, value };
 }
 
 // DNS-1123 subdomain, as Kubernetes node names.

@@ -144,7 +144,7 @@ export class Agent {
     this.instanceId = await state.instanceId();
     const previousSubnet = await readPreviousSubnet(config.subnetFile);
     await this.refuseTakenName(previousSubnet);
-    const backend = createBackend({
+    const backend = await createBackend({
       dataplane, network: this.network, vxlanDevice: config.vxlanDevice,
       wireguard: { device: config.wireguardDevice, presharedKey: config.wireguardPsk, stateDir: config.stateDir },
       state, log: log.child({ component: this.network.backend.type }),
@@ -181,7 +181,7 @@ export class Agent {
       onBulk: () => dataplane.muteObjectChanges(),
     });
     const sync = new DataplaneSync({
-      backend, firewall, reconciler, peers: () => (this.peers.synced ? this.peers.list() : undefined), underlayIndex: iface.index,
+      backend, firewall, reconciler, peers: this.peers, underlayIndex: iface.index,
       resyncIntervalMs: config.resyncIntervalMs, log, metrics, signal: this.signal,
       onPassStart: () => (this.passReads = this.feedRevision),
       onPass: (ok) => {

@@ -7,9 +7,11 @@
 // /v1/peers and the metrics.
 //
 // Passes asked for by lease events trust the reconciler's memory of the
-// kernel (a peer change costs its own objects, not three dumps of 15,000);
-// the timer, kernel notifications and failures make the next pass read the
-// kernel again, which is what repairs drift.
+// kernel and look at the changed peers alone (the peer table says which): a
+// peer change costs its own objects, not three dumps of 15,000 nor a walk
+// over every peer. The timer, kernel notifications and failures make the
+// next pass read the kernel and compare every peer, which is what repairs
+// drift.
 //
 // Kernel notifications: only what touches our device, our underlay interface
 // or an object the last pass wanted starts a pass, after a short debounce,
@@ -23,7 +25,8 @@ import { backoffDelay, sleep } from "./backoff.js";
 import type { KernelChange } from "./dataplane/dataplane.js";
 import type { RuleSet } from "./firewall/firewall.js";
 import type { AgentMetrics } from "./metrics.js";
-import type { Reconciler } from "./reconciler.js";
+import type { PeerChange } from "./peer-table.js";
+import type { Reconciler, ReconcileResult } from "./reconciler.js";
 
 const DRIFT_DEBOUNCE_MS = 20;
 
@@ -33,8 +36,8 @@ export interface DataplaneSyncDeps {
   readonly backend: Backend;
   readonly firewall: RuleSet;
   readonly reconciler: Reconciler;
-  /** The current remote peers; undefined until a complete snapshot arrived (nothing is pruned before). */
-  readonly peers: () => readonly Lease[] | undefined;
+  /** The remote peers (the agent's PeerTable); no pass runs before a complete snapshot (nothing is pruned before). */
+  readonly peers: PeerSource;
   readonly underlayIndex: number;
   readonly resyncIntervalMs: number;
   readonly log: Logger;
@@ -45,6 +48,18 @@ export interface DataplaneSyncDeps {
   /** Called when a pass reads the peers: what it programs is the peer table as of this moment. */
   readonly onPassStart?: () => void;
 }
+
+export interface PeerSource {
+  /** A complete snapshot arrived. */
+  readonly synced: boolean;
+  readonly size: number;
+  list(): readonly Lease[];
+  /** The peers changed since the last call; undefined when only the whole list says what is wanted. */
+  takeChanges(): PeerChange[] | undefined;
+}
+
+/** Up to this many changed peers, a pass from memory looks at them alone; more take a full pass. */
+const MAX_CHANGE_PASS = 512;
 
 export class DataplaneSync {
   private programmed: ReadonlySet<string> = new Set();
@@ -82,7 +97,7 @@ export class DataplaneSync {
       }, delayMs);
       return;
     }
-    if (!this.deps.peers()) return;
+    if (!this.deps.peers.synced) return;
     if (this.running) {
       this.dirty = true;
       return;
@@ -121,12 +136,38 @@ export class DataplaneSync {
           await this.guard("firewall", async () => this.countRepairs(await firewall.ensure()));
         }
         this.deps.onPassStart?.();
-        const peers = this.deps.peers() ?? [];
+        const table = this.deps.peers;
+        const changes = table.takeChanges();
         const trustMemory = !this.readKernel;
         this.readKernel = false;
-        const r = await reconciler.reconcile(backend.desired(peers), { trustMemory });
+        let r: ReconcileResult | undefined;
+        let rejected: ReadonlyMap<string, Rejection>;
+        let named: (subnet: string) => string | undefined;
+        if (trustMemory && changes !== undefined && changes.length <= MAX_CHANGE_PASS) {
+          // A lease event: the changed peers alone, from memory (no dumps, no walk over every peer).
+          const before: Lease[] = [];
+          const after: Lease[] = [];
+          for (const c of changes) {
+            if (c.before) before.push(c.before);
+            if (c.after) after.push(c.after);
+          }
+          r = await reconciler.reconcileChange(backend.desired(before), backend.desired(after));
+          named = (subnet) => after.find((p) => p.subnet === subnet)?.nodeName;
+          if (r) {
+            const all = new Map(this.rejected);
+            for (const c of changes) all.delete((c.after ?? c.before)!.subnet);
+            r.rejected.forEach((rej, subnet) => all.set(subnet, rej));
+            rejected = all;
+          }
+        }
+        if (r === undefined) {
+          const peers = table.list();
+          r = await reconciler.reconcile(backend.desired(peers), { trustMemory });
+          named = (subnet) => peers.find((p) => p.subnet === subnet)?.nodeName;
+          rejected = r.rejected;
+        }
         for (const [subnet, rej] of r.rejected) {
-          if (this.rejected.get(subnet)?.detail !== rej.detail) log.error({ peer: peers.find((p) => p.subnet === subnet)?.nodeName, subnet, reason: rej.reason, detail: rej.detail }, "peer rejected; not programming it");
+          if (this.rejected.get(subnet)?.detail !== rej.detail) log.error({ peer: named!(subnet), subnet, reason: rej.reason, detail: rej.detail }, "peer rejected; not programming it");
         }
         for (const [kind, n] of r.repaired) {
           metrics.driftRepairs.inc({ kind }, n);
@@ -134,13 +175,13 @@ export class DataplaneSync {
         }
         this.programmed = r.programmed;
         this.failed = r.failed;
-        this.rejected = r.rejected;
+        this.rejected = rejected!;
         this.passDone = true;
         this.lastPassMs = r.durationMs;
         ok = r.errors === 0;
-        if (r.errors) this.problems.set("dataplane", `${r.failed.size} of ${peers.length - r.rejected.size} peers not programmed (${r.errors} failed operations): ${r.problems.join("; ")}`);
+        if (r.errors) this.problems.set("dataplane", `${r.failed.size} of ${table.size - this.rejected.size} peers not programmed (${r.errors} failed operations): ${r.problems.join("; ")}`);
         else this.problems.delete("dataplane");
-        await this.updateMetrics(peers);
+        await this.updateMetrics();
         failures = 0;
       } catch (err) {
         ok = false;
@@ -175,10 +216,10 @@ export class DataplaneSync {
     for (const kind of kinds) this.deps.metrics.driftRepairs.inc({ kind });
   }
 
-  private async updateMetrics(peers: readonly Lease[]): Promise<void> {
+  private async updateMetrics(): Promise<void> {
     const m = this.deps.metrics;
     const health = await this.deps.backend.peerHealth?.(false);
-    if (health) m.peersUnreachable.set(peers.filter((p) => this.programmed.has(p.subnet) && health(p)?.problem).length);
+    if (health) m.peersUnreachable.set(this.deps.peers.list().filter((p) => this.programmed.has(p.subnet) && health(p)?.problem).length);
     m.peers.set(this.programmed.size);
     m.peersFailed.set(this.failed.size);
     m.peersRejected.reset();

@@ -9,7 +9,7 @@
 // node lying in its lease) can never tear down a working peer. It is admitted
 // once the holder's lease is gone. The lease server refuses such leases too;
 // this covers older servers and leases written to etcd directly.
-import { uniqueAttrs, type Lease, type LeaseEvent } from "../../lib/src/lease.js";
+import { uniqueAttrs, type Lease, type LeaseEvent, type UniqueAttr } from "../../lib/src/lease.js";
 
 export interface PeerConflict {
   readonly lease: Lease;
@@ -18,13 +18,24 @@ export interface PeerConflict {
   readonly detail: string;
 }
 
+/** One subnet's lease before and after a change (undefined: none). */
+export interface PeerChange {
+  readonly before: Lease | undefined;
+  readonly after: Lease | undefined;
+}
+
 export class PeerTable {
   private peers = new Map<string, Lease>();
   private pending: Map<string, Lease> | undefined;
-  /** Unique attribute key -> subnet of the peer holding it. */
-  private holders = new Map<string, string>();
+  /** Unique attribute -> subnet of the peer holding it, per kind (keyed by the leases' own strings: no key string per peer). */
+  private holders = new Map<UniqueAttr["kind"], Map<string, string>>();
   /** Leases kept aside (by subnet) because a peer in the table holds one of their attributes. */
   private aside = new Map<string, PeerConflict>();
+  /**
+   * The subnets changed since takeChanges() last ran, each with the lease it had before (undefined:
+   * none); undefined when a snapshot replaced the whole table since (or before the first call).
+   */
+  private changes: Map<string, Lease | undefined> | undefined;
   /** True once a complete snapshot has been applied. */
   synced = false;
 
@@ -52,14 +63,36 @@ export class PeerTable {
     this.peers = new Map();
     this.holders = new Map();
     this.aside = new Map();
+    this.changes = undefined;
     for (const l of fresh) this.admit(l);
     this.synced = true;
+  }
+
+  /**
+   * What changed since the last call, as (before, after) pairs per subnet (a renewal that changes
+   * nothing programmed is not a change); undefined if a snapshot replaced the table since, or on
+   * the first call: then only the whole table says what is wanted.
+   */
+  takeChanges(): PeerChange[] | undefined {
+    const c = this.changes;
+    this.changes = new Map();
+    if (c === undefined) return undefined;
+    const out: PeerChange[] = [];
+    for (const [subnet, before] of c) {
+      const after = this.peers.get(subnet);
+      if (before !== after) out.push({ before, after });
+    }
+    return out;
+  }
+
+  private noteChange(subnet: string): void {
+    if (this.changes !== undefined && !this.changes.has(subnet)) this.changes.set(subnet, this.peers.get(subnet));
   }
 
   /** Adds `l` to the table, or sets it aside when a peer holds one of its attributes; returns whether it was added. */
   private admit(l: Lease): boolean {
     for (const a of uniqueAttrs(l.publicIP, l.attrs)) {
-      const holder = this.peers.get(this.holders.get(a.key) ?? "");
+      const holder = this.peers.get(this.holders.get(a.kind)?.get(a.value) ?? "");
       if (holder && holder.subnet !== l.subnet) {
         const c = { lease: l, holder, detail: `${a.label} is already held by ${holder.nodeName} (${holder.subnet}); ${l.nodeName} is not programmed until that lease is gone` };
         const before = this.aside.get(l.subnet);
@@ -69,8 +102,13 @@ export class PeerTable {
       }
     }
     this.aside.delete(l.subnet);
+    this.noteChange(l.subnet);
     this.peers.set(l.subnet, l);
-    for (const a of uniqueAttrs(l.publicIP, l.attrs)) this.holders.set(a.key, l.subnet);
+    for (const a of uniqueAttrs(l.publicIP, l.attrs)) {
+      let m = this.holders.get(a.kind);
+      if (!m) this.holders.set(a.kind, (m = new Map()));
+      m.set(a.value, l.subnet);
+    }
     return true;
   }
 
@@ -78,8 +116,12 @@ export class PeerTable {
   private drop(subnet: string): void {
     const l = this.peers.get(subnet);
     if (!l) return;
+    this.noteChange(subnet);
     this.peers.delete(subnet);
-    for (const a of uniqueAttrs(l.publicIP, l.attrs)) if (this.holders.get(a.key) === subnet) this.holders.delete(a.key);
+    for (const a of uniqueAttrs(l.publicIP, l.attrs)) {
+      const m = this.holders.get(a.kind);
+      if (m?.get(a.value) === subnet) m.delete(a.value);
+    }
   }
 
   /** Leases set aside waiting for another to release what they claim; admits those that now can. */

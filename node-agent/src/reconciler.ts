@@ -21,10 +21,15 @@
 // are built for the thousands of unchanged peers. A pass that may trust the
 // model (a lease event, no error or drift since the last pass) skips the
 // kernel dumps and touches only the changed objects; the others (timer,
-// kernel notifications, after errors) dump the tables and compare.
+// kernel notifications, after errors) dump the tables and compare. A change
+// pass (reconcileChange) goes further: it is given only the changed peers'
+// desired state, before and after, so a lease event costs the same with ten
+// peers or ten thousand. The wanted objects are the backend's entries
+// themselves, which carry the model's bookkeeping (one object per wanted
+// object, not two).
 import { WeftError } from "../../lib/src/errors.js";
 import type { Logger } from "../../lib/src/logger.js";
-import { NODE_ENTRY, type DesiredState, type Rejection } from "./backends/backend.js";
+import { NODE_ENTRY, type DesiredEntry, type DesiredState, type Rejection } from "./backends/backend.js";
 import type { KernelChange, KernelTable, ObjectKind } from "./dataplane/dataplane.js";
 
 export interface ReconcileResult {
@@ -69,28 +74,23 @@ async function forEachBounded<T>(items: readonly T[], fn: (item: T) => Promise<u
 const errText = (err: unknown): string => (err instanceof Error ? err.message : String(err));
 
 type AnyTable = KernelTable<unknown>;
-type Stage = ReadonlyArray<{ table: AnyTable; entries: ReadonlyArray<{ peer: string; value: unknown }> }>;
+type Stage = ReadonlyArray<{ table: AnyTable; entries: ReadonlyArray<DesiredEntry<unknown>> }>;
 
 /**
- * One wanted object (its id is its key in the model's map). `key`: only for tables without `same`.
- * `since`: the pass that first wanted it so; `seen`: the last pass that wanted it; `inKernel`: the last
- * reading of the kernel's table that found it.
+ * One wanted object: the backend's entry, which the model keeps by id (see DesiredEntry). `since`: the
+ * pass that first wanted it so; `seen`: the last pass that wanted it; `inKernel`: the last reading of
+ * the kernel's table that found it; `key`: only for tables without `same`.
  */
-interface Item {
-  key: string | undefined;
-  value: unknown;
-  peer: string;
-  since: number;
-  seen: number;
-  inKernel: number;
-}
+type Item = DesiredEntry<unknown> & { since: number; seen: number; inKernel: number };
 
 /** The wanted objects of one kind, by id. */
 interface Model {
   readonly items: Map<string, Item>;
   /** The last pass that updated it, and the entries it was given. */
   pass: number;
-  last: ReadonlyArray<{ readonly peer: string; readonly value: unknown }>;
+  last: ReadonlyArray<DesiredEntry<unknown>>;
+  /** A change pass (reconcileChange) updated the items since `last` was given: `last` no longer lists them all. */
+  patched: boolean;
 }
 
 interface Plan {
@@ -127,31 +127,7 @@ export class Reconciler {
    */
   async reconcile(want: DesiredState, opts: { trustMemory?: boolean } = {}): Promise<ReconcileResult> {
     const t0 = performance.now();
-    const stages = want.stages as ReadonlyArray<Stage>;
-    const failed = new Map<string, string>();
-    const problems: string[] = [];
-    const repaired = new Map<ObjectKind, number>();
-    let added = 0;
-    let deleted = 0;
-    let errors = 0;
-
-    const failure = (op: string, peer: string | undefined, err: unknown): void => {
-      errors++;
-      const text = errText(err);
-      if (peer && !failed.has(peer)) failed.set(peer, text);
-      if (problems.length < MAX_PROBLEMS) problems.push(text);
-      this.hooks.onError?.(op, err);
-      this.log.warn({ err: text, op, peer }, "dataplane operation failed; will retry");
-    };
-    const attempt = async (op: string, peer: string | undefined, fn: () => Promise<void>): Promise<void> => {
-      try {
-        await fn();
-      } catch (err) {
-        failure(op, peer, err);
-      }
-    };
-
-    const all = stages.flat();
+    const all = want.stages.flat() as Stage;
     const pass = ++this.pass;
     const fromMemory = !!opts.trustMemory && !want.listEveryPass && this.trusted && all.every((s) => this.models.has(s.table.kind));
     // From now on notifications are judged against this pass (the echoes of its own removals are not
@@ -174,6 +150,50 @@ export class Reconciler {
       }
       throw err;
     }
+    return this.apply(want.stages as ReadonlyArray<Stage>, plan, pass, fromMemory, want.rejected, t0);
+  }
+
+  /**
+   * A pass over a few changed peers alone: `before` is the desired state of their leases as the last
+   * pass had them, `after` as they are now (desired() of just those leases). Only their objects are
+   * looked at and touched, so a peer change costs the same with 10 or 10,000 peers. Undefined when the
+   * memory cannot be trusted (errors, drift, a backend that lists every pass, a table never
+   * reconciled): the caller runs a full pass instead. `rejected` of the result: the changed peers' only.
+   */
+  async reconcileChange(before: DesiredState, after: DesiredState): Promise<ReconcileResult | undefined> {
+    const all = after.stages.flat() as Stage;
+    if (!this.trusted || after.listEveryPass || !all.every((s) => this.models.has(s.table.kind))) return undefined;
+    const t0 = performance.now();
+    const pass = ++this.pass;
+    const was = new Map((before.stages.flat() as Stage).map((s) => [s.table.kind, s.entries]));
+    const plan = all.map((s) => ({ table: s.table, ...this.patch(s.table, was.get(s.table.kind) ?? [], s.entries, pass) }));
+    return this.apply(after.stages as ReadonlyArray<Stage>, plan, pass, true, after.rejected, t0);
+  }
+
+  /** Puts and removes what the plan says, stage by stage, and settles which peers are programmed. */
+  private async apply(stages: ReadonlyArray<Stage>, plan: Plan[], pass: number, fromMemory: boolean, rejected: ReadonlyMap<string, Rejection>, t0: number): Promise<ReconcileResult> {
+    const failed = new Map<string, string>();
+    const problems: string[] = [];
+    const repaired = new Map<ObjectKind, number>();
+    let added = 0;
+    let deleted = 0;
+    let errors = 0;
+
+    const failure = (op: string, peer: string | undefined, err: unknown): void => {
+      errors++;
+      const text = errText(err);
+      if (peer && !failed.has(peer)) failed.set(peer, text);
+      if (problems.length < MAX_PROBLEMS) problems.push(text);
+      this.hooks.onError?.(op, err);
+      this.log.warn({ err: text, op, peer }, "dataplane operation failed; will retry");
+    };
+    const attempt = async (op: string, peer: string | undefined, fn: () => Promise<void>): Promise<void> => {
+      try {
+        await fn();
+      } catch (err) {
+        failure(op, peer, err);
+      }
+    };
 
     const ops = plan.reduce((n, p) => n + p.puts.length + p.removes.length, 0);
     const endBulk = ops > BULK_OPS ? this.hooks.onBulk?.(ops) : undefined;
@@ -226,7 +246,7 @@ export class Reconciler {
     for (const p of this.lastFailed) if (!failed.has(p) && (this.counts.get(p) ?? 0) > 0) this.programmed.add(p);
     for (const p of failed.keys()) this.programmed.delete(p);
     this.lastFailed = new Set(failed.keys());
-    const result: ReconcileResult = { programmed: this.programmed, failed, rejected: want.rejected, added, deleted, repaired, errors, problems, durationMs: performance.now() - t0 };
+    const result: ReconcileResult = { programmed: this.programmed, failed, rejected, added, deleted, repaired, errors, problems, durationMs: performance.now() - t0 };
     this.hooks.onPass?.(result);
     if (added || deleted || errors) this.log.info({ added, deleted, errors, peers: this.programmed.size, ms: Math.round(result.durationMs * 10) / 10, fromMemory }, "reconciled");
     return result;
@@ -238,19 +258,23 @@ export class Reconciler {
    * others get their id and key computed. Returns the items wanted anew (new, or with another key) and the values no longer wanted
    * (dropped from the model).
    */
-  private update(table: AnyTable, entries: ReadonlyArray<{ peer: string; value: unknown }>, pass: number): { fresh: Item[]; gone: unknown[] } {
+  private update(table: AnyTable, entries: ReadonlyArray<DesiredEntry<unknown>>, pass: number): { fresh: Item[]; gone: unknown[] } {
     if (this.identify.get(table.kind) !== undefined && this.models.get(table.kind)!.pass === pass) {
       throw new WeftError("INTERNAL", `two ${table.kind} tables in one desired state; a backend has one table per kind`);
     }
     this.identify.set(table.kind, table);
     let m = this.models.get(table.kind);
-    if (!m) this.models.set(table.kind, (m = { items: new Map(), pass, last: [] }));
+    if (!m) this.models.set(table.kind, (m = { items: new Map(), pass, last: [], patched: false }));
     m.pass = pass;
-    const prev = m.last;
+    // After a change pass `last` is not the whole model: every entry is looked up, and what no entry
+    // wanted is swept out below.
+    const patched = m.patched;
+    const prev = patched ? [] : m.last;
     m.last = entries;
+    m.patched = false;
     const fresh: Item[] = [];
     /** Last pass's entries not found at their place: gone, unless found elsewhere. */
-    const missed: Array<{ peer: string; value: unknown }> = [];
+    const missed: Array<DesiredEntry<unknown>> = [];
     let j = 0;
     for (let i = 0; i < entries.length; i++) {
       const e = entries[i]!;
@@ -259,33 +283,75 @@ export class Reconciler {
       // One entry of last pass's list gone here (a peer left): skip it.
       const q = prev[j + 1];
       if (p !== undefined && q !== undefined && q.value === e.value && q.peer === e.peer) { missed.push(p); j += 2; continue; }
-      const id = table.id(e.value);
-      // (An FDB entry's id is its whole value: one string, not two.)
-      const key = table.same ? undefined : table.key === table.id ? id : table.key(e.value);
-      let it = m.items.get(id);
-      if (it === undefined) {
-        it = { key, value: e.value, peer: e.peer, since: pass, seen: 0, inKernel: 0 };
-        m.items.set(id, it);
-        this.count(e.peer, 1);
-        fresh.push(it);
-      } else {
-        if (table.same ? !table.same(it.value, e.value) : it.key !== key) { it.key = key; it.since = pass; fresh.push(it); }
-        if (it.peer !== e.peer) { this.count(it.peer, -1); this.count(e.peer, 1); it.peer = e.peer; }
-        it.value = e.value;
-      }
-      it.seen = pass;
+      this.want(m, table, e, pass, fresh);
     }
     for (; j < prev.length; j++) missed.push(prev[j]!);
     const gone: unknown[] = [];
-    for (const p of missed) {
-      const id = table.id(p.value);
-      const it = m.items.get(id);
-      if (it === undefined || it.seen === pass) continue;
+    const drop = (id: string, it: Item) => {
       gone.push(it.value);
       m.items.delete(id);
       this.count(it.peer, -1);
+    };
+    if (patched) {
+      m.items.forEach((it, id) => it.seen !== pass && drop(id, it));
+    } else {
+      for (const p of missed) {
+        const id = table.id(p.value);
+        const it = m.items.get(id);
+        if (it !== undefined && it.seen !== pass) drop(id, it);
+      }
     }
     return { fresh, gone };
+  }
+
+  /** The model of one table after a change: `now` is wanted, what `was` wanted and `now` does not is gone. */
+  private patch(table: AnyTable, was: ReadonlyArray<DesiredEntry<unknown>>, now: ReadonlyArray<DesiredEntry<unknown>>, pass: number): { puts: Item[]; removes: unknown[] } {
+    const m = this.models.get(table.kind)!;
+    m.pass = pass;
+    m.patched = true;
+    const puts: Item[] = [];
+    for (const e of now) this.want(m, table, e, pass, puts);
+    const removes: unknown[] = [];
+    for (const e of was) {
+      const id = table.id(e.value);
+      const it = m.items.get(id);
+      // Wanted again in this pass, or another peer's object under this id: it stays.
+      if (it === undefined || it.seen === pass || it.peer !== e.peer) continue;
+      removes.push(it.value);
+      m.items.delete(id);
+      this.count(it.peer, -1);
+    }
+    return { puts, removes };
+  }
+
+  /**
+   * Records one wanted entry in the model; `fresh` gets it if it is new or differs from what was
+   * wanted. An equal entry in a new object (a renewed lease) takes the old one's place and history.
+   */
+  private want(m: Model, table: AnyTable, entry: DesiredEntry<unknown>, pass: number, fresh: Item[]): void {
+    const e = entry as Item;
+    const id = table.id(e.value);
+    if (!table.same) e.key = table.key === table.id ? id : table.key(e.value);
+    const it = m.items.get(id);
+    if (it === undefined) {
+      e.since = pass;
+      e.inKernel = 0;
+      m.items.set(id, e);
+      this.count(e.peer, 1);
+      fresh.push(e);
+    } else if (it !== e) {
+      if (table.same ? !table.same(it.value, e.value) : it.key !== e.key) {
+        e.since = pass;
+        e.inKernel = 0;
+        fresh.push(e);
+      } else {
+        e.since = it.since;
+        e.inKernel = it.inKernel;
+      }
+      if (it.peer !== e.peer) { this.count(it.peer, -1); this.count(e.peer, 1); }
+      m.items.set(id, e);
+    }
+    e.seen = pass;
   }
 
   private count(peer: string, d: number): void {
@@ -314,6 +380,7 @@ export class Reconciler {
       const it = items.get(table.id(o));
       if (it === undefined) removes.push(o);
       else if (table.same ? table.same(it.value, o) : it.key === table.key(o)) it.inKernel = mark;
+      else if (table.sharedIds) removes.push(o);
     };
     if (table.scan) {
       await table.scan(visit, () => { removes = []; mark = ++this.marks; });
@@ -331,7 +398,9 @@ export class Reconciler {
     const table = this.identify.get(c.kind);
     const want = table && this.models.get(c.kind)?.items.get(table.id(c.value));
     if (want === undefined) return false;
-    const drift = c.deleted || !c.ours || (table!.same ? !table!.same(c.value, want.value) : table!.key(c.value) !== want.key);
+    const same = table!.same ? table!.same(c.value, want.value) : table!.key(c.value) === want.key;
+    // Of objects sharing an id, only the wanted one's deletion is drift.
+    const drift = c.deleted ? !table!.sharedIds || same : !c.ours || !same;
     if (drift) this.trusted = false;
     return drift;
   }

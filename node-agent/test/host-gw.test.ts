@@ -12,7 +12,7 @@ const hgPeer = (i: number, publicIP = `198.18.0.${i}`) => peer(i, { publicIP, at
 async function setup(mtu?: number) {
   const dp = new FakeDataplane();
   const net = mtu ? parseNetworkConfig(`{"Network": "10.244.0.0/16", "Backend": {"Type": "host-gw", "MTU": ${mtu}}}`) : hostGw;
-  const b = createBackend(backendDeps(dp, { net }));
+  const b = await createBackend(backendDeps(dp, { net }));
   expect(b).toBeInstanceOf(HostGwBackend);
   expect(await b.init({ ...localNode, network: net })).toEqual({ type: "host-gw" });
   await b.configureSubnet(peer(1));
@@ -55,7 +55,7 @@ describe("HostGwBackend", () => {
   });
 
   it("refuses a --public-ip other than the interface's address (NAT)", async () => {
-    const b = createBackend(backendDeps(new FakeDataplane(), { net: hostGw }));
+    const b = await createBackend(backendDeps(new FakeDataplane(), { net: hostGw }));
     await expect(b.init({ ...localNode, network: hostGw, iface: { ...localNode.iface, publicIP: "203.0.113.9" } }))
       .rejects.toMatchObject({ code: "CONFIG_INVALID", message: expect.stringMatching(/--public-ip 203.0.113.9 is not the address of eth0.*vxlan backend behind NAT/) });
   });

@@ -239,6 +239,51 @@ describe("Reconciler on a FakeDataplane", () => {
     expect(r.programmed.has(peers[19]!.subnet)).toBe(false);
   });
 
+  it("applies a change from the changed peers' leases alone, and later full passes agree with it", async () => {
+    const { dp, backend } = await vxlanOnFake();
+    const rec = new Reconciler(silentLog);
+    const peers = Array.from({ length: 20 }, (_, i) => peer(i + 2));
+    await rec.reconcile(backend.desired(peers));
+    dp.calls.length = 0;
+    const moved = peer(5, { publicIP: "198.18.0.77", attrs: { type: "vxlan", vni: 1, vtepMac: "0e:00:00:00:77:77" } });
+    const r1 = await rec.reconcileChange(backend.desired([peers[3]!]), backend.desired([moved]));
+    expect(mutations(dp.calls).sort()).toEqual(["putFdb 0e:00:00:00:77:77", "putNeighbour 10.244.5.0", "removeFdb 0e:00:00:00:00:05"]);
+    expect(r1).toMatchObject({ added: 2, deleted: 1, errors: 0 });
+    dp.calls.length = 0;
+    const r2 = await rec.reconcileChange(backend.desired([peers[19]!]), backend.desired([]));
+    expect(mutations(dp.calls)).toEqual(["removeRoute 10.244.21.0/24", "removeNeighbour 10.244.21.0", "removeFdb 0e:00:00:00:00:15"]);
+    expect(r2!.programmed.has(peers[19]!.subnet)).toBe(false);
+    const r3 = await rec.reconcileChange(backend.desired([]), backend.desired([peer(30), peer(31)]));
+    expect(r3).toMatchObject({ added: 6, deleted: 0 });
+    expect(r3!.programmed.size).toBe(21);
+    expect(dp.calls.filter((c) => c.startsWith("list"))).toEqual([]);
+    // A full pass from memory after the changes: peer 31 is no longer listed, so it goes; nothing else moves.
+    const now = [...peers.slice(0, 3), moved, ...peers.slice(4, 19), peer(30)];
+    dp.calls.length = 0;
+    const full = await rec.reconcile(backend.desired(now), { trustMemory: true });
+    expect(mutations(dp.calls).sort()).toEqual(["removeFdb 0e:00:00:00:00:1f", "removeNeighbour 10.244.31.0", "removeRoute 10.244.31.0/24"]);
+    expect(full.programmed.size).toBe(20);
+    // And the kernel holds exactly what the model says: a pass that reads it changes nothing.
+    dp.calls.length = 0;
+    expect(await rec.reconcile(backend.desired(now))).toMatchObject({ added: 0, deleted: 0, errors: 0 });
+    expect(mutations(dp.calls)).toEqual([]);
+  });
+
+  it("refuses a change pass while its memory is doubtful (drift, failures), so a full pass runs", async () => {
+    const { dp, backend } = await vxlanOnFake();
+    const rec = new Reconciler(silentLog);
+    expect(await rec.reconcileChange(backend.desired([]), backend.desired([peer(2)]))).toBeUndefined();
+    await rec.reconcile(backend.desired([peer(2)]));
+    const route = dp.routeMap.get("10.244.2.0/24")!;
+    expect(rec.affectedBy({ kind: "route", deleted: true, value: route, ours: true })).toBe(true);
+    expect(await rec.reconcileChange(backend.desired([]), backend.desired([peer(3)]))).toBeUndefined();
+    await rec.reconcile(backend.desired([peer(2)]));
+    dp.failing.add("putRoute");
+    expect(await rec.reconcileChange(backend.desired([]), backend.desired([peer(3)]))).toMatchObject({ errors: 1 });
+    dp.failing.clear();
+    expect(await rec.reconcileChange(backend.desired([]), backend.desired([peer(4)]))).toBeUndefined();
+  });
+
   it("reads the kernel again after drift or a failure, even for a lease event", async () => {
     const { dp, backend } = await vxlanOnFake();
     const rec = new Reconciler(silentLog);

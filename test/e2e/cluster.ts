@@ -165,8 +165,8 @@ export class Cluster {
   private nodeCmd(entry: "agent" | "server"): string[] {
     if (this.opts.runner !== "tsx") {
       const bin = join(ROOT, "bin", entry === "agent" ? "weft-agent" : "weft-lease-server");
-      // The same V8 flags as the shebang, so the demo and benchmarks run what production runs.
-      return [process.execPath, ...shebangNodeFlags(bin), bin];
+      // As the shebang starts it (its environment and V8 flags), so the demo and benchmarks run what production runs.
+      return [...shebangCommand(bin), bin];
     }
     const src = join(ROOT, entry === "agent" ? "node-agent/src/main.ts" : "lease-server/src/main.ts");
     // (tsx: only when asked for; the default runs what production runs.)
@@ -400,13 +400,29 @@ export function assertBuilt(): void {
   if (statSync(built).mtimeMs < src) throw new Error("dist/ is older than the sources: run npm run build (npm test does it for you)");
 }
 
-/** The node flags in a script's `#!/usr/bin/env -S node --flag ...` line. */
-export function shebangNodeFlags(script: string): string[] {
+/** The words of a script's `#!/usr/bin/env -S VAR=value node --flag ...` line, split at `node`. */
+function shebang(script: string): { before: string[]; after: string[] } {
   const first = readFileSync(script, "utf8").split("\n", 1)[0] ?? "";
-  if (!first.startsWith("#!")) return [];
+  if (!first.startsWith("#!")) return { before: [], after: [] };
   const words = first.slice(2).trim().split(/\s+/);
   const node = words.findIndex((w) => w === "node" || w.endsWith("/node"));
-  return node < 0 ? [] : words.slice(node + 1).filter((w) => w.startsWith("--"));
+  return node < 0 ? { before: [], after: [] } : { before: words.slice(0, node), after: words.slice(node + 1) };
+}
+
+/** The node flags in a script's `#!/usr/bin/env -S node --flag ...` line. */
+export function shebangNodeFlags(script: string): string[] {
+  return shebang(script).after.filter((w) => w.startsWith("--"));
+}
+
+/** The `VAR=value` settings in a script's `#!/usr/bin/env -S VAR=value node ...` line. */
+export function shebangEnv(script: string): string[] {
+  return shebang(script).before.filter((w) => /^[A-Z_][A-Z0-9_]*=/.test(w));
+}
+
+/** How a runner starts `script` as its `#!` line would: its environment settings, node, its flags. */
+export function shebangCommand(script: string, flags = shebangNodeFlags(script)): string[] {
+  const env = shebangEnv(script);
+  return [...(env.length ? ["/usr/bin/env", ...env] : []), process.execPath, ...flags];
 }
 
 export function stopProcess(p: ChildProcess | undefined, signal: NodeJS.Signals): Promise<number | null> {

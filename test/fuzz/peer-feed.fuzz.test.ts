@@ -45,7 +45,7 @@ interface Rig {
 async function rig(net: NetworkConfig): Promise<Rig> {
   const dp = new FakeDataplane();
   const wg = new FakeWgControl();
-  const backend = createBackend(backendDeps(dp, {
+  const backend = await createBackend(backendDeps(dp, {
     net, wireguard: { device: "weft-wg", stateDir: tmpDir(), openControl: () => wg }, announce: async () => undefined,
   }));
   const ownAttrs = await backend.init({ ...localNode, network: net });

@@ -37,10 +37,25 @@ export interface Rejection {
 /** The `peer` of entries for this node itself (e.g. the route for the whole network), not for a remote peer. */
 export const NODE_ENTRY = "";
 
+/**
+ * One wanted kernel object. The reconciler keeps its bookkeeping on the entry itself (with 15,000
+ * wanted objects, one object each instead of two): make entries with desiredEntry(), so they have
+ * those fields from the start, and never share one between tables.
+ */
 export interface DesiredEntry<T> {
   /** The peer's subnet: what a failure counts against (NODE_ENTRY: no peer). */
   readonly peer: string;
   readonly value: T;
+  /** The reconciler's: the pass that first wanted it so, the last pass that wanted it, the last kernel reading that found it. */
+  since?: number;
+  seen?: number;
+  inKernel?: number;
+  /** The reconciler's, for tables without `same`: the value's key. */
+  key?: string;
+}
+
+export function desiredEntry<T>(peer: string, value: T): DesiredEntry<T> {
+  return { peer, value, since: 0, seen: 0, inKernel: 0 };
 }
 
 export interface TableState<T> {

@@ -13,7 +13,7 @@ import { WeftError } from "../../../lib/src/errors.js";
 import type { BackendAttrs, Lease } from "../../../lib/src/lease.js";
 import type { HostGwBackendConfig } from "../../../lib/src/net-config.js";
 import type { Route } from "../dataplane/dataplane.js";
-import { onSegment, type Backend, type BackendDeps, type DesiredEntry, type DesiredState, type LocalNode } from "./backend.js";
+import { onSegment, type Backend, type BackendDeps, desiredEntry, type DesiredEntry, type DesiredState, type LocalNode } from "./backend.js";
 import { screenPeers } from "./screen-peers.js";
 
 export class HostGwBackend implements Backend {
@@ -71,7 +71,7 @@ export class HostGwBackend implements Backend {
         });
         continue;
       }
-      routes.push({ peer: p.subnet, value: { dst: p.subnet, gateway: p.publicIP, oif: iface.index, onlink: false } });
+      routes.push(desiredEntry(p.subnet, { dst: p.subnet, gateway: p.publicIP, oif: iface.index, onlink: false }));
     }
     return { stages: [[{ table: this.deps.dataplane.routes, entries: routes }]], rejected };
   }

@@ -20,7 +20,7 @@ import { isValidMac, type BackendAttrs, type Lease } from "../../../lib/src/leas
 import type { VxlanBackendConfig } from "../../../lib/src/net-config.js";
 import type { FdbEntry, KernelChange, Link, LinkSpec, Neighbour, Route } from "../dataplane/dataplane.js";
 import { randomMac } from "../state.js";
-import { onSegment, type Backend, type BackendDeps, type DesiredEntry, type DesiredState, type LocalNode, type Rejection } from "./backend.js";
+import { onSegment, type Backend, type BackendDeps, desiredEntry, type DesiredEntry, type DesiredState, type LocalNode, type Rejection } from "./backend.js";
 import { ensureOwnedLink, ensureSoleAddress, ownerAlias, touchesDevice } from "./owned-devices.js";
 import { screenPeer } from "./screen-peers.js";
 
@@ -37,9 +37,6 @@ export class VxlanBackend implements Backend {
   /** Our own VTEP MAC and lease subnet: peers clashing with either are rejected. */
   private mac: string | undefined;
   private ownSubnet: Ipv4Net | undefined;
-  /** VTEP MAC -> the peer holding it in the desired state of pass `pass`, and the one of the pass before. */
-  private readonly macHolders = new Map<string, { lease: Lease; pass: number; before: Lease | undefined }>();
-  private pass = 0;
   private memo = new WeakMap<Lease, PeerEntries>();
   private memoContext = "";
   /** Device operations (start-up, repair) run one at a time. */
@@ -170,7 +167,7 @@ export class VxlanBackend implements Backend {
     const v = screenPeer(p, "vxlan", this.ownSubnet, this.deps.network);
     if ("reason" in v) return { t: REJECT, reject: v };
     const a = p.attrs;
-    if (this.direct(p.publicIP)) return { t: DIRECT, direct: { peer: p.subnet, value: { dst: p.subnet, gateway: p.publicIP, oif: this.local!.iface.index, onlink: false } } };
+    if (this.direct(p.publicIP)) return { t: DIRECT, direct: desiredEntry(p.subnet, { dst: p.subnet, gateway: p.publicIP, oif: this.local!.iface.index, onlink: false }) };
     if (a.type !== "vxlan") return { t: SKIP };
     if (a.vni !== this.config.vni) return { t: REJECT, reject: { reason: "invalid", detail: `VNI ${a.vni}, want ${this.config.vni}` } };
     if (!isValidMac(a.vtepMac)) return { t: REJECT, reject: { reason: "invalid", detail: `VTEP MAC ${a.vtepMac} is not unicast` } };
@@ -179,10 +176,9 @@ export class VxlanBackend implements Backend {
     const gw = formatIpv4(v.net.ip);
     return {
       t: TUNNEL,
-      mac: a.vtepMac,
-      neighbour: { peer: p.subnet, value: { index, ip: gw, mac: a.vtepMac } },
-      fdb: { peer: p.subnet, value: { index, mac: a.vtepMac, dst: p.publicIP } },
-      route: { peer: p.subnet, value: { dst: p.subnet, gateway: gw, oif: index, onlink: true } },
+      neighbour: desiredEntry(p.subnet, { index, ip: gw, mac: a.vtepMac }),
+      fdb: desiredEntry(p.subnet, { index, mac: a.vtepMac, dst: p.publicIP }),
+      route: desiredEntry(p.subnet, { dst: p.subnet, gateway: gw, oif: index, onlink: true }),
     };
   }
 
@@ -201,13 +197,8 @@ export class VxlanBackend implements Backend {
       this.memo = new WeakMap();
       this.memoContext = context;
     }
-    // Two nodes with one MAC (a cloned state dir): FDB entries for both would flap. The node that
-    // already had the MAC keeps it, so a clone joining cannot cut off the original; with no history,
-    // the oldest lease change wins (the same choice on every node).
-    // The holders live from pass to pass (a map rebuilt for every lease event would cost more than
-    // the event): each MAC's holder in this pass, and the one that held it in the previous pass.
-    const pass = ++this.pass;
-    let sharing: Map<string, Lease[]> | undefined;
+    // Two nodes with one VTEP MAC (a cloned state dir) never both get here: the peer table keeps each
+    // unique attribute with its first holder and sets the other lease aside (peer-table.ts).
     for (const p of peers) {
       let e = this.memo.get(p);
       if (!e) this.memo.set(p, (e = this.peerEntries(p, index)));
@@ -219,38 +210,6 @@ export class VxlanBackend implements Backend {
       neighbours.push(e.neighbour);
       fdb.push(e.fdb);
       routes.push(e.route);
-      const h = this.macHolders.get(e.mac);
-      if (!h) this.macHolders.set(e.mac, { lease: p, pass, before: undefined });
-      else if (h.pass !== pass) {
-        h.before = h.pass === pass - 1 ? h.lease : undefined;
-        h.lease = p;
-        h.pass = pass;
-      } else {
-        sharing ??= new Map();
-        const all = sharing.get(e.mac) ?? [h.lease];
-        all.push(p);
-        sharing.set(e.mac, all);
-      }
-    }
-    // MACs of peers that left would pile up; dropped when they outnumber the live ones.
-    if (this.macHolders.size > 2 * fdb.length + 64) this.macHolders.forEach((h, mac) => { if (h.pass !== pass) this.macHolders.delete(mac); });
-    if (sharing) {
-      const losers = new Set<string>();
-      for (const [mac, all] of sharing) {
-        const h = this.macHolders.get(mac)!;
-        const kept = all.find((x) => x.subnet === h.before?.subnet) ?? all.reduce((a, b) => (b.revision < a.revision ? b : a));
-        h.lease = kept;
-        for (const p of all) {
-          if (p === kept) continue;
-          losers.add(p.subnet);
-          rejected.set(p.subnet, { reason: "duplicate_vtep_mac", detail: `VTEP MAC ${mac} is already used by ${kept.nodeName} (state dir cloned from it?); give this node its own state dir` });
-        }
-      }
-      for (const list of [neighbours, fdb, routes] as Array<Array<{ peer: string }>>) {
-        let n = 0;
-        for (const e of list) if (!losers.has(e.peer)) list[n++] = e;
-        list.length = n;
-      }
     }
     return {
       stages: [
@@ -266,7 +225,6 @@ const SKIP = 0, DIRECT = 1, REJECT = 2, TUNNEL = 3;
 
 interface TunnelEntries {
   readonly t: typeof TUNNEL;
-  readonly mac: string;
   readonly neighbour: DesiredEntry<Neighbour>;
   readonly fdb: DesiredEntry<FdbEntry>;
   readonly route: DesiredEntry<Route>;

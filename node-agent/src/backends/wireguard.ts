@@ -27,7 +27,7 @@ import { isKey, type KeyPair } from "../wireguard/keys.js";
 import { UapiControl } from "../wireguard/uapi.js";
 import { WgPeerTable } from "../wireguard/wg-peers.js";
 import { WireguardGo } from "../wireguard/wireguard-go.js";
-import { NODE_ENTRY, type Backend, type BackendDeps, type DesiredEntry, type DesiredState, type KeyRotation, type LocalNode, type PeerHealth, type WireguardOptions } from "./backend.js";
+import { NODE_ENTRY, desiredEntry, type Backend, type BackendDeps, type DesiredEntry, type DesiredState, type KeyRotation, type LocalNode, type PeerHealth, type WireguardOptions } from "./backend.js";
 import { ensureOwnedLink, ensureSoleAddress, isOwned, ownerAlias, touchesDevice } from "./owned-devices.js";
 import { screenPeers } from "./screen-peers.js";
 
@@ -229,20 +229,17 @@ export class WireguardBackend implements Backend {
       else if (clash) rejected.set(p.subnet, { reason: "invalid_key", detail: `public key ${publicKey} is already used by ${clash} (state dir cloned from it?); give this node its own state dir` });
       else {
         holder.set(publicKey, p);
-        entries.push({
-          peer: p.subnet,
-          value: {
-            publicKey, endpoint: `${p.publicIP}:${listenPort || this.config.listenPort}`, allowedIPs: [p.subnet],
-            keepalive: this.config.persistentKeepaliveInterval, ...(this.options.presharedKey ? { presharedKey: this.options.presharedKey } : {}),
-          },
-        });
+        entries.push(desiredEntry(p.subnet, {
+          publicKey, endpoint: `${p.publicIP}:${listenPort || this.config.listenPort}`, allowedIPs: [p.subnet],
+          keepalive: this.config.persistentKeepaliveInterval, ...(this.options.presharedKey ? { presharedKey: this.options.presharedKey } : {}),
+        }));
       }
     }
     const now = Date.now();
     this.wantedSince = new Map(entries.map((e) => [e.value.publicKey, this.wantedSince.get(e.value.publicKey) ?? now]));
     const route: Route = { dst: formatCidr(this.deps.network.network), oif: this.deviceIndex, onlink: false };
     return {
-      stages: [[{ table: this.peerTable, entries }, { table: this.deps.dataplane.routes, entries: [{ peer: NODE_ENTRY, value: route }] }]],
+      stages: [[{ table: this.peerTable, entries }, { table: this.deps.dataplane.routes, entries: [desiredEntry(NODE_ENTRY, route)] }]],
       rejected,
       listEveryPass: true,
     };

@@ -1,0 +1,88 @@
+import { describe, expect, it } from "vitest";
+import { DataplaneSync } from "../src/dataplane-sync.js";
+import { createAgentMetrics } from "../src/metrics.js";
+import { PeerTable } from "../src/peer-table.js";
+import { Reconciler } from "../src/reconciler.js";
+import { peer, silentLog, vxlanOnFake } from "./helpers/fixtures.js";
+
+const lists = (calls: string[]) => calls.filter((c) => c.startsWith("list"));
+const mutations = (calls: string[]) => calls.filter((c) => !c.startsWith("list"));
+
+async function rig(peerCount: number) {
+  const { dp, backend } = await vxlanOnFake();
+  // How many leases each desired() call was given: a change pass asks for the changed ones alone.
+  const asked: number[] = [];
+  const desired = backend.desired.bind(backend);
+  backend.desired = (peers) => (asked.push(peers.length), desired(peers));
+  const table = new PeerTable("me");
+  table.addSnapshotLeases(Array.from({ length: peerCount }, (_, i) => peer(i + 2)));
+  table.completeSnapshot();
+  const ac = new AbortController();
+  let passes = 0;
+  const sync = new DataplaneSync({
+    backend, firewall: { check: async () => undefined, ensure: async () => [] }, reconciler: new Reconciler(silentLog), peers: table,
+    underlayIndex: 2, resyncIntervalMs: 60_000, log: silentLog, metrics: createAgentMetrics(), signal: ac.signal,
+    onPass: () => passes++,
+  });
+  /** Asks for a pass and waits until it (and any it coalesced) ran. */
+  const pass = async (what?: Parameters<DataplaneSync["request"]>[0]) => {
+    const before = passes;
+    sync.request(what);
+    for (let i = 0; i < 200 && passes === before; i++) await new Promise((r) => setTimeout(r, 5));
+    expect(passes).toBeGreaterThan(before);
+  };
+  return { dp, table, sync, pass, asked, stop: () => ac.abort() };
+}
+
+describe("DataplaneSync", () => {
+  it("applies a lease event from the changed peer alone: no dump, no other peer's objects", async () => {
+    const { dp, table, sync, pass, asked, stop } = await rig(50);
+    await pass();
+    expect(sync.counts.programmed).toBe(50);
+    expect(asked).toEqual([50]);
+    asked.length = 0;
+    dp.calls.length = 0;
+    table.applyEvent({ type: "added", lease: peer(90), revision: 100 });
+    await pass();
+    expect(lists(dp.calls)).toEqual([]);
+    expect(mutations(dp.calls).sort()).toEqual(["putFdb 0e:00:00:00:00:5a", "putNeighbour 10.244.90.0", "putRoute 10.244.90.0/24"]);
+    dp.calls.length = 0;
+    table.applyEvent({ type: "removed", lease: peer(3), revision: 101 });
+    await pass();
+    expect(lists(dp.calls)).toEqual([]);
+    expect(mutations(dp.calls)).toEqual(["removeRoute 10.244.3.0/24", "removeNeighbour 10.244.3.0", "removeFdb 0e:00:00:00:00:03"]);
+    expect(sync.counts.programmed).toBe(50);
+    // Before and after of the one changed lease, twice; never the whole table.
+    expect(asked).toEqual([0, 1, 1, 0]);
+    stop();
+  });
+
+  it("keeps rejections of unchanged peers across a change pass, and drops those of changed ones", async () => {
+    const { table, sync, pass, stop } = await rig(3);
+    table.applyEvent({ type: "added", lease: peer(40, { attrs: { type: "vxlan", vni: 7, vtepMac: "0e:00:00:00:00:40" } }), revision: 10 });
+    await pass();
+    expect(sync.counts.rejected).toBe(1);
+    table.applyEvent({ type: "added", lease: peer(41), revision: 11 });
+    await pass();
+    expect(sync.counts).toEqual({ programmed: 4, rejected: 1 });
+    table.applyEvent({ type: "changed", lease: peer(40), revision: 12 });
+    await pass();
+    expect(sync.counts).toEqual({ programmed: 5, rejected: 0 });
+    stop();
+  });
+
+  it("reads the kernel when the timer asks, and after a snapshot replaced the table", async () => {
+    const { dp, table, pass, stop } = await rig(5);
+    await pass();
+    dp.calls.length = 0;
+    await pass({ kernel: true });
+    expect(lists(dp.calls).length).toBeGreaterThan(0);
+    dp.calls.length = 0;
+    table.addSnapshotLeases([peer(2), peer(3)]);
+    table.completeSnapshot();
+    await pass();
+    // From memory (no dumps), but over the whole new table: the three peers that left go.
+    expect(mutations(dp.calls).filter((c) => c.startsWith("removeRoute")).length).toBe(3);
+    stop();
+  });
+});

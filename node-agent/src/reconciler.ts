@@ -141,13 +141,17 @@ export class Reconciler {
         : await Promise.all(all.map((s) => this.planFromKernel(s.table)));
     } catch (err) {
       this.trusted = false;
-      // What this pass wanted anew is not in the kernel: not programmed, and no drift when the next pass puts it.
+      // What this pass wanted anew is not in the kernel: not programmed (until a pass puts it: counted
+      // as failed), and no drift when the next pass puts it.
+      const unplaced = new Set(this.lastFailed);
       for (const c of changes) {
         for (const it of c.fresh) {
           this.programmed.delete(it.peer);
+          unplaced.add(it.peer);
           it.since = pass + 1;
         }
       }
+      this.lastFailed = unplaced;
       throw err;
     }
     return this.apply(want.stages as ReadonlyArray<Stage>, plan, pass, fromMemory, want.rejected, t0);

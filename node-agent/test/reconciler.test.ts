@@ -269,6 +269,18 @@ describe("Reconciler on a FakeDataplane", () => {
     expect(mutations(dp.calls)).toEqual([]);
   });
 
+  it("counts a peer as programmed again once a pass after a failed reading of the kernel puts it", async () => {
+    const { dp, backend } = await vxlanOnFake();
+    const rec = new Reconciler(silentLog);
+    await rec.reconcile(backend.desired([peer(2)]));
+    dp.failing.add("listRoutes");
+    await expect(rec.reconcile(backend.desired([peer(2), peer(3)]))).rejects.toThrow(/injected failure/);
+    dp.failing.clear();
+    const r = await rec.reconcile(backend.desired([peer(2), peer(3)]));
+    expect(r).toMatchObject({ added: 3, errors: 0 });
+    expect([...r.programmed].sort()).toEqual(["10.244.2.0/24", "10.244.3.0/24"]);
+  });
+
   it("refuses a change pass while its memory is doubtful (drift, failures), so a full pass runs", async () => {
     const { dp, backend } = await vxlanOnFake();
     const rec = new Reconciler(silentLog);

@@ -29,6 +29,7 @@ import { parseCidr } from "../../lib/src/cidr.js";
 import type { AgentView, LeaseView, PeerView } from "./api.js";
 import type { Backend, KeyRotation, LocalNode } from "./backends/backend.js";
 import { createBackend } from "./backends/index.js";
+import { collectGarbage } from "./heap.js";
 import { removeStaleDevices } from "./backends/owned-devices.js";
 import { backoffDelay, clampTimerMs, sleep } from "./backoff.js";
 import type { AgentConfig } from "./config.js";
@@ -184,6 +185,7 @@ export class Agent {
       backend, firewall, reconciler, peers: this.peers, underlayIndex: iface.index,
       resyncIntervalMs: config.resyncIntervalMs, log, metrics, signal: this.signal,
       onPassStart: () => (this.passReads = this.feedRevision),
+      afterKernelRead: collectGarbage,
       onPass: (ok) => {
         if (ok) this.passApplied = this.passReads;
         this.updateReady();

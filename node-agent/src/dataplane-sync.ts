@@ -47,6 +47,8 @@ export interface DataplaneSyncDeps {
   readonly onPass: (ok: boolean) => void;
   /** Called when a pass reads the peers: what it programs is the peer table as of this moment. */
   readonly onPassStart?: () => void;
+  /** Called when passes that read the kernel's tables are done and none is queued (heap.ts). */
+  readonly afterKernelRead?: () => void;
 }
 
 export interface PeerSource {
@@ -123,6 +125,7 @@ export class DataplaneSync {
   private async run(): Promise<void> {
     const { log, metrics, backend, firewall, reconciler } = this.deps;
     let failures = 0;
+    let readTables = false;
     do {
       this.dirty = false;
       let ok = true;
@@ -140,6 +143,7 @@ export class DataplaneSync {
         const changes = table.takeChanges();
         const trustMemory = !this.readKernel;
         this.readKernel = false;
+        readTables ||= !trustMemory;
         let r: ReconcileResult | undefined;
         let rejected: ReadonlyMap<string, Rejection>;
         let named: (subnet: string) => string | undefined;
@@ -196,6 +200,7 @@ export class DataplaneSync {
       }
       this.deps.onPass(ok);
     } while (this.dirty && !this.deps.signal.aborted);
+    if (readTables && !this.deps.signal.aborted) this.deps.afterKernelRead?.();
   }
 
   /** Runs one repair step; a failure is a readiness problem, not a reason to skip the peers. */

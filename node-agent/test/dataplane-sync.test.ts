@@ -19,10 +19,12 @@ async function rig(peerCount: number) {
   table.completeSnapshot();
   const ac = new AbortController();
   let passes = 0;
+  const kernelReads = { n: 0 };
   const sync = new DataplaneSync({
     backend, firewall: { check: async () => undefined, ensure: async () => [] }, reconciler: new Reconciler(silentLog), peers: table,
     underlayIndex: 2, resyncIntervalMs: 60_000, log: silentLog, metrics: createAgentMetrics(), signal: ac.signal,
     onPass: () => passes++,
+    afterKernelRead: () => kernelReads.n++,
   });
   /** Asks for a pass and waits until it (and any it coalesced) ran. */
   const pass = async (what?: Parameters<DataplaneSync["request"]>[0]) => {
@@ -31,7 +33,7 @@ async function rig(peerCount: number) {
     for (let i = 0; i < 200 && passes === before; i++) await new Promise((r) => setTimeout(r, 5));
     expect(passes).toBeGreaterThan(before);
   };
-  return { dp, table, sync, pass, asked, stop: () => ac.abort() };
+  return { dp, table, sync, pass, asked, kernelReads, stop: () => ac.abort() };
 }
 
 describe("DataplaneSync", () => {
@@ -72,17 +74,41 @@ describe("DataplaneSync", () => {
   });
 
   it("reads the kernel when the timer asks, and after a snapshot replaced the table", async () => {
-    const { dp, table, pass, stop } = await rig(5);
+    const { dp, table, pass, kernelReads, stop } = await rig(5);
     await pass();
+    expect(kernelReads.n).toBe(1);
+    table.applyEvent({ type: "added", lease: peer(60), revision: 10 });
+    await pass();
+    // A change pass reads nothing, so there is nothing to collect after it.
+    expect(kernelReads.n).toBe(1);
     dp.calls.length = 0;
     await pass({ kernel: true });
     expect(lists(dp.calls).length).toBeGreaterThan(0);
+    expect(kernelReads.n).toBe(2);
     dp.calls.length = 0;
     table.addSnapshotLeases([peer(2), peer(3)]);
     table.completeSnapshot();
     await pass();
-    // From memory (no dumps), but over the whole new table: the three peers that left go.
-    expect(mutations(dp.calls).filter((c) => c.startsWith("removeRoute")).length).toBe(3);
+    // From memory (no dumps), but over the whole new table: the four peers that left go.
+    expect(mutations(dp.calls).filter((c) => c.startsWith("removeRoute")).length).toBe(4);
     stop();
+  });
+});
+
+describe("collectGarbage", () => {
+  it("asks V8 for a concurrent full collection when node runs with --expose-gc, and does nothing without", async () => {
+    const { collectGarbage } = await import("../src/heap.js");
+    const g = globalThis as { gc?: unknown };
+    const had = g.gc;
+    try {
+      delete g.gc;
+      expect(() => collectGarbage()).not.toThrow();
+      const asked: unknown[] = [];
+      g.gc = (o: unknown) => (asked.push(o), Promise.resolve());
+      collectGarbage();
+      expect(asked).toEqual([{ type: "major", execution: "async" }]);
+    } finally {
+      g.gc = had;
+    }
   });
 });

@@ -4,7 +4,7 @@ import { ROOT, shebangCommand, shebangEnv, shebangNodeFlags } from "./cluster.js
 
 describe("Cluster dist runner", () => {
   it("runs bin/weft-agent with the V8 flags of its shebang", () => {
-    expect(shebangNodeFlags(join(ROOT, "bin", "weft-agent"))).toEqual(["--max-semi-space-size=2", "--max-old-space-size=192", "--optimize-for-size", "--no-opt"]);
+    expect(shebangNodeFlags(join(ROOT, "bin", "weft-agent"))).toEqual(["--max-semi-space-size=2", "--max-old-space-size=192", "--optimize-for-size", "--no-opt", "--expose-gc"]);
     expect(shebangNodeFlags(join(ROOT, "bin", "weft-lease-server"))).toEqual([]);
   });
 

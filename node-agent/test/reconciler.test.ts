@@ -7,6 +7,17 @@ import { peer, silentLog, vxlanOnFake } from "./helpers/fixtures.js";
 
 const mutations = (calls: string[]) => calls.filter((c) => !c.startsWith("list"));
 
+/** 20 VXLAN peers programmed on a fake, and peer 5 as it looks after it moved (new MAC and address). */
+async function twentyPeersProgrammed() {
+  const { dp, backend } = await vxlanOnFake();
+  const rec = new Reconciler(silentLog);
+  const peers = Array.from({ length: 20 }, (_, i) => peer(i + 2));
+  await rec.reconcile(backend.desired(peers));
+  dp.calls.length = 0;
+  const moved = peer(5, { publicIP: "198.18.0.77", attrs: { type: "vxlan", vni: 1, vtepMac: "0e:00:00:00:77:77" } });
+  return { dp, backend, rec, peers, moved };
+}
+
 describe("Reconciler on a FakeDataplane", () => {
   it("programs ARP, FDB and route per peer, routes last, and is idempotent", async () => {
     const { dp, backend } = await vxlanOnFake();
@@ -220,12 +231,7 @@ describe("Reconciler on a FakeDataplane", () => {
   });
 
   it("applies a lease event from memory: only the changed peer's objects, no dumps", async () => {
-    const { dp, backend } = await vxlanOnFake();
-    const rec = new Reconciler(silentLog);
-    const peers = Array.from({ length: 20 }, (_, i) => peer(i + 2));
-    await rec.reconcile(backend.desired(peers));
-    dp.calls.length = 0;
-    const moved = peer(5, { publicIP: "198.18.0.77", attrs: { type: "vxlan", vni: 1, vtepMac: "0e:00:00:00:77:77" } });
+    const { dp, backend, rec, peers, moved } = await twentyPeersProgrammed();
     const next = [...peers.slice(0, 3), moved, ...peers.slice(4, 19)]; // peer 5 changed, peer 21 gone
     const r = await rec.reconcile(backend.desired(next), { trustMemory: true });
     expect(dp.calls.filter((c) => c.startsWith("list"))).toEqual([]);
@@ -240,12 +246,7 @@ describe("Reconciler on a FakeDataplane", () => {
   });
 
   it("applies a change from the changed peers' leases alone, and later full passes agree with it", async () => {
-    const { dp, backend } = await vxlanOnFake();
-    const rec = new Reconciler(silentLog);
-    const peers = Array.from({ length: 20 }, (_, i) => peer(i + 2));
-    await rec.reconcile(backend.desired(peers));
-    dp.calls.length = 0;
-    const moved = peer(5, { publicIP: "198.18.0.77", attrs: { type: "vxlan", vni: 1, vtepMac: "0e:00:00:00:77:77" } });
+    const { dp, backend, rec, peers, moved } = await twentyPeersProgrammed();
     const r1 = await rec.reconcileChange(backend.desired([peers[3]!]), backend.desired([moved]));
     expect(mutations(dp.calls).sort()).toEqual(["putFdb 0e:00:00:00:77:77", "putNeighbour 10.244.5.0", "removeFdb 0e:00:00:00:00:05"]);
     expect(r1).toMatchObject({ added: 2, deleted: 1, errors: 0 });

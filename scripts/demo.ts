@@ -115,6 +115,8 @@ async function main(): Promise<void> {
 
     const round = async () => {
       const lines = await Promise.all(pods.flatMap((a) => pods.filter((b) => b.node !== a.node && b.ns.endsWith("-p0")).map((b) => pingLine(c, a, b))));
+      // A round that was under way when the cleanup began pinged namespaces being deleted: not a result.
+      if (cleaning) return;
       process.stdout.write(`\npings across the overlay (${new Date().toISOString()})\n${lines.join("\n")}\n`);
     };
     await round();

@@ -56,6 +56,7 @@ export interface PeerSource {
   readonly synced: boolean;
   readonly size: number;
   list(): readonly Lease[];
+  get(subnet: string): Lease | undefined;
   /** The peers changed since the last call; undefined when only the whole list says what is wanted. */
   takeChanges(): PeerChange[] | undefined;
 }
@@ -123,7 +124,7 @@ export class DataplaneSync {
   }
 
   private async run(): Promise<void> {
-    const { log, metrics, backend, firewall, reconciler } = this.deps;
+    const { log, metrics, backend, firewall } = this.deps;
     let failures = 0;
     let readTables = false;
     do {
@@ -139,39 +140,12 @@ export class DataplaneSync {
           await this.guard("firewall", async () => this.countRepairs(await firewall.ensure()));
         }
         this.deps.onPassStart?.();
-        const table = this.deps.peers;
-        const changes = table.takeChanges();
         const trustMemory = !this.readKernel;
         this.readKernel = false;
         readTables ||= !trustMemory;
-        let r: ReconcileResult | undefined;
-        let rejected: ReadonlyMap<string, Rejection>;
-        let named: (subnet: string) => string | undefined;
-        if (trustMemory && changes !== undefined && changes.length <= MAX_CHANGE_PASS) {
-          // A lease event: the changed peers alone, from memory (no dumps, no walk over every peer).
-          const before: Lease[] = [];
-          const after: Lease[] = [];
-          for (const c of changes) {
-            if (c.before) before.push(c.before);
-            if (c.after) after.push(c.after);
-          }
-          r = await reconciler.reconcileChange(backend.desired(before), backend.desired(after));
-          named = (subnet) => after.find((p) => p.subnet === subnet)?.nodeName;
-          if (r) {
-            const all = new Map(this.rejected);
-            for (const c of changes) all.delete((c.after ?? c.before)!.subnet);
-            r.rejected.forEach((rej, subnet) => all.set(subnet, rej));
-            rejected = all;
-          }
-        }
-        if (r === undefined) {
-          const peers = table.list();
-          r = await reconciler.reconcile(backend.desired(peers), { trustMemory });
-          named = (subnet) => peers.find((p) => p.subnet === subnet)?.nodeName;
-          rejected = r.rejected;
-        }
+        const { result: r, rejected } = await this.reconcilePeers(trustMemory);
         for (const [subnet, rej] of r.rejected) {
-          if (this.rejected.get(subnet)?.detail !== rej.detail) log.error({ peer: named!(subnet), subnet, reason: rej.reason, detail: rej.detail }, "peer rejected; not programming it");
+          if (this.rejected.get(subnet)?.detail !== rej.detail) log.error({ peer: this.deps.peers.get(subnet)?.nodeName, subnet, reason: rej.reason, detail: rej.detail }, "peer rejected; not programming it");
         }
         for (const [kind, n] of r.repaired) {
           metrics.driftRepairs.inc({ kind }, n);
@@ -179,11 +153,11 @@ export class DataplaneSync {
         }
         this.programmed = r.programmed;
         this.failed = r.failed;
-        this.rejected = rejected!;
+        this.rejected = rejected;
         this.passDone = true;
         this.lastPassMs = r.durationMs;
         ok = r.errors === 0;
-        if (r.errors) this.problems.set("dataplane", `${r.failed.size} of ${table.size - this.rejected.size} peers not programmed (${r.errors} failed operations): ${r.problems.join("; ")}`);
+        if (r.errors) this.problems.set("dataplane", `${r.failed.size} of ${this.deps.peers.size - this.rejected.size} peers not programmed (${r.errors} failed operations): ${r.problems.join("; ")}`);
         else this.problems.delete("dataplane");
         await this.updateMetrics();
         failures = 0;
@@ -201,6 +175,29 @@ export class DataplaneSync {
       this.deps.onPass(ok);
     } while (this.dirty && !this.deps.signal.aborted);
     if (readTables && !this.deps.signal.aborted) this.deps.afterKernelRead?.();
+  }
+
+  /**
+   * Reconciles the peers: a lease event's changed peers alone when the memory may be trusted (no
+   * dumps, no walk over every peer), otherwise all of them. `rejected`: every peer refused now.
+   */
+  private async reconcilePeers(trustMemory: boolean): Promise<{ result: ReconcileResult; rejected: ReadonlyMap<string, Rejection> }> {
+    const { backend, reconciler, peers } = this.deps;
+    // Taken on every pass, so a later change pass sees only what changed after this one.
+    const changes = peers.takeChanges();
+    if (trustMemory && changes !== undefined && changes.length <= MAX_CHANGE_PASS) {
+      const before = changes.flatMap((c) => (c.before ? [c.before] : []));
+      const after = changes.flatMap((c) => (c.after ? [c.after] : []));
+      const result = await reconciler.reconcileChange(backend.desired(before), backend.desired(after));
+      if (result) {
+        const rejected = new Map(this.rejected);
+        for (const c of changes) rejected.delete((c.after ?? c.before)!.subnet);
+        result.rejected.forEach((rej, subnet) => rejected.set(subnet, rej));
+        return { result, rejected };
+      }
+    }
+    const result = await reconciler.reconcile(backend.desired(peers.list()), { trustMemory });
+    return { result, rejected: result.rejected };
   }
 
   /** Runs one repair step; a failure is a readiness problem, not a reason to skip the peers. */

@@ -174,6 +174,10 @@ export class PeerTable {
     return [...this.peers.values()];
   }
 
+  get(subnet: string): Lease | undefined {
+    return this.peers.get(subnet);
+  }
+
   get size(): number {
     return this.peers.size;
   }

@@ -384,7 +384,6 @@ export class Reconciler {
       const it = items.get(table.id(o));
       if (it === undefined) removes.push(o);
       else if (table.same ? table.same(it.value, o) : it.key === table.key(o)) it.inKernel = mark;
-      else if (table.sharedIds) removes.push(o);
     };
     if (table.scan) {
       await table.scan(visit, () => { removes = []; mark = ++this.marks; });
@@ -402,9 +401,7 @@ export class Reconciler {
     const table = this.identify.get(c.kind);
     const want = table && this.models.get(c.kind)?.items.get(table.id(c.value));
     if (want === undefined) return false;
-    const same = table!.same ? table!.same(c.value, want.value) : table!.key(c.value) === want.key;
-    // Of objects sharing an id, only the wanted one's deletion is drift.
-    const drift = c.deleted ? !table!.sharedIds || same : !c.ours || !same;
+    const drift = c.deleted || !c.ours || (table!.same ? !table!.same(c.value, want.value) : table!.key(c.value) !== want.key);
     if (drift) this.trusted = false;
     return drift;
   }

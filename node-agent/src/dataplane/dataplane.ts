@@ -101,11 +101,6 @@ export interface KernelTable<T> {
   scan?(visit: (o: T) => void, restart: () => void): Promise<void>;
   /** Identity: a put replaces the kernel object with the same id. */
   id(o: T): string;
-  /**
-   * The kernel may hold several objects with one id (a VXLAN FDB entry: one MAC, several
-   * destinations; a put replaces the first). One that is not the wanted object is then removed too.
-   */
-  readonly sharedIds?: boolean;
   /** The whole value: objects with equal keys need no change. */
   key(o: T): string;
   /**

@@ -300,9 +300,9 @@ export class NetlinkDataplane implements Dataplane {
       list: async () => (await this.permanentOn(AF_BRIDGE, index)).map((n) => ({ index, mac: n.lladdr, dst: n.dst })),
       scan: (visit, restart) => this.scanPermanentOn(AF_BRIDGE, index, (dst, mac) => ({ index, mac, dst }), visit, restart),
       // On this table's own device the MAC alone identifies an entry (the value's own string, no new
-      // one per peer); a destination appended to one of our MACs is found by sharedIds and removed.
+      // one per peer): the kernel keeps one destination per unicast MAC (append is only for the
+      // all-zeros and multicast entries), and a put replaces it.
       id: (e) => (e.index === index ? e.mac : fdbKey(e)),
-      sharedIds: true,
       key: fdbKey,
       same: fdbSame,
       // NLM_F_REPLACE on a VXLAN FDB entry replaces the MAC's remote.

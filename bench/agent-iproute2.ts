@@ -5,8 +5,15 @@
 // namespace with a veth underlay. The operations match the agent's: replace
 // for ARP and FDB entries, add for routes (protocol 87). Timed from the start
 // of `ip` to the end of `bridge`, process start-up included (a few ms).
+//
+// Two forms of the routes: "routes", what a user scripting iproute2 writes
+// (`route add ... via ... dev ... onlink`), the issue's reference; and
+// "nexthops", the kernel objects weft itself makes (a nexthop object per
+// peer with the id weft gives it, and a route naming it), to show what the
+// choice of objects is worth apart from the tool.
 import { writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { nexthopIdFor } from "../node-agent/src/dataplane/nexthop-id.js";
 import { addNetns, ip, sh } from "../test/e2e/netns.js";
 
 const hex = (x: number) => x.toString(16).padStart(2, "0");
@@ -17,7 +24,9 @@ function peer(i: number): { net: string; gw: string; mac: string; publicIP: stri
   return { net: `10.${a}.${b}.0/24`, gw: `10.${a}.${b}.0`, mac: `0e:be:00:${hex((i >> 16) & 255)}:${hex(a)}:${hex(b)}`, publicIP: `198.19.${Math.floor(i / 254)}.${(i % 254) + 1}` };
 }
 
-export async function iproute2Batch(ns: string, n: number, dir: string): Promise<{ ms: number; ipMs: number; bridgeMs: number }> {
+export type RouteForm = "routes" | "nexthops";
+
+export async function iproute2Batch(ns: string, n: number, dir: string, form: RouteForm = "routes"): Promise<{ ms: number; ipMs: number; bridgeMs: number }> {
   await ip("netns", "del", ns).catch(() => undefined);
   await addNetns(ns);
   try {
@@ -37,9 +46,14 @@ export async function iproute2Batch(ns: string, n: number, dir: string): Promise
     }
     for (let i = 0; i < n; i++) {
       const p = peer(i);
-      ipLines.push(`route add ${p.net} via ${p.gw} dev weft.1 onlink proto 87`);
+      if (form === "routes") {
+        ipLines.push(`route add ${p.net} via ${p.gw} dev weft.1 onlink proto 87`);
+      } else {
+        const id = nexthopIdFor(p.net)!;
+        ipLines.push(`nexthop add id ${id} via ${p.gw} dev weft.1 onlink proto 87`, `route add ${p.net} nhid ${id} proto 87`);
+      }
     }
-    const ipFile = join(dir, `iproute2-ip-${n}.batch`);
+    const ipFile = join(dir, `iproute2-ip-${form}-${n}.batch`);
     const fdbFile = join(dir, `iproute2-bridge-${n}.batch`);
     writeFileSync(ipFile, ipLines.join("\n") + "\n");
     writeFileSync(fdbFile, fdbLines.join("\n") + "\n");

@@ -10,7 +10,7 @@ import { join } from "node:path";
 import { cpus, loadavg } from "node:os";
 import { Cluster, GRPC_PORT, ROOT, SERVER_IP, shebangCommand, shebangEnv, shebangNodeFlags } from "../test/e2e/cluster.js";
 import { addNetns, ip, ipJson, sh } from "../test/e2e/netns.js";
-import { iproute2Batch } from "./agent-iproute2.js";
+import { iproute2Batch, type RouteForm } from "./agent-iproute2.js";
 
 const SIZES = (process.env.WEFT_BENCH_SIZES ?? "1000,5000").split(",").map(Number);
 const ROUNDS = Number(process.env.WEFT_BENCH_ROUNDS ?? 3);
@@ -68,7 +68,7 @@ async function main(): Promise<void> {
     cmd.nodeCmd = (entry) => (entry === "agent" ? [...shebangCommand(AGENT_BIN, agentFlags), AGENT_BIN] : orig(entry));
   }
   const results: Array<Record<string, number | string>> = [];
-  const refs: Array<{ peers: number; round: number; ms: number; ipMs: number; bridgeMs: number }> = [];
+  const refs: Array<{ peers: number; round: number; form: RouteForm; ms: number; ipMs: number; bridgeMs: number }> = [];
   const micros: Array<Record<string, unknown>> = [];
   let changes: ReturnType<typeof peerChanges> = [];
   try {
@@ -97,7 +97,7 @@ async function main(): Promise<void> {
       process.stderr.write(`loaded ${n} leases (${load.stdout.trim()})\n`);
       for (let round = 0; round < ROUNDS; round++) {
         const reference = async () => {
-          refs.push({ peers: n, round, ...await iproute2Batch(`${c.prefix}ipr`, n, join(c.workDir, "batch")) });
+          for (const form of ["routes", "nexthops"] as const) refs.push({ peers: n, round, form, ...await iproute2Batch(`${c.prefix}ipr`, n, join(c.workDir, "batch"), form) });
         };
         // Which goes first alternates, so a slow spell of the machine does not always hit the same one.
         if (round % 2 === 0) await reference();
@@ -137,16 +137,22 @@ async function main(): Promise<void> {
   out(`\none reconcile pass from empty (route + ARP + FDB per peer), NetlinkDataplane alone, ${agentCmd}`);
   for (const m of micros) out(`  ${String(m.peers).padStart(6)} peers: first pass ${m.firstMs} ms (${m.added} kernel objects), no-op pass ${m.noopMs} ms (after peer changes ${m.noopAfterChangesMs} ms), one peer added or removed ${median(m.singlePeerMs as number[])} ms p50, RSS ${m.rssAfterNoop} MiB`);
   out(`\nprogramming N peers from nothing (VXLAN: route + ARP + FDB per peer), ${ROUNDS} rounds each; agent runner ${runner}, ${agentCmd}`);
-  out(`  ${"peers".padStart(6)} ${"iproute2 batch".padStart(16)} ${"weft snapshot->ready".padStart(22)} ${"ratio".padStart(6)} ${"reconcile pass".padStart(16)} ${"start->ready".padStart(16)} ${"RSS".padStart(16)}`);
+  out(`  ${"peers".padStart(6)} ${"iproute2 batch".padStart(16)} ${"weft snapshot->ready".padStart(22)} ${"ratio".padStart(6)} ${"iproute2 nexthops".padStart(18)} ${"ratio".padStart(6)} ${"reconcile pass".padStart(16)} ${"start->ready".padStart(16)} ${"RSS".padStart(16)}`);
+  const ratio = (a: number, b: number) => Math.round((a / b) * 100) / 100;
   const summary = SIZES.map((n) => {
     const w = results.filter((r) => r.peers === n);
-    const ref = refs.filter((r) => r.peers === n).map((r) => r.ms);
+    const ref = refs.filter((r) => r.peers === n && r.form === "routes").map((r) => r.ms);
+    const refNh = refs.filter((r) => r.peers === n && r.form === "nexthops").map((r) => r.ms);
     const weft = w.map((r) => r.snapshotToReadyMs as number);
-    const s = { peers: n, iproute2Ms: median(ref), weftMs: median(weft), ratio: Math.round((median(weft) / median(ref)) * 100) / 100, rssMiBMax: Math.max(...w.map((r) => r.rssMiB as number)) };
-    out(`  ${String(n).padStart(6)} ${range(ref, "ms").padStart(16)} ${range(weft, "ms").padStart(22)} ${s.ratio.toFixed(2).padStart(6)} ${range(w.map((r) => r.reconcileMs as number), "ms").padStart(16)} ${range(w.map((r) => r.startToReadyMs as number), "ms").padStart(16)} ${range(w.map((r) => r.rssMiB as number), "MiB").padStart(16)}`);
+    const s = {
+      peers: n, iproute2Ms: median(ref), weftMs: median(weft), ratio: ratio(median(weft), median(ref)),
+      iproute2NexthopsMs: median(refNh), ratioToNexthops: ratio(median(weft), median(refNh)), rssMiBMax: Math.max(...w.map((r) => r.rssMiB as number)),
+    };
+    out(`  ${String(n).padStart(6)} ${range(ref, "ms").padStart(16)} ${range(weft, "ms").padStart(22)} ${s.ratio.toFixed(2).padStart(6)} ${range(refNh, "ms").padStart(18)} ${s.ratioToNexthops.toFixed(2).padStart(6)} ${range(w.map((r) => r.reconcileMs as number), "ms").padStart(16)} ${range(w.map((r) => r.startToReadyMs as number), "ms").padStart(16)} ${range(w.map((r) => r.rssMiB as number), "MiB").padStart(16)}`);
     return s;
   });
   out(`  ratio = median weft snapshot->ready / median iproute2 batch (ip -batch + bridge -batch, process start included)`);
+  out(`  iproute2 batch: route add ... via ... onlink (the issue's reference); iproute2 nexthops: the objects weft makes (a nexthop per peer + a route naming it)`);
   const adds = changes.filter((x) => x.type === "added"), removes = changes.filter((x) => x.type === "removed");
   const churn = {
     peers: Math.max(...SIZES), adds: adds.length, removes: removes.length,

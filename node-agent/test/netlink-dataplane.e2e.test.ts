@@ -6,6 +6,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { addNetns, bridgeFdbJson, cleanupNetns, ip, ipJson, kernelTestEnv, newRunId, NS_PREFIX, sh, waitFor } from "../../test/e2e/netns.js";
 import { Cluster } from "../../test/e2e/cluster.js";
 import type { KernelChange, Link } from "../src/dataplane/dataplane.js";
+import { nexthopIdFor } from "../src/dataplane/nexthop-id.js";
 
 const env = kernelTestEnv();
 const run = newRunId();
@@ -41,8 +42,8 @@ export class Driver {
   }
 }
 
-export function startDriver(ns: string, monitorBufferBytes?: number): Driver {
-  const args = [process.execPath, "--import", "tsx", "node-agent/test/helpers/dataplane-driver.ts", ...(monitorBufferBytes ? [String(monitorBufferBytes)] : [])];
+export function startDriver(ns: string, monitorBufferBytes?: number, routes: "nexthops" | "plain" = "nexthops"): Driver {
+  const args = [process.execPath, "--import", "tsx", "node-agent/test/helpers/dataplane-driver.ts", String(monitorBufferBytes ?? 0), routes];
   return new Driver(spawn("ip", ["netns", "exec", ns, ...args], { stdio: ["pipe", "pipe", "pipe"] }));
 }
 
@@ -130,8 +131,11 @@ describe.skipIf(!env.ok)("NetlinkDataplane (kernel, one namespace)", () => {
     expect(await dp.call("routes.list")).toEqual([route]);
     expect(await dp.call(`neighbours:${l.index}.list`)).toEqual([neigh]);
     expect(await dp.call(`fdb:${l.index}.list`)).toEqual([fdb]);
+    // Through a nexthop object of ours, numbered after the dst (nexthop-id.ts).
+    const nh = nexthopIdFor("10.244.5.0/24")!;
     const { stdout } = await sh("ip", ["-n", NS, "route", "show", "10.244.5.0/24"]);
-    expect(stdout.trim()).toBe("10.244.5.0/24 via 10.244.5.0 dev weft.1 proto 87 onlink");
+    expect(stdout.trim()).toBe(`10.244.5.0/24 nhid ${nh} via 10.244.5.0 dev weft.1 proto 87 onlink`);
+    expect(await ipJson(NS, "nexthop", "show")).toEqual([{ id: nh, gateway: "10.244.5.0", dev: "weft.1", scope: "link", protocol: "87", flags: ["onlink"] }]);
     const f = await bridgeFdbJson(NS, "weft.1");
     expect(f.find((e) => e.mac === "0e:00:00:00:05:05")).toMatchObject({ dst: "198.18.0.5", state: "permanent" });
     for (let i = 0; i < 2; i++) {
@@ -142,6 +146,7 @@ describe.skipIf(!env.ok)("NetlinkDataplane (kernel, one namespace)", () => {
     expect(await dp.call("routes.list")).toEqual([]);
     expect(await dp.call(`neighbours:${l.index}.list`)).toEqual([]);
     expect(await dp.call(`fdb:${l.index}.list`)).toEqual([]);
+    expect(await ipJson(NS, "nexthop", "show")).toEqual([]);
   });
 
   it("puts and removes many objects in batches, each failure reported against its own object", async () => {
@@ -173,6 +178,8 @@ describe.skipIf(!env.ok)("NetlinkDataplane (kernel, one namespace)", () => {
     expect(await dp.call(`neighbours:${l.index}.list`)).toEqual([]);
     expect(await dp.call(`fdb:${l.index}.list`)).toEqual([]);
     expect((await sh("ip", ["-n", NS, "route", "show", `${at(900)}.0/24`])).stdout.trim()).toBe(`${at(900)}.0/24 via 198.18.0.9 dev ul0 proto static`);
+    // No nexthop outlives its route: not the one made for the route the foreign one refused either.
+    expect(await ipJson(NS, "nexthop", "show")).toEqual([]);
     await ip("-n", NS, "route", "del", `${at(900)}.0/24`);
   });
 
@@ -183,7 +190,8 @@ describe.skipIf(!env.ok)("NetlinkDataplane (kernel, one namespace)", () => {
     await dp.call("routes.put", hostGw);
     await dp.call("routes.put", onDevice);
     expect((await sh("ip", ["-n", NS, "route", "show", "10.244.6.0/24"])).stdout.trim()).toBe("10.244.6.0/24 via 198.18.0.9 dev ul0 proto 87");
-    expect((await sh("ip", ["-n", NS, "route", "show", "10.244.7.0/24"])).stdout.trim()).toBe("10.244.7.0/24 dev weft.1 proto 87 scope link");
+    // A route via the underlay stays plain (a carrier loss would flush a nexthop with its routes); one onto our device goes through a nexthop.
+    expect((await sh("ip", ["-n", NS, "route", "show", "10.244.7.0/24"])).stdout.trim()).toBe(`10.244.7.0/24 nhid ${nexthopIdFor("10.244.7.0/24")} dev weft.1 proto 87 scope link`);
     expect(await dp.call<unknown[]>("routes.list")).toEqual(expect.arrayContaining([hostGw, onDevice]));
     // A gateway off the segment is the kernel's error, passed on with its errno name.
     await expect(dp.call("routes.put", { dst: "10.244.8.0/24", gateway: "198.18.5.9", oif: ul0, onlink: false })).rejects.toMatchObject({ code: "DATAPLANE_OP_FAILED", message: expect.stringMatching(/ENETUNREACH/) });
@@ -204,6 +212,88 @@ describe.skipIf(!env.ok)("NetlinkDataplane (kernel, one namespace)", () => {
     const { stdout } = await sh("ip", ["-n", NS, "route", "show", "10.244.7.0/24"]);
     expect(stdout.trim()).toBe("10.244.7.0/24 via 198.18.0.9 dev ul0 proto static");
     await ip("-n", NS, "route", "del", "10.244.7.0/24");
+  });
+
+  it("lists an older weft's plain route and a nexthop without its route as stale, puts them right, and removes both", async () => {
+    const l = await dp.call<Link>("getLink", "weft.1");
+    const legacy = { dst: "10.244.20.0/24", gateway: "10.244.20.0", oif: l.index, onlink: true };
+    const orphan = "10.244.21.0/24";
+    await ip("-n", NS, "route", "add", legacy.dst, "via", legacy.gateway, "dev", "weft.1", "onlink", "proto", "87");
+    await ip("-n", NS, "nexthop", "add", "id", String(nexthopIdFor(orphan)), "via", "10.244.21.0", "dev", "weft.1", "onlink", "proto", "87");
+    expect((await dp.call<string[]>("routes.stale")).sort()).toEqual([legacy.dst, orphan]);
+    // A put replaces the plain route with one through its nexthop, in place.
+    await dp.call("routes.put", legacy);
+    expect((await sh("ip", ["-n", NS, "route", "show", legacy.dst])).stdout.trim()).toBe(`${legacy.dst} nhid ${nexthopIdFor(legacy.dst)} via 10.244.20.0 dev weft.1 proto 87 onlink`);
+    expect(await dp.call("routes.stale")).toEqual([orphan]);
+    expect(await dp.call("routes.scan")).toEqual(await dp.call("routes.list"));
+    expect((await dp.call<Array<unknown | null>>("routes.removeListed")).every((e) => e === null)).toBe(true);
+    expect(await dp.call("routes.list")).toEqual([]);
+    expect(await ipJson(NS, "nexthop", "show")).toEqual([]);
+  });
+
+  it("switches a route between its nexthop and the underlay in place, leaving no nexthop unused", async () => {
+    const l = await dp.call<Link>("getLink", "weft.1");
+    const dst = "10.244.25.0/24";
+    const tunnel = { dst, gateway: "10.244.25.0", oif: l.index, onlink: true };
+    const direct = { dst, gateway: "198.18.0.9", oif: ul0, onlink: false };
+    await dp.call("routes.put", tunnel);
+    await dp.call("routes.put", direct);
+    expect((await sh("ip", ["-n", NS, "route", "show", dst])).stdout.trim()).toBe(`${dst} via 198.18.0.9 dev ul0 proto 87`);
+    expect(await ipJson(NS, "nexthop", "show")).toEqual([]);
+    await dp.call("routes.putMany", [tunnel, { ...tunnel, dst: "10.244.26.0/24", gateway: "10.244.26.0" }]);
+    expect((await sh("ip", ["-n", NS, "route", "show", dst])).stdout.trim()).toBe(`${dst} nhid ${nexthopIdFor(dst)} via 10.244.25.0 dev weft.1 proto 87 onlink`);
+    await dp.call("routes.putMany", [direct, { ...direct, dst: "10.244.26.0/24" }]);
+    expect(await ipJson(NS, "nexthop", "show")).toEqual([]);
+    expect(await dp.call("routes.stale")).toEqual([]);
+    await dp.call("routes.removeListed");
+    expect(await dp.call("routes.list")).toEqual([]);
+  });
+
+  it("never touches a nexthop with our id and another protocol, and says so", async () => {
+    const l = await dp.call<Link>("getLink", "weft.1");
+    const dst = "10.244.22.0/24";
+    const id = nexthopIdFor(dst)!;
+    await ip("-n", NS, "nexthop", "add", "id", String(id), "via", "198.18.0.9", "dev", "ul0");
+    const err = await dp.call("routes.put", { dst, gateway: "10.244.22.0", oif: l.index, onlink: true }).catch((e: Error) => e);
+    expect((err as Error).message).toMatch(new RegExp(`nexthop ${id} exists with protocol \\d+ \\(not weft's 87\\); leaving it alone`));
+    expect(await dp.call("routes.list")).toEqual([]);
+    // Our plain route to that dst (an older weft's) goes when removed as listed; their nexthop stays.
+    await ip("-n", NS, "route", "add", dst, "via", "10.244.22.0", "dev", "weft.1", "onlink", "proto", "87");
+    expect(await dp.call("routes.stale")).toEqual([dst]);
+    await dp.call("routes.removeListed");
+    expect(await dp.call("routes.list")).toEqual([]);
+    expect(await ipJson(NS, "nexthop", "show")).toEqual([expect.objectContaining({ id, gateway: "198.18.0.9", dev: "ul0" })]);
+    await ip("-n", NS, "nexthop", "del", "id", String(id));
+  });
+
+  it("announces a deleted nexthop of ours as the deletion of its route (the kernel announces no route with it)", async () => {
+    const l = await dp.call<Link>("getLink", "weft.1");
+    const dst = "10.244.23.0/24";
+    await dp.call("routes.put", { dst, gateway: "10.244.23.0", oif: l.index, onlink: true });
+    dp.changes.length = 0;
+    await ip("-n", NS, "nexthop", "del", "id", String(nexthopIdFor(dst)));
+    await waitFor("route deletion", async () => dp.changes.some((c) => c.kind === "route" && c.deleted && c.value.dst === dst && c.ours), 3000, 20);
+    expect(await dp.call("routes.list")).toEqual([]);
+  });
+
+  it("makes plain routes where nexthop objects are not to be used, which the nexthop mode lists as stale", async () => {
+    const plain = startDriver(NS, undefined, "plain");
+    try {
+      await plain.ready;
+      const l = await plain.call<Link>("getLink", "weft.1");
+      const r = { dst: "10.244.24.0/24", gateway: "10.244.24.0", oif: l.index, onlink: true };
+      for (let i = 0; i < 2; i++) await plain.call("routes.put", r);
+      expect((await sh("ip", ["-n", NS, "route", "show", r.dst])).stdout.trim()).toBe("10.244.24.0/24 via 10.244.24.0 dev weft.1 proto 87 onlink");
+      expect(await ipJson(NS, "nexthop", "show")).toEqual([]);
+      expect(await plain.call("routes.list")).toEqual([r]);
+      expect(await plain.call("routes.stale")).toEqual([]);
+      expect(await dp.call("routes.stale")).toEqual([r.dst]);
+      for (let i = 0; i < 2; i++) await plain.call("routes.remove", r);
+      expect(await plain.call("routes.list")).toEqual([]);
+    } finally {
+      plain.proc.stdin?.end();
+      plain.proc.kill("SIGKILL");
+    }
   });
 
   it("lists only routes with our protocol and neighbours on the asked device", async () => {

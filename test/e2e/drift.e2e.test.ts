@@ -9,6 +9,7 @@ import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Cluster, ROOT, shebangNodeFlags, type Pod } from "./cluster.js";
+import { nexthopIdFor } from "../../node-agent/src/dataplane/nexthop-id.js";
 import { bridgeFdbJson, ip, ipJson, kernelTestEnv, newRunId, sh, timeUntil, waitFor } from "./netns.js";
 
 const env = kernelTestEnv({ cni: true, nft: true, iptables: true });
@@ -62,6 +63,8 @@ describe.skipIf(!env.ok)("drift repair (2 VXLAN nodes, --ip-masq)", () => {
 
   it.each([
     ["route", () => ip("-n", ns, "route", "del", peerSubnet), routeBack],
+    // The kernel announces no route deletion with it: only the nexthop's own deletion tells.
+    ["nexthop", () => ip("-n", ns, "nexthop", "del", "id", String(nexthopIdFor(peerSubnet))), routeBack],
     ["neighbour", () => ip("-n", ns, "neigh", "del", peerGw, "dev", "weft.1"), neighBack],
     ["neighbour-changed", () => ip("-n", ns, "neigh", "replace", peerGw, "lladdr", "0e:de:ad:be:ef:01", "dev", "weft.1", "nud", "permanent"), neighBack],
     ["fdb", () => sh("ip", ["netns", "exec", ns, "bridge", "fdb", "del", peerMac, "dev", "weft.1", "dst", "198.18.0.2", "self"]), fdbBack],
@@ -146,6 +149,7 @@ describe.skipIf(!env.ok)("drift repair (2 VXLAN nodes, --ip-masq)", () => {
     expect(r.code).toBe(0);
     expect(await ipJson(ns, "link", "show", "type", "vxlan")).toEqual([]);
     expect(await routes()).toEqual([]);
+    expect(await ipJson(ns, "nexthop", "show")).toEqual([]);
     expect(await nftTable()).toBe("");
     expect(await iptablesRules()).toEqual([]);
     // Not ours: the underlay, its address and the pods' bridge stay.

@@ -119,7 +119,7 @@ describe.skipIf(!env.ok)("weft overlay (VXLAN, 3 nodes in namespaces)", () => {
   it("restarts an agent without touching routes or dropping a packet", async () => {
     const ns = c.nodes[0]!.ns;
     const before = { mac: (await ipJson<Array<{ address: string; ifindex: number }>>(ns, "link", "show", "weft.1"))[0]!, routes: await ourRoutes(0) };
-    const monitor = spawn("ip", ["-n", ns, "monitor", "route", "neigh"], { stdio: ["ignore", "pipe", "ignore"] });
+    const monitor = spawn("ip", ["-n", ns, "monitor", "route", "nexthop", "neigh"], { stdio: ["ignore", "pipe", "ignore"] });
     let monitorOut = "";
     monitor.stdout.on("data", (d) => (monitorOut += d));
     // 120 pings at 50 ms span the whole restart.
@@ -135,7 +135,7 @@ describe.skipIf(!env.ok)("weft overlay (VXLAN, 3 nodes in namespaces)", () => {
     expect(after.mac).toEqual(before.mac);
     expect(after.routes).toEqual(before.routes);
     expect((await c.agentApi<{ subnet: string }>(0, "/v1/lease")).json.subnet).toBe(subnets[0]);
-    // Not a single route or neighbour change for the peers (added, replaced or deleted) during the restart.
+    // Not a single route, nexthop or neighbour change for the peers (added, replaced or deleted) during the restart.
     const peerPrefixes = [subnets[1]!, subnets[2]!].map((s) => s.split(".").slice(0, 3).join(".") + ".");
     // (IPv6 link-local/multicast routes on the device are the kernel's own churn, not the agent's.)
     const ours = (l: string) => (l.includes("weft.1") && !/\b(fe80|ff0[0-9a-f]):/.test(l)) || peerPrefixes.some((p) => l.includes(p));

@@ -3,9 +3,16 @@
 // rtnl-codec.ts. No process is spawned per change. The tables' putMany and
 // removeMany send a pass's objects in batches (NetlinkChannel.batch).
 //
+// A route onto one of our tunnel devices goes through a nexthop object of
+// ours, numbered after the route's dst (nexthop-id.ts says why: it makes
+// route inserts linear), where the kernel has nexthop objects. To the rest of
+// the agent a route is still dst, gateway and device: the route table adds,
+// lists and removes each route together with its nexthop.
+//
 // Errors keep the kernel's errno as a number (NetlinkError.errno) and are
 // compared as numbers; they leave this file as DATAPLANE_OP_FAILED with the
 // NetlinkError as cause.
+import { readFile } from "node:fs/promises";
 import { constants } from "node:os";
 import { WeftError } from "../../../lib/src/errors.js";
 import {
@@ -14,11 +21,12 @@ import {
 } from "./dataplane.js";
 import { NetlinkChannel, NetlinkError, type NetlinkChannelOptions } from "./netlink-channel.js";
 import { NetlinkMonitor } from "./netlink-monitor.js";
+import { dstOfNexthopId, nexthopIdFor } from "./nexthop-id.js";
 import {
-  AF_BRIDGE, AF_INET, encodeAddress, encodeDelLink, encodeDump, encodeFdb, encodeGetLink, encodeNeighbour, encodeNewLink, encodeRoute, encodeSetLink,
-  FDB_LENGTH, neighbourLength, routeLength, writeFdb, writeNeighbour, writeRoute,
-  isMainTable, isOurRoute, isOurRouteHeader, neighbourHeader, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, parseAddress, parseLink, parseNeighbour, parseRoute, RTM,
-  type ParsedNeighbour, type ParsedRoute, type RawMessage,
+  AF_BRIDGE, AF_INET, encodeAddress, encodeDelLink, encodeDump, encodeFdb, encodeGetLink, encodeNeighbour, encodeNewLink, encodeNexthop, encodeRoute, encodeRouteDeletion, encodeSetLink,
+  FDB_LENGTH, neighbourLength, nexthopLength, ROUTE_DELETION_LENGTH, routeLength, writeFdb, writeNeighbour, writeNexthop, writeRoute, writeRouteDeletion,
+  isMainTable, isOurRoute, isOurRouteHeader, neighbourHeader, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, ourNexthopId, parseAddress, parseLink, parseNeighbour, parseNexthop, parseRoute, RTM,
+  type ParsedNeighbour, type ParsedNexthop, type ParsedRoute, type RawMessage,
 } from "./rtnl-codec.js";
 
 const { EEXIST, ENOENT, ESRCH, ENODEV, EADDRNOTAVAIL, EOPNOTSUPP } = constants.errno;
@@ -29,6 +37,13 @@ const routeWhat = (r: Route): string => `route ${r.dst}${r.gateway ? ` via ${r.g
 const errnoIs = (err: unknown, ...codes: number[]): boolean => err instanceof NetlinkError && codes.includes(err.errno);
 /** What "already gone" looks like for deletes and lookups. */
 const isAbsent = (err: unknown): boolean => errnoIs(err, ENOENT, ESRCH, ENODEV, EADDRNOTAVAIL);
+
+/** One of our routes (main table, our protocol); the header says whether it is before any attribute is read. */
+const parseOurRoute = (m: RawMessage): ParsedRoute | undefined => {
+  if (m.type !== RTM.NEWROUTE || !isOurRouteHeader(m)) return undefined;
+  const r = parseRoute(m);
+  return r && isOurRoute(r) ? r : undefined;
+};
 
 const parseMainRoute = (m: RawMessage): ParsedRoute | undefined => {
   if (m.type !== RTM.NEWROUTE) return undefined;
@@ -52,6 +67,11 @@ export type NetlinkDataplaneOptions = NetlinkChannelOptions & {
   readonly onMonitorError?: (err: Error) => void;
   /** Receive buffer of the notification socket (tests shrink it to force an overflow). */
   readonly monitorBufferBytes?: number;
+  /**
+   * Whether routes go through nexthop objects. Default: yes when the kernel has them and lists a
+   * route's gateway and device beside its nexthop id (net.ipv4.nexthop_compat_mode, on by default).
+   */
+  readonly nexthops?: boolean;
 };
 
 export class NetlinkDataplane implements Dataplane {
@@ -59,8 +79,16 @@ export class NetlinkDataplane implements Dataplane {
   private readonly monitor: NetlinkMonitor;
   /** One shared dump answers every route-ownership question asked while it runs. */
   private ownerDump: { started: number; p: Promise<Map<string, number>> } | undefined;
+  private readonly nexthopsOption: boolean | undefined;
+  private nexthopProbe: Promise<boolean> | undefined;
+  /**
+   * Listed routes not in the form a put makes (an older weft's plain route, our nexthop left without
+   * its route), each with the nexthop of ours that goes when it goes: put replaces them, remove takes both.
+   */
+  private readonly staleRoutes = new WeakMap<Route, number | undefined>();
 
   constructor(opts: NetlinkDataplaneOptions = {}) {
+    this.nexthopsOption = opts.nexthops;
     this.ch = new NetlinkChannel(opts);
     this.monitor = new NetlinkMonitor(opts.onMonitorError, opts.monitorBufferBytes);
   }
@@ -178,14 +206,75 @@ export class NetlinkDataplane implements Dataplane {
     return this.dump("list routes", RTM.GETROUTE, AF_INET, parseMainRoute);
   }
 
-  /** Our routes, one at a time (KernelTable.scan). */
-  private scanOurRoutes(visit: (r: Route) => void, restart: () => void): Promise<void> {
-    return this.scan("list routes", RTM.GETROUTE, AF_INET, (m) => {
-      // The header says whether it is ours (main table, our protocol) before any attribute is read.
-      if (m.type !== RTM.NEWROUTE || !isOurRouteHeader(m)) return undefined;
-      const r = parseRoute(m);
-      return r && isOurRoute(r) ? r.route : undefined;
-    }, visit, restart);
+  /** Whether routes go through nexthop objects: asked of the kernel once. */
+  private usesNexthops(): Promise<boolean> {
+    return (this.nexthopProbe ??= this.probeNexthops());
+  }
+
+  private async probeNexthops(): Promise<boolean> {
+    if (this.nexthopsOption !== undefined) return this.nexthopsOption;
+    // In mode 0 a route's dump carries its nexthop id alone: our routes could not be compared.
+    const compat = await readFile("/proc/sys/net/ipv4/nexthop_compat_mode", "utf8").catch(() => "1");
+    if (compat.trim() === "0") return false;
+    try {
+      await this.ch.request("look up nexthop 1", encodeNexthop(RTM.GETNEXTHOP, 0, 1));
+      return true;
+    } catch (err) {
+      // "No such nexthop" is a kernel that has them; older ones do not know the request (EOPNOTSUPP).
+      if (err instanceof NetlinkError) return isAbsent(err);
+      this.nexthopProbe = undefined;
+      throw opFailed(err);
+    }
+  }
+
+  /**
+   * The nexthop object route `r` goes through, if any. Only routes onto a tunnel device (onlink, or no
+   * gateway at all) get one: a route via a gateway it must reach on its own goes onto a real link (the
+   * underlay), and when a link loses carrier the kernel silently flushes the nexthop objects on it with
+   * every route using them, where a plain route stays, marked linkdown, and works again at once.
+   */
+  private nexthopFor(r: Route, nexthops: boolean): number | undefined {
+    return nexthops && (r.onlink || r.gateway === undefined) ? nexthopIdFor(r.dst) : undefined;
+  }
+
+  private stale(r: Route, nexthop: number | undefined): Route {
+    this.staleRoutes.set(r, nexthop);
+    return r;
+  }
+
+  /**
+   * Our routes, one at a time (KernelTable.scan). With nexthop objects, a route not in the form a put
+   * makes is marked stale, and a nexthop of ours without its route is listed as a stale route to its
+   * dst, so the reconciler puts the route back or removes the nexthop.
+   */
+  private async scanOurRoutes(visit: (r: Route) => void, restart: () => void): Promise<void> {
+    if (!(await this.usesNexthops())) return this.scan("list routes", RTM.GETROUTE, AF_INET, (m) => parseOurRoute(m)?.route, visit, restart);
+    const nexthops = new Set<number>();
+    await this.scan("list nexthops", RTM.GETNEXTHOP, 0, (m) => (m.type === RTM.NEWNEXTHOP ? ourNexthopId(m) : undefined), (id) => nexthops.add(id), () => nexthops.clear());
+    const used = new Set<number>();
+    await this.scan("list routes", RTM.GETROUTE, AF_INET, (m) => {
+      const p = parseOurRoute(m);
+      if (!p) return undefined;
+      if (p.nh !== undefined) used.add(p.nh);
+      const want = this.nexthopFor(p.route, true);
+      if (want === undefined ? p.nh === undefined : p.nh === want && nexthops.has(want)) return p.route;
+      return this.stale(p.route, p.nh !== undefined && nexthops.has(p.nh) ? p.nh : undefined);
+    }, visit, () => { used.clear(); restart(); });
+    for (const id of nexthops) {
+      const dst = used.has(id) ? undefined : dstOfNexthopId(id);
+      if (dst) visit(this.stale({ dst, oif: 0, onlink: false }, id));
+    }
+  }
+
+  private async listOurRoutes(): Promise<Route[]> {
+    const out: Route[] = [];
+    await this.scanOurRoutes((r) => out.push(r), () => { out.length = 0; });
+    return out;
+  }
+
+  /** The nexthop of ours that goes when route `r` goes: a listed route's own, or the one a put makes. */
+  private nexthopOf(r: Route, nexthops: boolean): number | undefined {
+    return this.staleRoutes.has(r) ? this.staleRoutes.get(r) : this.nexthopFor(r, nexthops);
   }
 
   /**
@@ -204,23 +293,43 @@ export class NetlinkDataplane implements Dataplane {
   }
 
   /**
+   * Puts route `r`: its nexthop object first, where routes have them, then the route itself. A nexthop
+   * made for a route the kernel then refuses goes again, so no nexthop of ours is left without a route.
+   */
+  private async putRoute(r: Route): Promise<void> {
+    const nh = this.nexthopFor(r, await this.usesNexthops());
+    const made = nh !== undefined && await this.putNexthop(nh, r);
+    try {
+      await this.addRoute(r, nh);
+    } catch (err) {
+      if (made) await this.ch.request(`delete nexthop ${nh}`, encodeNexthop(RTM.DELNEXTHOP, 0, nh)).catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /**
    * Adds the route, or replaces ours to the same dst (a peer whose route changed). The kernel's
    * NLM_F_REPLACE takes the first route to that dst whatever its protocol, so it is used only after a
    * dump that began after the add failed showed the route there is ours; a foreign one is reported and
-   * left alone.
+   * left alone. A plain route that replaced one through our nexthop (a peer now reached via the
+   * underlay) takes that nexthop away: nothing uses it any more.
    */
-  private async putRoute(r: Route): Promise<void> {
+  private async addRoute(r: Route, nh: number | undefined): Promise<void> {
     const what = routeWhat(r);
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
-        await this.ch.request(`add ${what}`, encodeRoute(RTM.NEWROUTE, CREATE_EXCL, r));
+        await this.ch.request(`add ${what}`, encodeRoute(RTM.NEWROUTE, CREATE_EXCL, r, nh));
         return;
       } catch (err) {
         if (!errnoIs(err, EEXIST)) throw opFailed(err);
       }
       const proto = (await this.routeOwners(performance.now())).get(r.dst);
       if (proto === WEFT_RT_PROTO) {
-        await this.request(`replace ${what}`, encodeRoute(RTM.NEWROUTE, NLM_F_REPLACE, r));
+        await this.request(`replace ${what}`, encodeRoute(RTM.NEWROUTE, NLM_F_REPLACE, r, nh));
+        const old = nh === undefined && (await this.usesNexthops()) ? nexthopIdFor(r.dst) : undefined;
+        if (old !== undefined && (await this.nexthop(old))?.protocol === WEFT_RT_PROTO) {
+          await this.tolerateAbsent(`delete nexthop ${old}, no longer used by the route to ${r.dst}`, encodeNexthop(RTM.DELNEXTHOP, 0, old));
+        }
         return;
       }
       if (proto !== undefined) {
@@ -231,25 +340,109 @@ export class NetlinkDataplane implements Dataplane {
     throw new WeftError("DATAPLANE_OP_FAILED", `add ${what}: a route to ${r.dst} keeps appearing and vanishing; will retry`);
   }
 
+  private async nexthop(id: number): Promise<ParsedNexthop | undefined> {
+    try {
+      const [m] = await this.ch.request(`look up nexthop ${id}`, encodeNexthop(RTM.GETNEXTHOP, 0, id));
+      return m && m.type === RTM.NEWNEXTHOP ? parseNexthop(m) : undefined;
+    } catch (err) {
+      if (isAbsent(err)) return undefined;
+      throw opFailed(err);
+    }
+  }
+
+  /**
+   * Our nexthop object `id` with `r`'s gateway and device: added (true), or replaced if it is ours (the
+   * route using it follows at once). One with that id and another protocol is reported and left alone.
+   */
+  private async putNexthop(id: number, r: Route): Promise<boolean> {
+    const what = `nexthop ${id} for ${routeWhat(r)}`;
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        await this.ch.request(`add ${what}`, encodeNexthop(RTM.NEWNEXTHOP, CREATE_EXCL, id, r));
+        return true;
+      } catch (err) {
+        if (!errnoIs(err, EEXIST)) throw opFailed(err);
+      }
+      const cur = await this.nexthop(id);
+      if (!cur) continue;
+      if (cur.protocol !== WEFT_RT_PROTO) {
+        throw new WeftError("DATAPLANE_OP_FAILED", `add ${what}: nexthop ${id} exists with protocol ${cur.protocol} (not weft's ${WEFT_RT_PROTO}); leaving it alone. weft numbers the nexthop of the route to ${r.dst} ${id}: delete or renumber that nexthop if the overlay should own ${r.dst}`);
+      }
+      // A route's scope fits a nexthop with a gateway or one without, not both, so the kernel refuses to
+      // turn one into the other under it: that change takes a new nexthop (the route goes with the old).
+      if ((cur.gateway === undefined) !== (r.gateway === undefined)) {
+        await this.tolerateAbsent(`delete ${what}`, encodeNexthop(RTM.DELNEXTHOP, 0, id));
+        continue;
+      }
+      await this.request(`replace ${what}`, encodeNexthop(RTM.NEWNEXTHOP, NLM_F_REPLACE, id, r));
+      return false;
+    }
+    throw new WeftError("DATAPLANE_OP_FAILED", `add ${what}: nexthop ${id} keeps appearing and vanishing; will retry`);
+  }
+
+  private async removeRoute(r: Route): Promise<void> {
+    await this.tolerateAbsent(`delete route ${r.dst}`, encodeRouteDeletion(r.dst));
+    const nh = this.nexthopOf(r, await this.usesNexthops());
+    if (nh !== undefined) await this.tolerateAbsent(`delete nexthop ${nh} of route ${r.dst}`, encodeNexthop(RTM.DELNEXTHOP, 0, nh));
+  }
+
+  /** Puts many routes in few round trips: their nexthops in batches, then the routes (as putRoute for each). */
+  private async putRoutes(rs: readonly Route[]): Promise<Array<unknown>> {
+    const errs = new Array<unknown>(rs.length);
+    const nexthops = await this.usesNexthops();
+    const nh = nexthops ? rs.map((r) => this.nexthopFor(r, true)) : undefined;
+    /** The nexthops this call made (not found there): a refused route takes its own with it. */
+    const made: number[] = [];
+    /** Requests that hit EEXIST take the one-by-one path, which decides whose the object is. */
+    const settle = async (batch: number[], errors: Array<unknown>, slow: (i: number) => Promise<unknown>): Promise<void> => {
+      const retry: number[] = [];
+      batch.forEach((i, k) => {
+        const e = errors[k];
+        if (e instanceof WeftError && errnoIs(e.cause, EEXIST)) retry.push(i);
+        else if (e) errs[i] = e;
+      });
+      await Promise.all(retry.map((i) => slow(i).catch((err: unknown) => { errs[i] = err; })));
+    };
+    if (nh) {
+      const batch = rs.flatMap((_, i) => (nh[i] !== undefined ? [i] : []));
+      const errors = await this.many(batch, (i) => nexthopLength(RTM.NEWNEXTHOP, rs[i]), (b, off, i) => writeNexthop(b, off, RTM.NEWNEXTHOP, CREATE_EXCL, nh[i]!, rs[i]), (i) => `add nexthop ${nh[i]} for ${routeWhat(rs[i]!)}`);
+      batch.forEach((i, k) => { if (!errors[k]) made.push(i); });
+      await settle(batch, errors, async (i) => { if (await this.putNexthop(nh[i]!, rs[i]!)) made.push(i); });
+    }
+    const batch = rs.flatMap((_, i) => (errs[i] ? [] : [i]));
+    const errors = await this.many(batch, (i) => routeLength(rs[i]!, nh?.[i]), (b, off, i) => writeRoute(b, off, RTM.NEWROUTE, CREATE_EXCL, rs[i]!, nh?.[i]), (i) => `add ${routeWhat(rs[i]!)}`);
+    await settle(batch, errors, (i) => this.addRoute(rs[i]!, nh?.[i]));
+    const orphans = made.filter((i) => errs[i]);
+    await this.many(orphans, () => nexthopLength(RTM.DELNEXTHOP), (b, off, i) => writeNexthop(b, off, RTM.DELNEXTHOP, 0, nh![i]!), (i) => `delete nexthop ${nh![i]}`, true);
+    return errs;
+  }
+
+  /** Removes many routes, and the nexthops of ours that go with them, in few round trips. */
+  private async removeRoutes(rs: readonly Route[]): Promise<Array<unknown>> {
+    const errs = await this.many(rs, () => ROUTE_DELETION_LENGTH, (b, off, r) => writeRouteDeletion(b, off, 0, r.dst), (r) => `delete route ${r.dst}`, true);
+    const nexthops = await this.usesNexthops();
+    const gone: Array<{ i: number; id: number }> = [];
+    for (let i = 0; i < rs.length; i++) {
+      const id = errs[i] ? undefined : this.nexthopOf(rs[i]!, nexthops);
+      if (id !== undefined) gone.push({ i, id });
+    }
+    const errors = await this.many(gone, () => nexthopLength(RTM.DELNEXTHOP), (b, off, n) => writeNexthop(b, off, RTM.DELNEXTHOP, 0, n.id), (n) => `delete nexthop ${n.id} of route ${rs[n.i]!.dst}`, true);
+    gone.forEach((n, k) => { if (errors[k]) errs[n.i] = errors[k]; });
+    return errs;
+  }
+
   readonly routes: KernelTable<Route> = {
     kind: "route",
-    list: async () => (await this.mainRoutes()).filter(isOurRoute).map((r) => r.route),
+    list: () => this.listOurRoutes(),
     scan: (visit, restart) => this.scanOurRoutes(visit, restart),
     id: routeId,
     key: routeKey,
-    same: routeSame,
+    // A stale route (not in the form a put makes) is never the same as the one wanted.
+    same: (a, b) => routeSame(a, b) && !this.staleRoutes.has(a) && !this.staleRoutes.has(b),
     put: (r) => this.putRoute(r),
-    remove: (r) => this.tolerateAbsent(`delete route ${r.dst}`, encodeRoute(RTM.DELROUTE, 0, r)),
-    putMany: async (rs) => {
-      const errs = await this.many(rs, routeLength, (b, off, r) => writeRoute(b, off, RTM.NEWROUTE, CREATE_EXCL, r), (r) => `add ${routeWhat(r)}`);
-      // A route to that dst exists: ours with other values (replace it) or a foreign one (leave it), as putRoute decides.
-      await Promise.all(rs.map(async (r, i) => {
-        const e = errs[i];
-        if (e instanceof WeftError && errnoIs(e.cause, EEXIST)) errs[i] = await this.putRoute(r).then(() => undefined, (err: unknown) => err);
-      }));
-      return errs;
-    },
-    removeMany: (rs) => this.many(rs, routeLength, (b, off, r) => writeRoute(b, off, RTM.DELROUTE, 0, r), (r) => `delete route ${r.dst}`, true),
+    remove: (r) => this.removeRoute(r),
+    putMany: (rs) => this.putRoutes(rs),
+    removeMany: (rs) => this.removeRoutes(rs),
   };
 
   async defaultRouteIndex(): Promise<number | undefined> {

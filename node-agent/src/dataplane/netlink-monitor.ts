@@ -1,5 +1,7 @@
-// rtnetlink notifications (links, IPv4 addresses, IPv4 routes, neighbours and
-// FDB entries) on a socket of their own, turned into KernelChange events.
+// rtnetlink notifications (links, IPv4 addresses, IPv4 routes, nexthops,
+// neighbours and FDB entries) on a socket of their own, turned into
+// KernelChange events. The kernel announces no route that goes with a
+// deleted nexthop object, so the nexthop's own deletion stands for it.
 //
 // Every object the agent itself adds comes back here too (15,000 messages for
 // a full VXLAN pass at 5,000 peers), so parsing stays minimal: neighbour
@@ -11,16 +13,17 @@
 // error instead of aborting the process, and gives the socket the receive
 // buffer asked for even above net.core.rmem_max.)
 import { RawNetlinkSocket } from "netlink/dist/raw.js";
-import type { KernelChange } from "./dataplane.js";
+import { WEFT_RT_PROTO, type KernelChange, type Route } from "./dataplane.js";
+import { dstOfNexthopId } from "./nexthop-id.js";
 import { RECV_BUFFER } from "./netlink-channel.js";
 import {
-  AF_BRIDGE, AF_INET, isMainTable, isOurRoute, isOurRouteHeader, neighbourHeader, parseAddress, parseLink, parseNeighbour, parseRoute, RTM, RTNLGRP, splitMessages, type RawMessage,
+  AF_BRIDGE, AF_INET, isMainTable, isOurRoute, isOurRouteHeader, neighbourHeader, parseAddress, parseLink, parseNeighbour, parseNexthop, parseRoute, RTM, RTNLGRP, splitMessages, type RawMessage,
 } from "./rtnl-codec.js";
 
 const NETLINK_ROUTE = 0;
 const REOPEN_DELAY_MS = 100;
-/** Route and neighbour (ARP, FDB) notifications: the ones a bulk pass floods itself with. */
-const OBJECT_GROUPS = [RTNLGRP.NEIGH, RTNLGRP.IPV4_ROUTE];
+/** Route, nexthop and neighbour (ARP, FDB) notifications: the ones a bulk pass floods itself with. */
+const OBJECT_GROUPS = [RTNLGRP.NEIGH, RTNLGRP.IPV4_ROUTE, RTNLGRP.NEXTHOP];
 /** Larger than any single notification (a link with all its attributes is a few KiB). */
 const MSG_BUFFER = 16 << 10;
 
@@ -106,6 +109,19 @@ export class NetlinkMonitor {
         if (m.type === RTM.NEWROUTE && isOurRouteHeader(m)) return;
         const r = parseRoute(m);
         if (r && isMainTable(r) && r.priority === 0) this.emit({ kind: "route", deleted: m.type === RTM.DELROUTE, value: r.route, ours: isOurRoute(r) });
+        return;
+      }
+      case RTM.NEWNEXTHOP:
+      case RTM.DELNEXTHOP: {
+        const n = parseNexthop(m);
+        const ours = n?.protocol === WEFT_RT_PROTO;
+        // A new nexthop of ours is the echo of our own put. Another's, or a deleted one, is a change to
+        // the route to the dst its id stands for (nexthop-id.ts).
+        if (!n || (ours && m.type === RTM.NEWNEXTHOP)) return;
+        const dst = dstOfNexthopId(n.id);
+        if (!dst) return;
+        const value: Route = n.gateway === undefined ? { dst, oif: n.oif, onlink: n.onlink } : { dst, gateway: n.gateway, oif: n.oif, onlink: n.onlink };
+        this.emit({ kind: "route", deleted: m.type === RTM.DELNEXTHOP, value, ours });
         return;
       }
       case RTM.NEWNEIGH:

@@ -25,10 +25,11 @@ export const RTM = {
   NEWADDR: 20, DELADDR: 21, GETADDR: 22,
   NEWROUTE: 24, DELROUTE: 25, GETROUTE: 26,
   NEWNEIGH: 28, DELNEIGH: 29, GETNEIGH: 30,
+  NEWNEXTHOP: 104, DELNEXTHOP: 105, GETNEXTHOP: 106,
 } as const;
 
 /** rtnetlink multicast groups (numbers for NETLINK_ADD_MEMBERSHIP, not bitmasks). */
-export const RTNLGRP = { LINK: 1, NEIGH: 3, IPV4_IFADDR: 5, IPV4_ROUTE: 7 } as const;
+export const RTNLGRP = { LINK: 1, NEIGH: 3, IPV4_IFADDR: 5, IPV4_ROUTE: 7, NEXTHOP: 32 } as const;
 
 export const AF_INET = 2;
 export const AF_BRIDGE = 7;
@@ -36,6 +37,7 @@ const RT_TABLE_MAIN = 254;
 const RTN_UNICAST = 1;
 const RT_SCOPE_UNIVERSE = 0;
 const RT_SCOPE_LINK = 253;
+const RT_SCOPE_NOWHERE = 255;
 const RTNH_F_ONLINK = 4;
 const NUD_PERMANENT = 0x80;
 const NTF_SELF = 0x02;
@@ -62,6 +64,10 @@ const RTA_OIF = 4;
 const RTA_GATEWAY = 5;
 const RTA_PRIORITY = 6;
 const RTA_TABLE = 15;
+const RTA_NH_ID = 30;
+const NHA_ID = 1;
+const NHA_OIF = 5;
+const NHA_GATEWAY = 6;
 const NDA_DST = 1;
 const NDA_LLADDR = 2;
 
@@ -208,40 +214,109 @@ function header(b: Buffer, off: number, len: number, type: number, flags: number
   b.writeUInt16LE(flags | NLM_F_REQUEST, off + 6);
 }
 
-/** Bytes of the route message for `r`. */
-export const routeLength = (r: Route): number => NLMSG_HDRLEN + 12 + 8 * (r.gateway !== undefined ? 4 : 3);
+/** Bytes of the route message for `r`: by nexthop id `nh` (RTA_NH_ID), or with its own gateway and device. */
+export const routeLength = (r: Route, nh?: number): number => NLMSG_HDRLEN + 12 + 8 * (nh !== undefined ? 3 : r.gateway !== undefined ? 4 : 3);
+/** Bytes of a deletion of our route to a dst (routeDeletion). */
+export const ROUTE_DELETION_LENGTH = NLMSG_HDRLEN + 12 + 16;
 /** Bytes of an ARP entry message (RTM_DELNEIGH carries no lladdr). */
 export const neighbourLength = (type: number): number => NLMSG_HDRLEN + 12 + 8 + (type === RTM.NEWNEIGH ? 10 : 0);
 export const FDB_LENGTH = NLMSG_HDRLEN + 12 + 12 + 8;
 
+/** "10.244.2.0/24" -> [offset of "/", prefix length]; throws on anything else. */
+function cidrParts(dst: string): [number, number] {
+  const slash = dst.indexOf("/");
+  const len = Number(dst.slice(slash + 1));
+  if (slash < 0 || !Number.isInteger(len) || len < 0 || len > 32) throw new WeftError("INTERNAL", `not a CIDR: ${dst}`);
+  return [slash, len];
+}
+
 /**
  * RTM_NEWROUTE / RTM_DELROUTE for one of our routes: main table, protocol
  * WEFT_RT_PROTO, via a gateway (scope universe, onlink if asked) or, without
- * one, straight onto the device (scope link). Written at `off` of a zeroed `b`
- * (a batch writes many messages into one buffer); returns the message length.
+ * one, straight onto the device (scope link). With `nh`, the gateway and
+ * device are those of our nexthop object `nh` instead (the kernel refuses
+ * both at once). Written at `off` of a zeroed `b` (a batch writes many
+ * messages into one buffer); returns the message length.
  */
-export function writeRoute(b: Buffer, off: number, type: number, flags: number, r: Route): number {
-  const slash = r.dst.indexOf("/");
-  const len = Number(r.dst.slice(slash + 1));
-  if (slash < 0 || !Number.isInteger(len) || len < 0 || len > 32) throw new WeftError("INTERNAL", `not a CIDR: ${r.dst}`);
+export function writeRoute(b: Buffer, off: number, type: number, flags: number, r: Route, nh?: number): number {
+  const [slash, len] = cidrParts(r.dst);
   const gw = r.gateway !== undefined;
-  const size = routeLength(r);
+  const size = routeLength(r, nh);
   header(b, off, size, type, flags);
   let o = off + NLMSG_HDRLEN;
   b[o] = AF_INET; b[o + 1] = len; b[o + 4] = RT_TABLE_MAIN; b[o + 5] = WEFT_RT_PROTO;
   b[o + 6] = gw ? RT_SCOPE_UNIVERSE : RT_SCOPE_LINK; b[o + 7] = RTN_UNICAST;
-  b.writeUInt32LE(r.onlink ? RTNH_F_ONLINK : 0, o + 8);
+  if (nh === undefined) b.writeUInt32LE(r.onlink ? RTNH_F_ONLINK : 0, o + 8);
   o += 12;
   writeIp4(b, attrHdr(b, o, 8, RTA_DST), r.dst.slice(0, slash)); o += 8;
-  if (gw) { writeIp4(b, attrHdr(b, o, 8, RTA_GATEWAY), r.gateway!); o += 8; }
-  b.writeUInt32LE(r.oif, attrHdr(b, o, 8, RTA_OIF)); o += 8;
+  if (nh !== undefined) {
+    b.writeUInt32LE(nh >>> 0, attrHdr(b, o, 8, RTA_NH_ID)); o += 8;
+  } else {
+    if (gw) { writeIp4(b, attrHdr(b, o, 8, RTA_GATEWAY), r.gateway!); o += 8; }
+    b.writeUInt32LE(r.oif, attrHdr(b, o, 8, RTA_OIF)); o += 8;
+  }
   b.writeUInt32LE(RT_TABLE_MAIN, attrHdr(b, o, 8, RTA_TABLE));
   return size;
 }
 
-export function encodeRoute(type: number, flags: number, r: Route): Buffer {
-  const b = Buffer.alloc(routeLength(r));
-  writeRoute(b, 0, type, flags | NLM_F_ACK, r);
+/**
+ * RTM_DELROUTE for our route to `dst` in whatever form it has (its own gateway, or a nexthop object):
+ * the kernel matches main table, dst and our protocol, and any scope (RT_SCOPE_NOWHERE). Naming the
+ * gateway or device would miss a route that uses a nexthop object.
+ */
+export function writeRouteDeletion(b: Buffer, off: number, flags: number, dst: string): number {
+  const [slash, len] = cidrParts(dst);
+  header(b, off, ROUTE_DELETION_LENGTH, RTM.DELROUTE, flags);
+  let o = off + NLMSG_HDRLEN;
+  b[o] = AF_INET; b[o + 1] = len; b[o + 4] = RT_TABLE_MAIN; b[o + 5] = WEFT_RT_PROTO; b[o + 6] = RT_SCOPE_NOWHERE;
+  o += 12;
+  writeIp4(b, attrHdr(b, o, 8, RTA_DST), dst.slice(0, slash)); o += 8;
+  b.writeUInt32LE(RT_TABLE_MAIN, attrHdr(b, o, 8, RTA_TABLE));
+  return ROUTE_DELETION_LENGTH;
+}
+
+export function encodeRouteDeletion(dst: string): Buffer {
+  const b = Buffer.alloc(ROUTE_DELETION_LENGTH);
+  writeRouteDeletion(b, 0, NLM_F_ACK, dst);
+  return b;
+}
+
+/** Bytes of a nexthop message: a deletion or lookup names the id alone. */
+export const nexthopLength = (type: number, r?: Route): number =>
+  NLMSG_HDRLEN + 8 + 8 + (type === RTM.NEWNEXTHOP && r ? 8 + (r.gateway !== undefined ? 8 : 0) : 0);
+
+/**
+ * RTM_NEWNEXTHOP (our protocol; `r`'s gateway, device and onlink flag) or RTM_DELNEXTHOP /
+ * RTM_GETNEXTHOP (the id alone: the kernel refuses any other header field there). Written as writeRoute.
+ */
+export function writeNexthop(b: Buffer, off: number, type: number, flags: number, id: number, r?: Route): number {
+  const add = type === RTM.NEWNEXTHOP && r !== undefined;
+  const size = nexthopLength(type, r);
+  header(b, off, size, type, flags);
+  let o = off + NLMSG_HDRLEN;
+  if (add) {
+    b[o] = AF_INET; b[o + 2] = WEFT_RT_PROTO;
+    // The kernel takes onlink only with a gateway.
+    b.writeUInt32LE(r.onlink && r.gateway !== undefined ? RTNH_F_ONLINK : 0, o + 4);
+  }
+  o += 8;
+  b.writeUInt32LE(id >>> 0, attrHdr(b, o, 8, NHA_ID)); o += 8;
+  if (add) {
+    b.writeUInt32LE(r.oif, attrHdr(b, o, 8, NHA_OIF)); o += 8;
+    if (r.gateway !== undefined) writeIp4(b, attrHdr(b, o, 8, NHA_GATEWAY), r.gateway);
+  }
+  return size;
+}
+
+export function encodeNexthop(type: number, flags: number, id: number, r?: Route): Buffer {
+  const b = Buffer.alloc(nexthopLength(type, r));
+  writeNexthop(b, 0, type, flags | NLM_F_ACK, id, r);
+  return b;
+}
+
+export function encodeRoute(type: number, flags: number, r: Route, nh?: number): Buffer {
+  const b = Buffer.alloc(routeLength(r, nh));
+  writeRoute(b, 0, type, flags | NLM_F_ACK, r, nh);
   return b;
 }
 
@@ -288,7 +363,7 @@ export function encodeFdb(type: number, flags: number, e: FdbEntry): Buffer {
 
 /** A dump request: the family-specific header is all zeros except its family byte. */
 export function encodeDump(type: number, family: number): Buffer {
-  const headerLen = type === RTM.GETLINK ? 16 : type === RTM.GETADDR ? 8 : 12;
+  const headerLen = type === RTM.GETLINK ? 16 : type === RTM.GETADDR || type === RTM.GETNEXTHOP ? 8 : 12;
   const b = message(NLMSG_HDRLEN + headerLen, type, NLM_F_DUMP);
   b[NLMSG_HDRLEN] = family;
   return b;
@@ -400,6 +475,8 @@ export interface ParsedRoute {
   readonly table: number;
   readonly protocol: number;
   readonly priority: number;
+  /** RTA_NH_ID: the nexthop object the route uses (its gateway and device are in `route` too). */
+  readonly nh?: number;
 }
 
 /** An IPv4 route (any table and protocol); undefined for other families. */
@@ -410,16 +487,17 @@ export function parseRoute(m: RawMessage): ParsedRoute | undefined {
   let table = b[start + 4]!;
   const protocol = b[start + 5]!;
   const onlink = (b.readUInt32LE(start + 8) & RTNH_F_ONLINK) !== 0;
-  let dst = "0.0.0.0", gateway: string | undefined, oif = 0, priority = 0;
+  let dst = "0.0.0.0", gateway: string | undefined, oif = 0, priority = 0, nh: number | undefined;
   eachAttr(b, start + 12, end, (t, o, len) => {
     if (t === RTA_DST) dst = ipAt(b, o, len);
+    else if (t === RTA_NH_ID && len >= 4) nh = b.readUInt32LE(o);
     else if (t === RTA_GATEWAY) gateway = ipAt(b, o, len);
     else if (t === RTA_OIF && len >= 4) oif = b.readUInt32LE(o);
     else if (t === RTA_TABLE && len >= 4) table = b.readUInt32LE(o);
     else if (t === RTA_PRIORITY && len >= 4) priority = b.readUInt32LE(o);
   });
   const route: Route = gateway !== undefined ? { dst: `${dst}/${dstLen}`, gateway, oif, onlink } : { dst: `${dst}/${dstLen}`, oif, onlink };
-  return { route, table, protocol, priority };
+  return nh === undefined ? { route, table, protocol, priority } : { route, table, protocol, priority, nh };
 }
 
 export function isOurRoute(p: ParsedRoute): boolean {
@@ -433,6 +511,37 @@ export function isOurRouteHeader(m: RawMessage): boolean {
 
 export function isMainTable(p: ParsedRoute): boolean {
   return p.table === RT_TABLE_MAIN;
+}
+
+export interface ParsedNexthop {
+  readonly id: number;
+  readonly protocol: number;
+  readonly oif: number;
+  readonly gateway?: string;
+  readonly onlink: boolean;
+}
+
+/** An IPv4 nexthop object (RTM_NEWNEXTHOP / RTM_DELNEXTHOP); undefined for groups and other families. */
+export function parseNexthop(m: RawMessage): ParsedNexthop | undefined {
+  const { buf: b, start, end } = m;
+  if (end - start < 8 || b[start] !== AF_INET) return undefined;
+  let id = 0, oif = 0, gateway: string | undefined;
+  eachAttr(b, start + 8, end, (t, o, len) => {
+    if (t === NHA_ID && len >= 4) id = b.readUInt32LE(o);
+    else if (t === NHA_OIF && len >= 4) oif = b.readUInt32LE(o);
+    else if (t === NHA_GATEWAY) gateway = ipAt(b, o, len);
+  });
+  if (!id) return undefined;
+  const onlink = (b.readUInt32LE(start + 4) & RTNH_F_ONLINK) !== 0;
+  return gateway === undefined ? { id, protocol: b[start + 2]!, oif, onlink } : { id, protocol: b[start + 2]!, oif, gateway, onlink };
+}
+
+/** The id of one of our nexthop objects, read without parsing anything else; undefined for others'. */
+export function ourNexthopId(m: RawMessage): number | undefined {
+  if (m.end - m.start < 8 || m.buf[m.start + 2] !== WEFT_RT_PROTO) return undefined;
+  let id: number | undefined;
+  eachAttr(m.buf, m.start + 8, m.end, (t, o, len) => { if (t === NHA_ID && len >= 4) id = m.buf.readUInt32LE(o); });
+  return id;
 }
 
 export interface ParsedNeighbour {

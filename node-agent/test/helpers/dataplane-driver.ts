@@ -2,16 +2,17 @@
 // and serves its methods over stdin/stdout JSON lines, so a test in the root
 // namespace can drive the real kernel without switching namespaces itself.
 // Methods: any Dataplane method by name; table operations as "routes.put",
-// "neighbours:7.list", "fdb:7.remove"; "watch" streams kernel changes as
+// "neighbours:7.list", "fdb:7.remove", and "routes.stale" (the listed routes
+// the table marks as not in the form its put makes), "routes.removeListed"; "watch" streams kernel changes as
 // {"change": ...} lines; "block" keeps the event loop busy for args[0] ms;
-// "mute"/"unmute" bracket muteObjectChanges(). argv[2], if given, is the notification socket's
-// receive buffer in bytes.
+// "mute"/"unmute" bracket muteObjectChanges(). argv[2], if given and not 0, is the notification
+// socket's receive buffer in bytes; argv[3] "plain" makes routes without nexthop objects.
 import { createInterface } from "node:readline";
 import type { KernelTable } from "../../src/dataplane/dataplane.js";
 import { NetlinkDataplane } from "../../src/dataplane/netlink-dataplane.js";
 
-const monitorBufferBytes = process.argv[2] ? Number(process.argv[2]) : undefined;
-const dp = new NetlinkDataplane({ monitorBufferBytes });
+const monitorBufferBytes = Number(process.argv[2]) || undefined;
+const dp = new NetlinkDataplane({ monitorBufferBytes, ...(process.argv[3] === "plain" ? { nexthops: false } : {}) });
 const out = (v: unknown) => process.stdout.write(JSON.stringify(v) + "\n");
 let unmute: (() => void) | undefined;
 
@@ -42,7 +43,13 @@ rl.on("line", async (line) => {
       const [spec, op] = method.split(".");
       const t = table(spec!);
       const fn = (t as unknown as Record<string, (...a: unknown[]) => Promise<unknown>>)[op!];
-      if (op === "scan") {
+      if (op === "removeListed") {
+        // Removes what the table lists, as the objects it listed (a stale one carries what goes with it).
+        result = await t.removeMany!(await t.list());
+      } else if (op === "stale") {
+        // The dsts of listed objects that are not the same as a plain copy of themselves: the table marked them stale.
+        result = (await t.list()).filter((o) => !t.same!(o, { ...(o as object) })).map((o) => (o as { dst: string }).dst);
+      } else if (op === "scan") {
         // What the table handed over one by one, as a list (a restarted reading starts it again).
         const got: unknown[] = [];
         await t.scan!((o) => got.push(o), () => { got.length = 0; });

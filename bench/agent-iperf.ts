@@ -59,6 +59,9 @@ async function facts(c: Cluster, i: number): Promise<NodeFacts> {
 async function weftOff(c: Cluster): Promise<void> {
   for (const i of [0, 1]) {
     await c.stopAgent(i);
+    // Nexthops first: iproute2's route flush cannot delete a route that names a nexthop (it sends the
+    // nexthop's expanded gateway too, which the kernel refuses beside the id).
+    await ip("-n", c.nodes[i]!.ns, "nexthop", "flush", "protocol", "87");
     await ip("-n", c.nodes[i]!.ns, "route", "flush", "proto", "87");
     // Deleting wireguard-go's device also ends wireguard-go.
     for (const dev of ["weft.1", wgDevice(i)]) await ip("-n", c.nodes[i]!.ns, "link", "del", dev).catch(() => undefined);

@@ -158,7 +158,7 @@ async function main(): Promise<void> {
     peers: Math.max(...SIZES), adds: adds.length, removes: removes.length,
     addEventToKernelMs: { p50: median(adds.map((x) => x.eventToKernelMs)), max: Math.max(...adds.map((x) => x.eventToKernelMs)) },
     removeEventToKernelMs: { p50: median(removes.map((x) => x.eventToKernelMs)), max: Math.max(...removes.map((x) => x.eventToKernelMs)) },
-    passMs: { p50: median(changes.map((x) => x.passMs)), max: Math.max(...changes.map((x) => x.passMs)) },
+    passMs: { p50: Math.round(median(changes.map((x) => x.passMs)) * 100) / 100, max: Math.max(...changes.map((x) => x.passMs)) },
     objectsPerChange: [...new Set(changes.map((x) => x.added + x.deleted))],
   };
   if (changes.length) {

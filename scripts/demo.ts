@@ -132,7 +132,7 @@ async function main(): Promise<void> {
     const ms = await timeUntil("route back", async () => (await ipJson<Array<{ dst: string }>>(ns0, "route", "show", "proto", "87")).some((r) => r.dst === peer), 5000);
     process.stdout.write(`self-healing: deleted node-0's route to ${peer} (ip route del); the agent put it back within ${ms} ms\n`);
 
-    process.stdout.write(`\nlogs: ${join(c.workDir, "logs")}   kernel state: ip -n ${ns0} route show proto 87; ip netns exec ${ns0} bridge fdb show dev weft.1; ip netns exec ${ns0} nft list table ip weft\n`);
+    process.stdout.write(`\nlogs: ${join(c.workDir, "logs")}   kernel state: ip -n ${ns0} route show proto 87; ip -n ${ns0} nexthop show; ip netns exec ${ns0} bridge fdb show dev weft.1; ip netns exec ${ns0} nft list table ip weft\n`);
     process.stdout.write(duration ? `running for ${duration} s, then cleaning up\n` : "press Ctrl-C to stop and clean up\n");
 
     const end = duration ? Date.now() + duration * 1000 : Infinity;

@@ -11,7 +11,9 @@
 // peer change costs its own objects, not three dumps of 15,000 nor a walk
 // over every peer. The timer, kernel notifications and failures make the
 // next pass read the kernel and compare every peer, which is what repairs
-// drift.
+// drift. A lease event that arrives while such a pass is reading the kernel
+// does not wait for it: its changed peers are programmed beside it (a lane),
+// and the full pass takes the lane's result into its own.
 //
 // Kernel notifications: only what touches our device, our underlay interface
 // or an object the last pass wanted starts a pass, after a short debounce,
@@ -64,6 +66,34 @@ export interface PeerSource {
 /** Up to this many changed peers, a pass from memory looks at them alone; more take a full pass. */
 const MAX_CHANGE_PASS = 512;
 
+interface PassOutcome {
+  readonly result: ReconcileResult;
+  /** Every peer refused now (a lane's: the changed peers' alone). */
+  readonly rejected: ReadonlyMap<string, Rejection>;
+  /** A change pass's changed peers. */
+  readonly changes?: readonly PeerChange[];
+}
+
+/**
+ * A full pass's outcome with that of the change pass that ran beside it: the lane's peers are as the
+ * lane left them (the full pass planned from the model the lane had already updated), except that a
+ * peer the lane failed and the full pass then programmed is programmed.
+ */
+function withLane(full: PassOutcome, lane: PassOutcome | undefined): PassOutcome {
+  if (!lane) return full;
+  const a = full.result, b = lane.result;
+  const rejected = new Map(full.rejected);
+  for (const c of lane.changes ?? []) rejected.delete((c.after ?? c.before)!.subnet);
+  lane.rejected.forEach((rej, subnet) => rejected.set(subnet, rej));
+  const repaired = new Map(a.repaired);
+  b.repaired.forEach((n, kind) => repaired.set(kind, (repaired.get(kind) ?? 0) + n));
+  const result: ReconcileResult = {
+    programmed: a.programmed, failed: new Map([...a.failed, ...[...b.failed].filter(([peer]) => !a.programmed.has(peer))]), rejected, added: a.added + b.added, deleted: a.deleted + b.deleted,
+    repaired, errors: a.errors + b.errors, problems: [...a.problems, ...b.problems].slice(0, 3), durationMs: a.durationMs,
+  };
+  return { result, rejected };
+}
+
 export class DataplaneSync {
   private programmed: ReadonlySet<string> = new Set();
   private failed: ReadonlyMap<string, string> = new Map();
@@ -79,6 +109,8 @@ export class DataplaneSync {
   /** The next pass reads the kernel (timer, kernel notification, failure) instead of trusting the last pass's result. */
   private readKernel = true;
   private debounce: NodeJS.Timeout | undefined;
+  /** A change pass run beside a full pass that was reading the kernel (Reconciler.reading); undefined result: it could not run. */
+  private lane: Promise<PassOutcome | undefined> | undefined;
 
   constructor(private readonly deps: DataplaneSyncDeps) {}
 
@@ -103,6 +135,7 @@ export class DataplaneSync {
     if (!this.deps.peers.synced) return;
     if (this.running) {
       this.dirty = true;
+      if (!what.repair && !what.firewall && !what.kernel) this.changeBesideRead();
       return;
     }
     this.running = this.run().finally(() => (this.running = undefined));
@@ -143,7 +176,7 @@ export class DataplaneSync {
         const trustMemory = !this.readKernel;
         this.readKernel = false;
         readTables ||= !trustMemory;
-        const { result: r, rejected } = await this.reconcilePeers(trustMemory);
+        const { result: r, rejected } = withLane(await this.reconcilePeers(trustMemory), await this.takeLane());
         for (const [subnet, rej] of r.rejected) {
           if (this.rejected.get(subnet)?.detail !== rej.detail) log.error({ peer: this.deps.peers.get(subnet)?.nodeName, subnet, reason: rej.reason, detail: rej.detail }, "peer rejected; not programming it");
         }
@@ -163,6 +196,8 @@ export class DataplaneSync {
         failures = 0;
       } catch (err) {
         ok = false;
+        // A lane's changes are in the model; the full pass that follows reads the kernel and covers them.
+        await this.takeLane();
         metrics.reconcileErrors.inc({ op: "pass" });
         this.problems.set("dataplane", `reconcile pass failed: ${(err as Error).message}`);
         const delay = backoffDelay(failures++, 250, this.deps.resyncIntervalMs);
@@ -181,23 +216,59 @@ export class DataplaneSync {
    * Reconciles the peers: a lease event's changed peers alone when the memory may be trusted (no
    * dumps, no walk over every peer), otherwise all of them. `rejected`: every peer refused now.
    */
-  private async reconcilePeers(trustMemory: boolean): Promise<{ result: ReconcileResult; rejected: ReadonlyMap<string, Rejection> }> {
+  private async reconcilePeers(trustMemory: boolean): Promise<PassOutcome> {
     const { backend, reconciler, peers } = this.deps;
     // Taken on every pass, so a later change pass sees only what changed after this one.
     const changes = peers.takeChanges();
     if (trustMemory && changes !== undefined && changes.length <= MAX_CHANGE_PASS) {
-      const before = changes.flatMap((c) => (c.before ? [c.before] : []));
-      const after = changes.flatMap((c) => (c.after ? [c.after] : []));
-      const result = await reconciler.reconcileChange(backend.desired(before), backend.desired(after));
-      if (result) {
-        const rejected = new Map(this.rejected);
-        for (const c of changes) rejected.delete((c.after ?? c.before)!.subnet);
-        result.rejected.forEach((rej, subnet) => rejected.set(subnet, rej));
-        return { result, rejected };
-      }
+      const outcome = await this.changePass(changes, this.rejected);
+      if (outcome) return outcome;
     }
     const result = await reconciler.reconcile(backend.desired(peers.list()), { trustMemory });
     return { result, rejected: result.rejected };
+  }
+
+  /** The changed peers alone (Reconciler.reconcileChange); undefined when the reconciler wants a full pass. */
+  private async changePass(changes: readonly PeerChange[], rejectedBefore: ReadonlyMap<string, Rejection>): Promise<PassOutcome | undefined> {
+    const { backend, reconciler } = this.deps;
+    const before = changes.flatMap((c) => (c.before ? [c.before] : []));
+    const after = changes.flatMap((c) => (c.after ? [c.after] : []));
+    const result = await reconciler.reconcileChange(backend.desired(before), backend.desired(after));
+    if (!result) return undefined;
+    const rejected = new Map(rejectedBefore);
+    for (const c of changes) rejected.delete((c.after ?? c.before)!.subnet);
+    result.rejected.forEach((rej, subnet) => rejected.set(subnet, rej));
+    return { result, rejected, changes };
+  }
+
+  /**
+   * A lease event while a full pass reads the kernel (75-150 ms at 5,000 peers): its changed peers are
+   * programmed now, beside that pass (Reconciler.reading says when that is safe), and the full pass takes
+   * the result into its own. When that cannot be (too many changes, a snapshot, the memory in doubt), the
+   * pass that follows reads the kernel and covers everything.
+   */
+  private changeBesideRead(): void {
+    if (this.lane || this.readKernel || !this.deps.reconciler.reading) return;
+    const changes = this.deps.peers.takeChanges();
+    if (changes === undefined || changes.length > MAX_CHANGE_PASS) {
+      this.readKernel = true;
+      return;
+    }
+    this.deps.onPassStart?.();
+    this.lane = this.changePass(changes, new Map()).then(
+      (outcome) => { if (!outcome) this.readKernel = true; return outcome; },
+      (err: unknown) => {
+        this.deps.log.warn({ err }, "peer change beside the running pass failed; the next pass reads the kernel");
+        this.readKernel = true;
+        return undefined;
+      },
+    );
+  }
+
+  private async takeLane(): Promise<PassOutcome | undefined> {
+    const lane = this.lane;
+    this.lane = undefined;
+    return lane;
   }
 
   /** Runs one repair step; a failure is a readiness problem, not a reason to skip the peers. */

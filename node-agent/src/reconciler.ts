@@ -26,7 +26,8 @@
 // desired state, before and after, so a lease event costs the same with ten
 // peers or ten thousand. The wanted objects are the backend's entries
 // themselves, which carry the model's bookkeeping (one object per wanted
-// object, not two).
+// object, not two). A change pass may also run while a full pass reads the
+// kernel (`reading`), so a lease event never waits for a timer's dumps.
 import { WeftError } from "../../lib/src/errors.js";
 import type { Logger } from "../../lib/src/logger.js";
 import { NODE_ENTRY, type DesiredEntry, type DesiredState, type Rejection } from "./backends/backend.js";
@@ -111,12 +112,27 @@ export class Reconciler {
   private programmed = new Set<string>();
   /** The kernel holds exactly the model as far as we know: the last pass had no errors and no drift was seen since. */
   private trusted = false;
+  /** A full pass is reading the kernel's tables. */
+  private readingKernel = false;
+  /** A change pass that began while a full pass read the kernel: the full pass applies its plan after it. */
+  private sideChange: Promise<unknown> | undefined;
 
   constructor(private readonly log: Logger, private readonly hooks: ReconcilerHooks = {}) {}
 
   /** Something may have changed in the kernel behind our back: the next pass reads the kernel again. */
   invalidate(): void {
     this.trusted = false;
+  }
+
+  /**
+   * A full pass is reading the kernel (75-150 ms at 5,000 peers) and no change pass runs beside it: a
+   * change pass (reconcileChange) may start now instead of waiting. The two do not get in each other's
+   * way: the change pass updates the model before it touches the kernel, and the full pass plans from
+   * the model and applies only after the change pass is done, so at worst it puts again an object the
+   * change pass was still putting (puts are idempotent).
+   */
+  get reading(): boolean {
+    return this.readingKernel && this.sideChange === undefined;
   }
 
   /**
@@ -135,11 +151,13 @@ export class Reconciler {
     const changes = all.map((s) => this.update(s.table, s.entries, pass));
     this.trusted = true;
     let plan: Plan[];
+    this.readingKernel = !fromMemory;
     try {
       plan = fromMemory
         ? all.map((s, i) => ({ table: s.table, puts: changes[i]!.fresh, removes: changes[i]!.gone }))
         : await Promise.all(all.map((s) => this.planFromKernel(s.table)));
     } catch (err) {
+      this.readingKernel = false;
       this.trusted = false;
       // What this pass wanted anew is not in the kernel: not programmed (until a pass puts it: counted
       // as failed), and no drift when the next pass puts it.
@@ -154,6 +172,9 @@ export class Reconciler {
       this.lastFailed = unplaced;
       throw err;
     }
+    this.readingKernel = false;
+    // No two passes put and remove at once: their bookkeeping (failed peers, counts) would cross.
+    await this.sideChange?.catch(() => undefined);
     return this.apply(want.stages as ReadonlyArray<Stage>, plan, pass, fromMemory, want.rejected, t0);
   }
 
@@ -171,7 +192,13 @@ export class Reconciler {
     const pass = ++this.pass;
     const was = new Map((before.stages.flat() as Stage).map((s) => [s.table.kind, s.entries]));
     const plan = all.map((s) => ({ table: s.table, ...this.patch(s.table, was.get(s.table.kind) ?? [], s.entries, pass) }));
-    return this.apply(after.stages as ReadonlyArray<Stage>, plan, pass, true, after.rejected, t0);
+    const applied = this.apply(after.stages as ReadonlyArray<Stage>, plan, pass, true, after.rejected, t0);
+    if (this.readingKernel) {
+      this.sideChange = applied;
+      const done = () => { if (this.sideChange === applied) this.sideChange = undefined; };
+      applied.then(done, done);
+    }
+    return applied;
   }
 
   /** Puts and removes what the plan says, stage by stage, and settles which peers are programmed. */

@@ -59,6 +59,38 @@ describe("DataplaneSync", () => {
     stop();
   });
 
+  it("programs a lease event that arrives while a full pass reads the kernel at once, beside it", async () => {
+    const { dp, table, sync, pass, stop } = await rig(20);
+    await pass();
+    const until = async (what: string, cond: () => boolean) => {
+      for (let i = 0; i < 100 && !cond(); i++) await new Promise((r) => setTimeout(r, 2));
+      expect(cond(), what).toBe(true);
+    };
+    let release!: () => void;
+    dp.listGate = new Promise((r) => (release = r));
+    dp.calls.length = 0;
+    sync.request({ kernel: true });
+    await until("the full pass reading routes", () => dp.calls.includes("listRoutes "));
+    table.applyEvent({ type: "added", lease: peer(90), revision: 100 });
+    sync.request();
+    await until("the new peer's route in the kernel while the read still waits", () => dp.routeMap.has("10.244.90.0/24"));
+    // One change beside a read at a time: the next waits for the pass after it.
+    table.applyEvent({ type: "removed", lease: peer(3), revision: 101 });
+    sync.request();
+    await new Promise((r) => setTimeout(r, 20));
+    expect(dp.routeMap.has("10.244.3.0/24")).toBe(true);
+    dp.listGate = undefined;
+    release();
+    await until("the removal programmed after the read", () => !dp.routeMap.has("10.244.3.0/24"));
+    await pass();
+    expect(dp.routeMap.has("10.244.90.0/24")).toBe(true);
+    expect(dp.routeMap.size).toBe(20);
+    // The full pass changed nothing the change had made: one put per object, no removal of it.
+    expect(mutations(dp.calls).filter((c) => c.includes("10.244.90.")).sort()).toEqual(["putNeighbour 10.244.90.0", "putRoute 10.244.90.0/24"]);
+    expect(sync.counts.programmed).toBe(20);
+    stop();
+  });
+
   it("keeps rejections of unchanged peers across a change pass, and drops those of changed ones", async () => {
     const { table, sync, pass, stop } = await rig(3);
     table.applyEvent({ type: "added", lease: peer(40, { attrs: { type: "vxlan", vni: 7, vtepMac: "0e:00:00:00:00:40" } }), revision: 10 });

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { parseNetworkConfig } from "../../lib/src/net-config.js";
-import type { DesiredState } from "../src/backends/backend.js";
+import { desiredEntry, type DesiredState } from "../src/backends/backend.js";
 import type { KernelTable } from "../src/dataplane/dataplane.js";
 import { Reconciler } from "../src/reconciler.js";
 import { peer, silentLog, vxlanOnFake } from "./helpers/fixtures.js";
@@ -340,5 +340,50 @@ describe("Reconciler on a FakeDataplane", () => {
     expect([...r.failed.keys()]).toEqual(["10.244.3.0/24"]);
     expect([...r.programmed].sort()).toEqual(["10.244.2.0/24", "10.244.4.0/24"]);
     expect(errors).toEqual(["route_put"]);
+  });
+});
+
+describe("Reconciler: a change pass beside a full pass's reading of the kernel", () => {
+  it("runs the change at once, and applies the full pass only after it", async () => {
+    type Obj = { id: string; v: number };
+    const kernel = new Map<string, Obj>();
+    const log: string[] = [];
+    let listGate: Promise<void> | undefined;
+    let putGate: Promise<void> | undefined;
+    const table: KernelTable<Obj> = {
+      kind: "route",
+      list: async () => { log.push("list"); await listGate; return [...kernel.values()]; },
+      id: (o) => o.id,
+      key: (o) => `${o.id}|${o.v}`,
+      put: async (o) => { log.push(`put ${o.id}`); if (o.id === "b") await putGate; kernel.set(o.id, o); },
+      remove: async (o) => { log.push(`remove ${o.id}`); kernel.delete(o.id); },
+    };
+    const state = (...ids: string[]): DesiredState => ({ stages: [[{ table, entries: ids.map((id) => desiredEntry(id, { id, v: 1 })) }]], rejected: new Map() });
+    const a = state("a");
+    const rec = new Reconciler(silentLog);
+    await rec.reconcile(a);
+    expect(rec.reading).toBe(false);
+    let openList!: () => void, openPut!: () => void;
+    listGate = new Promise((r) => (openList = r));
+    putGate = new Promise((r) => (openPut = r));
+    log.length = 0;
+    const full = rec.reconcile(a);
+    await new Promise((r) => setTimeout(r, 1));
+    expect(log).toEqual(["list"]);
+    expect(rec.reading).toBe(true);
+    const change = rec.reconcileChange(state(), state("b"));
+    expect(log).toEqual(["list", "put b"]);
+    // One change beside a reading at a time.
+    expect(rec.reading).toBe(false);
+    openList();
+    await new Promise((r) => setTimeout(r, 5));
+    // The full pass read the kernel before b got there, so it will put b too, but only after the change is done.
+    expect(log).toEqual(["list", "put b"]);
+    openPut();
+    expect(await change).toMatchObject({ added: 1, errors: 0 });
+    expect(await full).toMatchObject({ deleted: 0, errors: 0 });
+    expect(log).toEqual(["list", "put b", "put b"]);
+    expect([...kernel.keys()].sort()).toEqual(["a", "b"]);
+    expect([...(await rec.reconcile(state("a", "b"))).programmed].sort()).toEqual(["a", "b"]);
   });
 });

@@ -23,6 +23,8 @@ export class FakeDataplane implements Dataplane {
   readonly calls: string[] = [];
   /** Operation names (e.g. "putRoute") that throw DATAPLANE_OP_FAILED while listed. */
   readonly failing = new Set<string>();
+  /** While set, listing routes waits for it: a test holds a full pass in its reading of the kernel. */
+  listGate: Promise<void> | undefined;
   private readonly listeners = new Set<(c: KernelChange) => void>();
   private nextIndex = 10;
 
@@ -74,7 +76,11 @@ export class FakeDataplane implements Dataplane {
 
   readonly routes: KernelTable<Route> = {
     kind: "route",
-    list: async () => { this.op("listRoutes", ""); return [...this.routeMap.values()]; },
+    list: async () => {
+      this.op("listRoutes", "");
+      await this.listGate;
+      return [...this.routeMap.values()];
+    },
     id: routeId,
     key: routeKey,
     same: routeSame,

@@ -109,8 +109,10 @@ export class DataplaneSync {
   /** The next pass reads the kernel (timer, kernel notification, failure) instead of trusting the last pass's result. */
   private readKernel = true;
   private debounce: NodeJS.Timeout | undefined;
-  /** A change pass run beside a full pass that was reading the kernel (Reconciler.reading); undefined result: it could not run. */
+  /** A change pass run beside a running pass (Reconciler.acceptsChange); undefined result: it could not run. */
   private lane: Promise<PassOutcome | undefined> | undefined;
+  /** The running pass is repairing the device: the peers' objects wait for it (the device's index may change). */
+  private repairingDevice = false;
 
   constructor(private readonly deps: DataplaneSyncDeps) {}
 
@@ -166,7 +168,12 @@ export class DataplaneSync {
       try {
         if (this.repairPending) {
           this.repairPending = false;
-          await this.guard("device", async () => this.countRepairs(await backend.repair()));
+          this.repairingDevice = true;
+          try {
+            await this.guard("device", async () => this.countRepairs(await backend.repair()));
+          } finally {
+            this.repairingDevice = false;
+          }
         }
         if (this.firewallPending) {
           this.firewallPending = false;
@@ -242,13 +249,14 @@ export class DataplaneSync {
   }
 
   /**
-   * A lease event while a full pass reads the kernel (75-150 ms at 5,000 peers): its changed peers are
-   * programmed now, beside that pass (Reconciler.reading says when that is safe), and the full pass takes
-   * the result into its own. When that cannot be (too many changes, a snapshot, the memory in doubt), the
-   * pass that follows reads the kernel and covers everything.
+   * A lease event while a pass runs (a timer pass checks the firewall rules and reads the kernel: 75-250
+   * ms at 5,000 peers): its changed peers are programmed now, beside that pass (Reconciler.acceptsChange
+   * says when that is safe), and the pass takes the result into its own. When that cannot be (too many
+   * changes, a snapshot, the memory in doubt), the pass that follows reads the kernel and covers
+   * everything.
    */
   private changeBesideRead(): void {
-    if (this.lane || this.readKernel || !this.deps.reconciler.reading) return;
+    if (this.lane || this.repairingDevice || !this.deps.reconciler.acceptsChange) return;
     const changes = this.deps.peers.takeChanges();
     if (changes === undefined || changes.length > MAX_CHANGE_PASS) {
       this.readKernel = true;

@@ -27,7 +27,7 @@
 // peers or ten thousand. The wanted objects are the backend's entries
 // themselves, which carry the model's bookkeeping (one object per wanted
 // object, not two). A change pass may also run while a full pass reads the
-// kernel (`reading`), so a lease event never waits for a timer's dumps.
+// kernel (`acceptsChange`), so a lease event never waits for a timer's dumps.
 import { WeftError } from "../../lib/src/errors.js";
 import type { Logger } from "../../lib/src/logger.js";
 import { NODE_ENTRY, type DesiredEntry, type DesiredState, type Rejection } from "./backends/backend.js";
@@ -112,10 +112,10 @@ export class Reconciler {
   private programmed = new Set<string>();
   /** The kernel holds exactly the model as far as we know: the last pass had no errors and no drift was seen since. */
   private trusted = false;
-  /** A full pass is reading the kernel's tables. */
-  private readingKernel = false;
-  /** A change pass that began while a full pass read the kernel: the full pass applies its plan after it. */
-  private sideChange: Promise<unknown> | undefined;
+  /** A full pass is putting and removing (its plan is made): a change pass now would cross it. */
+  private applyingFull = false;
+  /** The change pass in flight, if any: a full pass applies its plan only after it. */
+  private changeInFlight: Promise<unknown> | undefined;
 
   constructor(private readonly log: Logger, private readonly hooks: ReconcilerHooks = {}) {}
 
@@ -125,14 +125,14 @@ export class Reconciler {
   }
 
   /**
-   * A full pass is reading the kernel (75-150 ms at 5,000 peers) and no change pass runs beside it: a
-   * change pass (reconcileChange) may start now instead of waiting. The two do not get in each other's
-   * way: the change pass updates the model before it touches the kernel, and the full pass plans from
-   * the model and applies only after the change pass is done, so at worst it puts again an object the
-   * change pass was still putting (puts are idempotent).
+   * A change pass (reconcileChange) may start now, even while a full pass reads the kernel (75-150 ms
+   * at 5,000 peers), as long as no other change pass runs and no full pass is putting and removing.
+   * The two do not get in each other's way: the change pass updates the model before it touches the
+   * kernel, and the full pass plans from the model and applies only after the change pass is done, so
+   * at worst it puts again an object the change pass was still putting (puts are idempotent).
    */
-  get reading(): boolean {
-    return this.readingKernel && this.sideChange === undefined;
+  get acceptsChange(): boolean {
+    return !this.applyingFull && this.changeInFlight === undefined;
   }
 
   /**
@@ -151,13 +151,11 @@ export class Reconciler {
     const changes = all.map((s) => this.update(s.table, s.entries, pass));
     this.trusted = true;
     let plan: Plan[];
-    this.readingKernel = !fromMemory;
     try {
       plan = fromMemory
         ? all.map((s, i) => ({ table: s.table, puts: changes[i]!.fresh, removes: changes[i]!.gone }))
         : await Promise.all(all.map((s) => this.planFromKernel(s.table)));
     } catch (err) {
-      this.readingKernel = false;
       this.trusted = false;
       // What this pass wanted anew is not in the kernel: not programmed (until a pass puts it: counted
       // as failed), and no drift when the next pass puts it.
@@ -172,10 +170,14 @@ export class Reconciler {
       this.lastFailed = unplaced;
       throw err;
     }
-    this.readingKernel = false;
     // No two passes put and remove at once: their bookkeeping (failed peers, counts) would cross.
-    await this.sideChange?.catch(() => undefined);
-    return this.apply(want.stages as ReadonlyArray<Stage>, plan, pass, fromMemory, want.rejected, t0);
+    await this.changeInFlight?.catch(() => undefined);
+    this.applyingFull = true;
+    try {
+      return await this.apply(want.stages as ReadonlyArray<Stage>, plan, pass, fromMemory, want.rejected, t0);
+    } finally {
+      this.applyingFull = false;
+    }
   }
 
   /**
@@ -186,6 +188,8 @@ export class Reconciler {
    * reconciled): the caller runs a full pass instead. `rejected` of the result: the changed peers' only.
    */
   async reconcileChange(before: DesiredState, after: DesiredState): Promise<ReconcileResult | undefined> {
+    // One change pass at a time (one may have started beside a full pass).
+    while (this.changeInFlight) await this.changeInFlight.catch(() => undefined);
     const all = after.stages.flat() as Stage;
     if (!this.trusted || after.listEveryPass || !all.every((s) => this.models.has(s.table.kind))) return undefined;
     const t0 = performance.now();
@@ -193,11 +197,9 @@ export class Reconciler {
     const was = new Map((before.stages.flat() as Stage).map((s) => [s.table.kind, s.entries]));
     const plan = all.map((s) => ({ table: s.table, ...this.patch(s.table, was.get(s.table.kind) ?? [], s.entries, pass) }));
     const applied = this.apply(after.stages as ReadonlyArray<Stage>, plan, pass, true, after.rejected, t0);
-    if (this.readingKernel) {
-      this.sideChange = applied;
-      const done = () => { if (this.sideChange === applied) this.sideChange = undefined; };
-      applied.then(done, done);
-    }
+    this.changeInFlight = applied;
+    const done = () => { if (this.changeInFlight === applied) this.changeInFlight = undefined; };
+    applied.then(done, done);
     return applied;
   }
 

@@ -20,8 +20,10 @@ async function rig(peerCount: number) {
   const ac = new AbortController();
   let passes = 0;
   const kernelReads = { n: 0 };
+  /** While set, the firewall check waits for it (nft takes tens of ms to answer). */
+  const firewall = { gate: undefined as Promise<void> | undefined };
   const sync = new DataplaneSync({
-    backend, firewall: { check: async () => undefined, ensure: async () => [] }, reconciler: new Reconciler(silentLog), peers: table,
+    backend, firewall: { check: async () => undefined, ensure: async () => { await firewall.gate; return []; } }, reconciler: new Reconciler(silentLog), peers: table,
     underlayIndex: 2, resyncIntervalMs: 60_000, log: silentLog, metrics: createAgentMetrics(), signal: ac.signal,
     onPass: () => passes++,
     afterKernelRead: () => kernelReads.n++,
@@ -33,7 +35,7 @@ async function rig(peerCount: number) {
     for (let i = 0; i < 200 && passes === before; i++) await new Promise((r) => setTimeout(r, 5));
     expect(passes).toBeGreaterThan(before);
   };
-  return { dp, table, sync, pass, asked, kernelReads, stop: () => ac.abort() };
+  return { dp, table, sync, pass, asked, kernelReads, firewall, stop: () => ac.abort() };
 }
 
 describe("DataplaneSync", () => {
@@ -59,13 +61,34 @@ describe("DataplaneSync", () => {
     stop();
   });
 
+  const until = async (what: string, cond: () => boolean) => {
+    for (let i = 0; i < 100 && !cond(); i++) await new Promise((r) => setTimeout(r, 2));
+    expect(cond(), what).toBe(true);
+  };
+
+  it("programs a lease event that arrives while a timer pass checks the firewall at once, beside it", async () => {
+    const { dp, table, sync, pass, firewall, stop } = await rig(5);
+    await pass();
+    let release!: () => void;
+    firewall.gate = new Promise((r) => (release = r));
+    dp.calls.length = 0;
+    sync.request({ firewall: true, kernel: true });
+    await new Promise((r) => setTimeout(r, 5));
+    table.applyEvent({ type: "added", lease: peer(90), revision: 100 });
+    sync.request();
+    await until("the new peer's route in the kernel while the firewall check still runs", () => dp.routeMap.has("10.244.90.0/24"));
+    expect(dp.calls.filter((c) => c.startsWith("list"))).toEqual([]);
+    firewall.gate = undefined;
+    release();
+    await pass();
+    expect(dp.calls.filter((c) => c.startsWith("list"))).toEqual(["listRoutes "]);
+    expect(sync.counts.programmed).toBe(6);
+    stop();
+  });
+
   it("programs a lease event that arrives while a full pass reads the kernel at once, beside it", async () => {
     const { dp, table, sync, pass, stop } = await rig(20);
     await pass();
-    const until = async (what: string, cond: () => boolean) => {
-      for (let i = 0; i < 100 && !cond(); i++) await new Promise((r) => setTimeout(r, 2));
-      expect(cond(), what).toBe(true);
-    };
     let release!: () => void;
     dp.listGate = new Promise((r) => (release = r));
     dp.calls.length = 0;

@@ -362,7 +362,7 @@ describe("Reconciler: a change pass beside a full pass's reading of the kernel",
     const a = state("a");
     const rec = new Reconciler(silentLog);
     await rec.reconcile(a);
-    expect(rec.reading).toBe(false);
+    expect(rec.acceptsChange).toBe(true);
     let openList!: () => void, openPut!: () => void;
     listGate = new Promise((r) => (openList = r));
     putGate = new Promise((r) => (openPut = r));
@@ -370,11 +370,11 @@ describe("Reconciler: a change pass beside a full pass's reading of the kernel",
     const full = rec.reconcile(a);
     await new Promise((r) => setTimeout(r, 1));
     expect(log).toEqual(["list"]);
-    expect(rec.reading).toBe(true);
+    expect(rec.acceptsChange).toBe(true);
     const change = rec.reconcileChange(state(), state("b"));
     expect(log).toEqual(["list", "put b"]);
-    // One change beside a reading at a time.
-    expect(rec.reading).toBe(false);
+    // One change pass at a time.
+    expect(rec.acceptsChange).toBe(false);
     openList();
     await new Promise((r) => setTimeout(r, 5));
     // The full pass read the kernel before b got there, so it will put b too, but only after the change is done.

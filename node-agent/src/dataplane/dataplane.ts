@@ -96,7 +96,8 @@ export interface KernelTable<T> {
   /**
    * Optional: what list() returns, handed to `visit` one object at a time as the kernel's replies
    * arrive, so a full table is never held at once. If the kernel's dump has to run again, `restart`
-   * is called first and the objects come again from the start.
+   * is called first and the objects come again from the start. (NetlinkDataplane's routes: after the
+   * first scan, our nexthops left without a route are listed by list() alone; see scanOurRoutes.)
    */
   scan?(visit: (o: T) => void, restart: () => void): Promise<void>;
   /** Identity: a put replaces the kernel object with the same id. */

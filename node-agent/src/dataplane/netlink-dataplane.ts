@@ -86,6 +86,8 @@ export class NetlinkDataplane implements Dataplane {
    * its route), each with the nexthop of ours that goes when it goes: put replaces them, remove takes both.
    */
   private readonly staleRoutes = new WeakMap<Route, number | undefined>();
+  /** A reading of the routes has looked for nexthops of ours without a route (scanOurRoutes). */
+  private swept = false;
 
   constructor(opts: NetlinkDataplaneOptions = {}) {
     this.nexthopsOption = opts.nexthops;
@@ -244,31 +246,42 @@ export class NetlinkDataplane implements Dataplane {
 
   /**
    * Our routes, one at a time (KernelTable.scan). With nexthop objects, a route not in the form a put
-   * makes is marked stale, and a nexthop of ours without its route is listed as a stale route to its
-   * dst, so the reconciler puts the route back or removes the nexthop.
+   * makes is marked stale, so the reconciler puts it right. With `sweep`, the nexthops are read too:
+   * a route's nexthop must be ours, and a nexthop of ours without its route is listed as a stale route
+   * to its dst, so the reconciler puts the route back or removes the nexthop. Only the first reading
+   * (left-overs of a crash between a nexthop and its route) and --cleanup sweep: the timer's readings
+   * would parse 5,000 more objects each time for nexthops nothing routes through, and a nexthop that
+   * someone else replaces is announced (netlink-monitor.ts).
    */
-  private async scanOurRoutes(visit: (r: Route) => void, restart: () => void): Promise<void> {
+  private async scanOurRoutes(visit: (r: Route) => void, restart: () => void, sweep = !this.swept): Promise<void> {
     if (!(await this.usesNexthops())) return this.scan("list routes", RTM.GETROUTE, AF_INET, (m) => parseOurRoute(m)?.route, visit, restart);
-    const nexthops = new Set<number>();
-    await this.scan("list nexthops", RTM.GETNEXTHOP, 0, (m) => (m.type === RTM.NEWNEXTHOP ? ourNexthopId(m) : undefined), (id) => nexthops.add(id), () => nexthops.clear());
-    const used = new Set<number>();
+    const nexthops = sweep ? new Set<number>() : undefined;
+    if (nexthops) await this.scan("list nexthops", RTM.GETNEXTHOP, 0, (m) => (m.type === RTM.NEWNEXTHOP ? ourNexthopId(m) : undefined), (id) => nexthops.add(id), () => nexthops.clear());
     await this.scan("list routes", RTM.GETROUTE, AF_INET, (m) => {
       const p = parseOurRoute(m);
       if (!p) return undefined;
-      if (p.nh !== undefined) used.add(p.nh);
       const want = this.nexthopFor(p.route, true);
-      if (want === undefined ? p.nh === undefined : p.nh === want && nexthops.has(want)) return p.route;
-      return this.stale(p.route, p.nh !== undefined && nexthops.has(p.nh) ? p.nh : undefined);
-    }, visit, () => { used.clear(); restart(); });
+      const ours = p.nh !== undefined && (!nexthops || nexthops.has(p.nh));
+      if (want === undefined ? p.nh === undefined : p.nh === want && ours) return p.route;
+      return this.stale(p.route, ours ? p.nh : undefined);
+    }, visit, restart);
+    if (!nexthops) return;
+    // What is left after the routes that use them: a second dump, not a set of every route's id.
+    await this.scan("list routes", RTM.GETROUTE, AF_INET, (m) => {
+      const nh = parseOurRoute(m)?.nh;
+      if (nh !== undefined) nexthops.delete(nh);
+      return undefined;
+    }, () => undefined, () => undefined);
     for (const id of nexthops) {
-      const dst = used.has(id) ? undefined : dstOfNexthopId(id);
+      const dst = dstOfNexthopId(id);
       if (dst) visit(this.stale({ dst, oif: 0, onlink: false }, id));
     }
+    this.swept = true;
   }
 
   private async listOurRoutes(): Promise<Route[]> {
     const out: Route[] = [];
-    await this.scanOurRoutes((r) => out.push(r), () => { out.length = 0; });
+    await this.scanOurRoutes((r) => out.push(r), () => { out.length = 0; }, true);
     return out;
   }
 
@@ -302,7 +315,8 @@ export class NetlinkDataplane implements Dataplane {
     try {
       await this.addRoute(r, nh);
     } catch (err) {
-      if (made) await this.ch.request(`delete nexthop ${nh}`, encodeNexthop(RTM.DELNEXTHOP, 0, nh)).catch(() => undefined);
+      // If this fails too, the next reading of the routes looks for nexthops without a route.
+      if (made) await this.ch.request(`delete nexthop ${nh}`, encodeNexthop(RTM.DELNEXTHOP, 0, nh)).catch(() => { this.swept = false; });
       throw err;
     }
   }
@@ -383,7 +397,12 @@ export class NetlinkDataplane implements Dataplane {
   private async removeRoute(r: Route): Promise<void> {
     await this.tolerateAbsent(`delete route ${r.dst}`, encodeRouteDeletion(r.dst));
     const nh = this.nexthopOf(r, await this.usesNexthops());
-    if (nh !== undefined) await this.tolerateAbsent(`delete nexthop ${nh} of route ${r.dst}`, encodeNexthop(RTM.DELNEXTHOP, 0, nh));
+    if (nh !== undefined) {
+      await this.tolerateAbsent(`delete nexthop ${nh} of route ${r.dst}`, encodeNexthop(RTM.DELNEXTHOP, 0, nh)).catch((err: unknown) => {
+        this.swept = false;
+        throw err;
+      });
+    }
   }
 
   /** Puts many routes in few round trips: their nexthops in batches, then the routes (as putRoute for each). */
@@ -413,7 +432,8 @@ export class NetlinkDataplane implements Dataplane {
     const errors = await this.many(batch, (i) => routeLength(rs[i]!, nh?.[i]), (b, off, i) => writeRoute(b, off, RTM.NEWROUTE, CREATE_EXCL, rs[i]!, nh?.[i]), (i) => `add ${routeWhat(rs[i]!)}`);
     await settle(batch, errors, (i) => this.addRoute(rs[i]!, nh?.[i]));
     const orphans = made.filter((i) => errs[i]);
-    await this.many(orphans, () => nexthopLength(RTM.DELNEXTHOP), (b, off, i) => writeNexthop(b, off, RTM.DELNEXTHOP, 0, nh![i]!), (i) => `delete nexthop ${nh![i]}`, true);
+    const left = await this.many(orphans, () => nexthopLength(RTM.DELNEXTHOP), (b, off, i) => writeNexthop(b, off, RTM.DELNEXTHOP, 0, nh![i]!), (i) => `delete nexthop ${nh![i]}`, true);
+    if (left.some((e) => e)) this.swept = false;
     return errs;
   }
 
@@ -428,6 +448,7 @@ export class NetlinkDataplane implements Dataplane {
     }
     const errors = await this.many(gone, () => nexthopLength(RTM.DELNEXTHOP), (b, off, n) => writeNexthop(b, off, RTM.DELNEXTHOP, 0, n.id), (n) => `delete nexthop ${n.id} of route ${rs[n.i]!.dst}`, true);
     gone.forEach((n, k) => { if (errors[k]) errs[n.i] = errors[k]; });
+    if (errors.some((e) => e)) this.swept = false;
     return errs;
   }
 

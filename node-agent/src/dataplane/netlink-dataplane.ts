@@ -1,9 +1,7 @@
-// Dataplane over rtnetlink: one channel for changes and lookups and one for
-// dumps (netlink-channel.ts), so a change is answered at once even while a
-// timer pass reads 15,000 objects; one notification socket
-// (netlink-monitor.ts); every message from rtnl-codec.ts. No process is
-// spawned per change. The tables' putMany and removeMany send a pass's
-// objects in batches (NetlinkChannel.batch).
+// Dataplane over rtnetlink: one request channel (netlink-channel.ts), one
+// notification socket (netlink-monitor.ts), every message from
+// rtnl-codec.ts. No process is spawned per change. The tables' putMany and
+// removeMany send a pass's objects in batches (NetlinkChannel.batch).
 //
 // A route onto one of our tunnel devices goes through a nexthop object of
 // ours, numbered after the route's dst (nexthop-id.ts says why: it makes
@@ -78,8 +76,6 @@ export type NetlinkDataplaneOptions = NetlinkChannelOptions & {
 
 export class NetlinkDataplane implements Dataplane {
   private readonly ch: NetlinkChannel;
-  /** Dumps only: on the changes' socket, a change's answer would queue behind a dump's replies. */
-  private readonly reads: NetlinkChannel;
   private readonly monitor: NetlinkMonitor;
   /** One shared dump answers every route-ownership question asked while it runs. */
   private ownerDump: { started: number; p: Promise<Map<string, number>> } | undefined;
@@ -96,7 +92,6 @@ export class NetlinkDataplane implements Dataplane {
   constructor(opts: NetlinkDataplaneOptions = {}) {
     this.nexthopsOption = opts.nexthops;
     this.ch = new NetlinkChannel(opts);
-    this.reads = new NetlinkChannel(opts);
     this.monitor = new NetlinkMonitor(opts.onMonitorError, opts.monitorBufferBytes);
   }
 
@@ -141,7 +136,7 @@ export class NetlinkDataplane implements Dataplane {
   /** A dump parsed as it arrives: `visit` gets each parsed object while its datagram is at hand. */
   private async scan<T>(what: string, type: number, family: number, parse: (m: RawMessage) => T | undefined, visit: (v: T) => void, restart: () => void): Promise<void> {
     try {
-      await this.reads.scan(what, encodeDump(type, family), (m) => {
+      await this.ch.scan(what, encodeDump(type, family), (m) => {
         const v = parse(m);
         if (v !== undefined) visit(v);
       }, restart);
@@ -545,7 +540,6 @@ export class NetlinkDataplane implements Dataplane {
   /** Final: queued and later requests fail; the sockets are not reopened. */
   close(): void {
     this.ch.close();
-    this.reads.close();
     this.monitor.close();
   }
 }

@@ -25,7 +25,7 @@ import { dstOfNexthopId, nexthopIdFor } from "./nexthop-id.js";
 import {
   AF_BRIDGE, AF_INET, encodeAddress, encodeDelLink, encodeDump, encodeFdb, encodeGetLink, encodeNeighbour, encodeNewLink, encodeNexthop, encodeRoute, encodeRouteDeletion, encodeSetLink,
   FDB_LENGTH, neighbourLength, nexthopLength, ROUTE_DELETION_LENGTH, routeLength, writeFdb, writeNeighbour, writeNexthop, writeRoute, writeRouteDeletion,
-  isMainTable, isOurRoute, isOurRouteHeader, neighbourHeader, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, ourNexthopId, parseAddress, parseLink, parseNeighbour, parseNexthop, parseRoute, RTM,
+  isMainTable, isOurRoute, isOurRouteHeader, neighbourHeader, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, ourNexthopId, ourRouteNexthopId, parseAddress, parseLink, parseNeighbour, parseNexthop, parseRoute, RTM,
   type ParsedNeighbour, type ParsedNexthop, type ParsedRoute, type RawMessage,
 } from "./rtnl-codec.js";
 
@@ -268,7 +268,7 @@ export class NetlinkDataplane implements Dataplane {
     if (!nexthops) return;
     // What is left after the routes that use them: a second dump, not a set of every route's id.
     await this.scan("list routes", RTM.GETROUTE, AF_INET, (m) => {
-      const nh = parseOurRoute(m)?.nh;
+      const nh = ourRouteNexthopId(m);
       if (nh !== undefined) nexthops.delete(nh);
       return undefined;
     }, () => undefined, () => undefined);

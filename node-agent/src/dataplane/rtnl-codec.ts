@@ -509,6 +509,14 @@ export function isOurRouteHeader(m: RawMessage): boolean {
   return m.end - m.start >= 12 && m.buf[m.start] === AF_INET && m.buf[m.start + 4] === RT_TABLE_MAIN && m.buf[m.start + 5] === WEFT_RT_PROTO;
 }
 
+/** RTA_NH_ID of one of our routes, read without parsing the rest; undefined for others' routes and plain ones. */
+export function ourRouteNexthopId(m: RawMessage): number | undefined {
+  if (m.type !== RTM.NEWROUTE || !isOurRouteHeader(m)) return undefined;
+  let nh: number | undefined;
+  eachAttr(m.buf, m.start + 12, m.end, (t, o, len) => { if (t === RTA_NH_ID && len >= 4) nh = m.buf.readUInt32LE(o); });
+  return nh;
+}
+
 export function isMainTable(p: ParsedRoute): boolean {
   return p.table === RT_TABLE_MAIN;
 }

@@ -28,7 +28,7 @@ import type { KernelChange } from "./dataplane/dataplane.js";
 import type { RuleSet } from "./firewall/firewall.js";
 import type { AgentMetrics } from "./metrics.js";
 import type { PeerChange } from "./peer-table.js";
-import type { Reconciler, ReconcileResult } from "./reconciler.js";
+import { MAX_PROBLEMS, type Reconciler, type ReconcileResult } from "./reconciler.js";
 
 const DRIFT_DEBOUNCE_MS = 20;
 
@@ -89,7 +89,7 @@ function withLane(full: PassOutcome, lane: PassOutcome | undefined): PassOutcome
   b.repaired.forEach((n, kind) => repaired.set(kind, (repaired.get(kind) ?? 0) + n));
   const result: ReconcileResult = {
     programmed: a.programmed, failed: new Map([...a.failed, ...[...b.failed].filter(([peer]) => !a.programmed.has(peer))]), rejected, added: a.added + b.added, deleted: a.deleted + b.deleted,
-    repaired, errors: a.errors + b.errors, problems: [...a.problems, ...b.problems].slice(0, 3), durationMs: a.durationMs,
+    repaired, errors: a.errors + b.errors, problems: [...a.problems, ...b.problems].slice(0, MAX_PROBLEMS), durationMs: a.durationMs,
   };
   return { result, rejected };
 }
@@ -273,7 +273,7 @@ export class DataplaneSync {
     );
   }
 
-  private async takeLane(): Promise<PassOutcome | undefined> {
+  private takeLane(): Promise<PassOutcome | undefined> | undefined {
     const lane = this.lane;
     this.lane = undefined;
     return lane;

@@ -62,7 +62,8 @@ export const BULK_OPS = 256;
 
 /** Operations in flight per pass: matches the dataplane's bound, so no unbounded queue of closures builds up. */
 const WINDOW = 64;
-const MAX_PROBLEMS = 3;
+/** Failed operations a result names (ReconcileResult.problems). */
+export const MAX_PROBLEMS = 3;
 
 async function forEachBounded<T>(items: readonly T[], fn: (item: T) => Promise<unknown>): Promise<void> {
   let next = 0;

@@ -23,7 +23,7 @@ import { NetlinkChannel, NetlinkError, type NetlinkChannelOptions } from "./netl
 import { NetlinkMonitor } from "./netlink-monitor.js";
 import { dstOfNexthopId, nexthopIdFor } from "./nexthop-id.js";
 import {
-  AF_BRIDGE, AF_INET, encodeAddress, encodeDelLink, encodeDump, encodeFdb, encodeGetLink, encodeNeighbour, encodeNewLink, encodeNexthop, encodeRoute, encodeRouteDeletion, encodeSetLink,
+  AF_BRIDGE, AF_INET, encodeAddress, encodeDelLink, encodeDump, encodeFdb, encodeGetLink, encodeNeighbour, encodeNewLink, encodeNexthop, encodeRoute, encodeSetLink,
   FDB_LENGTH, neighbourLength, nexthopLength, ROUTE_DELETION_LENGTH, routeLength, writeFdb, writeNeighbour, writeNexthop, writeRoute, writeRouteDeletion,
   isMainTable, isOurRoute, isOurRouteHeader, neighbourHeader, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE, ourNexthopId, ourRouteNexthopId, parseAddress, parseLink, parseNeighbour, parseNexthop, parseRoute, RTM,
   type ParsedNeighbour, type ParsedNexthop, type ParsedRoute, type RawMessage,
@@ -306,22 +306,6 @@ export class NetlinkDataplane implements Dataplane {
   }
 
   /**
-   * Puts route `r`: its nexthop object first, where routes have them, then the route itself. A nexthop
-   * made for a route the kernel then refuses goes again, so no nexthop of ours is left without a route.
-   */
-  private async putRoute(r: Route): Promise<void> {
-    const nh = this.nexthopFor(r, await this.usesNexthops());
-    const made = nh !== undefined && await this.putNexthop(nh, r);
-    try {
-      await this.addRoute(r, nh);
-    } catch (err) {
-      // If this fails too, the next reading of the routes looks for nexthops without a route.
-      if (made) await this.ch.request(`delete nexthop ${nh}`, encodeNexthop(RTM.DELNEXTHOP, 0, nh)).catch(() => { this.swept = false; });
-      throw err;
-    }
-  }
-
-  /**
    * Adds the route, or replaces ours to the same dst (a peer whose route changed). The kernel's
    * NLM_F_REPLACE takes the first route to that dst whatever its protocol, so it is used only after a
    * dump that began after the add failed showed the route there is ours; a foreign one is reported and
@@ -394,18 +378,12 @@ export class NetlinkDataplane implements Dataplane {
     throw new WeftError("DATAPLANE_OP_FAILED", `add ${what}: nexthop ${id} keeps appearing and vanishing; will retry`);
   }
 
-  private async removeRoute(r: Route): Promise<void> {
-    await this.tolerateAbsent(`delete route ${r.dst}`, encodeRouteDeletion(r.dst));
-    const nh = this.nexthopOf(r, await this.usesNexthops());
-    if (nh !== undefined) {
-      await this.tolerateAbsent(`delete nexthop ${nh} of route ${r.dst}`, encodeNexthop(RTM.DELNEXTHOP, 0, nh)).catch((err: unknown) => {
-        this.swept = false;
-        throw err;
-      });
-    }
-  }
-
-  /** Puts many routes in few round trips: their nexthops in batches, then the routes (as putRoute for each). */
+  /**
+   * Puts routes in few round trips: their nexthop objects first, where routes have them, then the
+   * routes. A nexthop made for a route the kernel then refuses goes again, so no nexthop of ours is
+   * left without a route (if that fails too, the next reading of the routes looks for one). One route
+   * is a batch of one: the same requests.
+   */
   private async putRoutes(rs: readonly Route[]): Promise<Array<unknown>> {
     const errs = new Array<unknown>(rs.length);
     const nexthops = await this.usesNexthops();
@@ -460,8 +438,14 @@ export class NetlinkDataplane implements Dataplane {
     key: routeKey,
     // A stale route (not in the form a put makes) is never the same as the one wanted.
     same: (a, b) => routeSame(a, b) && !this.staleRoutes.has(a) && !this.staleRoutes.has(b),
-    put: (r) => this.putRoute(r),
-    remove: (r) => this.removeRoute(r),
+    put: async (r) => {
+      const [err] = await this.putRoutes([r]);
+      if (err) throw err;
+    },
+    remove: async (r) => {
+      const [err] = await this.removeRoutes([r]);
+      if (err) throw err;
+    },
     putMany: (rs) => this.putRoutes(rs),
     removeMany: (rs) => this.removeRoutes(rs),
   };

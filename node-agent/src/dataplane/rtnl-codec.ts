@@ -275,12 +275,6 @@ export function writeRouteDeletion(b: Buffer, off: number, flags: number, dst: s
   return ROUTE_DELETION_LENGTH;
 }
 
-export function encodeRouteDeletion(dst: string): Buffer {
-  const b = Buffer.alloc(ROUTE_DELETION_LENGTH);
-  writeRouteDeletion(b, 0, NLM_F_ACK, dst);
-  return b;
-}
-
 /** Bytes of a nexthop message: a deletion or lookup names the id alone. */
 export const nexthopLength = (type: number, r?: Route): number =>
   NLMSG_HDRLEN + 8 + 8 + (type === RTM.NEWNEXTHOP && r ? 8 + (r.gateway !== undefined ? 8 : 0) : 0);
